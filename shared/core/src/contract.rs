@@ -1,0 +1,570 @@
+//! The store contract: behaviour every `AgentStore` adapter must show, written once and run
+//! against each adapter with [`store_contract_tests!`](crate::store_contract_tests).
+
+use std::any::Any;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use crate::agent::{AgentStatus, Capability, ModelParameters, PROD_ALIAS};
+use crate::clock::SystemClock;
+use crate::error::ServiceError;
+use crate::page::PageRequest;
+use crate::ports::{AgentStore, StoreError};
+use crate::service::{AgentService, CreateAgent, ListAgents, UpdateAgent};
+
+/// A store under test and whatever must live as long as it (a temp dir, a database).
+pub struct Fixture {
+    pub store: Arc<dyn AgentStore>,
+    _guard: Box<dyn Any + Send>,
+}
+
+impl Fixture {
+    pub fn new(store: Arc<dyn AgentStore>, guard: impl Any + Send) -> Self {
+        Self {
+            store,
+            _guard: Box::new(guard),
+        }
+    }
+
+    pub fn service(&self) -> AgentService {
+        AgentService::new(self.store.clone(), Arc::new(SystemClock), "test-model")
+    }
+}
+
+/// Generates one `#[tokio::test]` per contract case. `$make` is an async expression that yields
+/// `Option<Fixture>`; `None` skips the case (for example when a server is not configured).
+#[macro_export]
+macro_rules! store_contract_tests {
+    ($make:expr) => {
+        $crate::store_contract_tests!(@cases $make;
+            creates_and_reads_back_every_field,
+            update_makes_a_new_version_and_keeps_the_old,
+            insert_version_conflict_writes_nothing,
+            duplicate_agent_id_conflicts,
+            list_filters_combine,
+            list_text_filter_is_literal_and_case_insensitive,
+            list_pages_cover_everything_once,
+            version_pages_cover_everything_once,
+            archive_persists_and_hides_from_default_list,
+            unknown_ids_are_named,
+            concurrent_updates_never_lose_a_version,
+            lineage_links_each_version_to_its_parent,
+            health_reports_up,
+        );
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let Some(fixture) = $make.await else { return };
+                $crate::contract::$case(&fixture).await;
+            }
+        )*
+    };
+}
+
+fn agent(name: &str) -> CreateAgent {
+    CreateAgent {
+        name: name.into(),
+        instructions: format!("You are {name}."),
+        ..CreateAgent::default()
+    }
+}
+
+fn cap(name: &str) -> Capability {
+    Capability {
+        name: name.into(),
+        description: format!("does {name}"),
+        parameters: None,
+        effectiveness: None,
+        delegate_to: None,
+    }
+}
+
+fn update(agent_id: &crate::AgentId, instructions: &str) -> UpdateAgent {
+    UpdateAgent {
+        agent_id: agent_id.clone(),
+        expected_version: None,
+        instructions: Some(instructions.into()),
+        model: None,
+        parameters: None,
+        capabilities: None,
+        knowledge_sources: None,
+        change_summary: None,
+        created_by: None,
+    }
+}
+
+pub async fn creates_and_reads_back_every_field(f: &Fixture) {
+    let svc = f.service();
+    let helper = svc.create(agent("helper")).await.unwrap();
+    let mut search = cap("search");
+    search.parameters = Some(serde_json::json!({
+        "type": "object",
+        "properties": {"q": {"type": "string"}},
+        "required": ["q"]
+    }));
+    search.effectiveness = Some(0.75);
+    let mut delegate = cap("ask_helper");
+    delegate.delegate_to = Some(helper.agent.agent_id.clone());
+    let created = svc
+        .create(CreateAgent {
+            name: "  Support Bot ".into(),
+            domain: Some("support".into()),
+            description: Some("Answers questions. ✓ unicode".into()),
+            instructions: "Be brief.\nBe kind.".into(),
+            model: Some("gpt-4o-mini".into()),
+            parameters: Some(ModelParameters {
+                temperature: Some(0.25),
+                top_p: Some(0.9),
+                max_tokens: Some(512),
+            }),
+            capabilities: vec![search, delegate],
+            knowledge_sources: vec!["s3://kb/faq.md".into()],
+            created_by: Some("alice".into()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(created.agent.name, "Support Bot", "names are trimmed");
+    assert_eq!(created.version.version, 1);
+    assert_eq!(created.agent.latest_version, 1);
+    let prod = created.agent.alias(PROD_ALIAS).expect("prod alias exists");
+    assert_eq!(prod.routes.len(), 1);
+    assert_eq!((prod.routes[0].version, prod.routes[0].weight), (1, 100));
+
+    let read = svc.get(&created.agent.agent_id, None).await.unwrap();
+    assert_eq!(read, created, "what is read back equals what was written");
+    let v1 = svc.get(&created.agent.agent_id, Some(1)).await.unwrap();
+    assert_eq!(v1.version, created.version);
+}
+
+pub async fn update_makes_a_new_version_and_keeps_the_old(f: &Fixture) {
+    let svc = f.service();
+    let created = svc.create(agent("writer")).await.unwrap();
+    let id = created.agent.agent_id.clone();
+    let v2 = svc.update(update(&id, "Write poems.")).await.unwrap();
+    assert_eq!(v2.version.version, 2);
+    assert_eq!(v2.version.parents, vec![created.version.reference()]);
+    assert_eq!(v2.version.change_summary, "changed instructions");
+    assert_eq!(v2.agent.alias(PROD_ALIAS).unwrap().routes[0].version, 2);
+
+    let mut third = update(&id, "Write haiku.");
+    third.change_summary = Some("shorter poems".into());
+    third.expected_version = Some(2);
+    let v3 = svc.update(third).await.unwrap();
+    assert_eq!(v3.version.change_summary, "shorter poems");
+
+    let old = svc.get(&id, Some(1)).await.unwrap();
+    assert_eq!(old.version, created.version, "version 1 is never edited");
+    let latest = svc.get(&id, None).await.unwrap();
+    assert_eq!(latest.version.version, 3);
+    assert_eq!(latest.version.instructions, "Write haiku.");
+    assert_eq!(latest.agent.alias(PROD_ALIAS).unwrap().routes[0].version, 3);
+
+    let stale = UpdateAgent {
+        expected_version: Some(2),
+        ..update(&id, "Write limericks.")
+    };
+    let err = svc.update(stale).await.unwrap_err();
+    assert!(
+        matches!(&err, ServiceError::Conflict(m) if m.contains("expected_version is 2")),
+        "{err}"
+    );
+    let same = svc.update(update(&id, "Write haiku.")).await.unwrap_err();
+    assert!(
+        matches!(&same, ServiceError::Conflict(m) if m.contains("changes nothing")),
+        "{same}"
+    );
+    assert_eq!(svc.get(&id, None).await.unwrap().version.version, 3);
+}
+
+pub async fn insert_version_conflict_writes_nothing(f: &Fixture) {
+    let svc = f.service();
+    let created = svc.create(agent("racer")).await.unwrap();
+    let v2 = svc
+        .update(update(&created.agent.agent_id, "first"))
+        .await
+        .unwrap();
+    let mut rival = v2.clone();
+    rival.version.instructions = "second".into();
+    rival.agent.name = "renamed by a loser".into();
+    let err = f
+        .store
+        .insert_version(&rival.agent, &rival.version)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    let stored = svc.get(&created.agent.agent_id, None).await.unwrap();
+    assert_eq!(stored.version.instructions, "first");
+    assert_eq!(stored.agent.name, "racer");
+    assert_eq!(stored.agent.latest_version, 2);
+
+    let mut gap = v2.clone();
+    gap.version.version = 4;
+    gap.agent.latest_version = 4;
+    let err = f
+        .store
+        .insert_version(&gap.agent, &gap.version)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert!(
+        f.store
+            .get_version(&created.agent.agent_id, 4)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+pub async fn duplicate_agent_id_conflicts(f: &Fixture) {
+    let svc = f.service();
+    let created = svc.create(agent("original")).await.unwrap();
+    let mut copy = created.clone();
+    copy.agent.name = "impostor".into();
+    let err = f
+        .store
+        .insert_agent(&copy.agent, &copy.version)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    let stored = svc.get(&created.agent.agent_id, None).await.unwrap();
+    assert_eq!(stored.agent.name, "original");
+}
+
+/// A domain unique to one test run, so stores shared between tests do not mix results.
+fn unique_domain(tag: &str) -> String {
+    format!("{tag}-{}", uuid::Uuid::new_v4().simple())
+}
+
+pub async fn list_filters_combine(f: &Fixture) {
+    let svc = f.service();
+    let domain = unique_domain("filters");
+    let other = unique_domain("other");
+    let mk = |name: &str, d: &str, caps: &[&str], description: &str| CreateAgent {
+        domain: Some(d.to_owned()),
+        description: Some(description.to_owned()),
+        capabilities: caps.iter().map(|c| cap(c)).collect(),
+        ..agent(name)
+    };
+    let billing = svc
+        .create(mk(
+            "Billing",
+            &domain,
+            &["refund", "invoice"],
+            "money things",
+        ))
+        .await
+        .unwrap();
+    let shipping = svc
+        .create(mk(
+            "Shipping",
+            &domain,
+            &["track"],
+            "parcels and MONEY back",
+        ))
+        .await
+        .unwrap();
+    let _elsewhere = svc
+        .create(mk("Billing elsewhere", &other, &["refund"], ""))
+        .await
+        .unwrap();
+
+    let ids = |page: crate::Page<crate::Agent>| {
+        page.items
+            .into_iter()
+            .map(|a| a.agent_id)
+            .collect::<Vec<_>>()
+    };
+    let in_domain = ListAgents {
+        domain: Some(domain.clone()),
+        ..ListAgents::default()
+    };
+    assert_eq!(
+        ids(svc.list(in_domain.clone()).await.unwrap()),
+        vec![
+            billing.agent.agent_id.clone(),
+            shipping.agent.agent_id.clone()
+        ]
+    );
+    let refunds = ListAgents {
+        capability: Some("refund".into()),
+        ..in_domain.clone()
+    };
+    assert_eq!(
+        ids(svc.list(refunds).await.unwrap()),
+        vec![billing.agent.agent_id.clone()]
+    );
+    let money = ListAgents {
+        text: Some("money".into()),
+        ..in_domain.clone()
+    };
+    assert_eq!(
+        ids(svc.list(money).await.unwrap()).len(),
+        2,
+        "text matches the description case-insensitively"
+    );
+    let by_name = ListAgents {
+        text: Some("SHIP".into()),
+        ..in_domain.clone()
+    };
+    assert_eq!(
+        ids(svc.list(by_name).await.unwrap()),
+        vec![shipping.agent.agent_id.clone()]
+    );
+
+    // The capability filter looks at the latest version only.
+    let mut change = update(&billing.agent.agent_id, "no more refunds");
+    change.capabilities = Some(vec![cap("invoice")]);
+    svc.update(change).await.unwrap();
+    let refunds = ListAgents {
+        capability: Some("refund".into()),
+        ..in_domain.clone()
+    };
+    assert!(ids(svc.list(refunds).await.unwrap()).is_empty());
+
+    let bad = ListAgents {
+        status: Some("deleted".into()),
+        limit: Some(0),
+        ..ListAgents::default()
+    };
+    match svc.list(bad).await.unwrap_err() {
+        ServiceError::Invalid(errors) => {
+            let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+            assert_eq!(fields, ["status", "limit"]);
+        }
+        other => panic!("expected invalid input, got {other:?}"),
+    }
+}
+
+pub async fn list_text_filter_is_literal_and_case_insensitive(f: &Fixture) {
+    let svc = f.service();
+    let domain = unique_domain("literal");
+    let mk = |name: &str| CreateAgent {
+        domain: Some(domain.clone()),
+        ..agent(name)
+    };
+    let percent = svc.create(mk("100% Uptime")).await.unwrap();
+    svc.create(mk("1000 Uptime")).await.unwrap();
+    let under = svc.create(mk("snake_case")).await.unwrap();
+    svc.create(mk("snakeXcase")).await.unwrap();
+    let find = |text: &str| ListAgents {
+        domain: Some(domain.clone()),
+        text: Some(text.into()),
+        ..ListAgents::default()
+    };
+    let got = svc.list(find("0%")).await.unwrap();
+    assert_eq!(got.items.len(), 1);
+    assert_eq!(got.items[0].agent_id, percent.agent.agent_id);
+    let got = svc.list(find("E_C")).await.unwrap();
+    assert_eq!(got.items.len(), 1);
+    assert_eq!(got.items[0].agent_id, under.agent.agent_id);
+}
+
+pub async fn list_pages_cover_everything_once(f: &Fixture) {
+    let svc = f.service();
+    let domain = unique_domain("pages");
+    let mut created = Vec::new();
+    for i in 0..7 {
+        let a = svc
+            .create(CreateAgent {
+                domain: Some(domain.clone()),
+                ..agent(&format!("paged {i}"))
+            })
+            .await
+            .unwrap();
+        created.push(a.agent.agent_id);
+    }
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    let mut pages = 0;
+    loop {
+        let page = svc
+            .list(ListAgents {
+                domain: Some(domain.clone()),
+                cursor: cursor.clone(),
+                limit: Some(3),
+                ..ListAgents::default()
+            })
+            .await
+            .unwrap();
+        pages += 1;
+        assert!(page.items.len() <= 3);
+        seen.extend(page.items.into_iter().map(|a| a.agent_id));
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen, created, "every agent once, in creation order");
+}
+
+pub async fn version_pages_cover_everything_once(f: &Fixture) {
+    let svc = f.service();
+    let id = svc.create(agent("versioned")).await.unwrap().agent.agent_id;
+    for i in 2..=5 {
+        svc.update(update(&id, &format!("rev {i}"))).await.unwrap();
+    }
+    let first = svc.list_versions(&id, None, Some(2)).await.unwrap();
+    assert_eq!(
+        first.items.iter().map(|v| v.version).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    let second = svc
+        .list_versions(&id, first.next_cursor.as_deref(), Some(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        second.items.iter().map(|v| v.version).collect::<Vec<_>>(),
+        [3, 4]
+    );
+    let last = svc
+        .list_versions(&id, second.next_cursor.as_deref(), Some(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        last.items.iter().map(|v| v.version).collect::<Vec<_>>(),
+        [5]
+    );
+    assert!(last.next_cursor.is_none());
+    assert_eq!(last.items[0].instructions, "rev 5");
+}
+
+pub async fn archive_persists_and_hides_from_default_list(f: &Fixture) {
+    let svc = f.service();
+    let domain = unique_domain("archive");
+    let a = svc
+        .create(CreateAgent {
+            domain: Some(domain.clone()),
+            ..agent("retiring")
+        })
+        .await
+        .unwrap();
+    let id = a.agent.agent_id.clone();
+    let archived = svc.archive(&id).await.unwrap();
+    assert_eq!(archived.status, AgentStatus::Archived);
+    assert_eq!(
+        svc.get(&id, None).await.unwrap().agent.status,
+        AgentStatus::Archived
+    );
+    let again = svc.archive(&id).await.unwrap();
+    assert_eq!(
+        again.updated_at, archived.updated_at,
+        "archiving twice is a no-op"
+    );
+
+    let list = |status: Option<&str>| ListAgents {
+        domain: Some(domain.clone()),
+        status: status.map(str::to_owned),
+        ..ListAgents::default()
+    };
+    assert!(svc.list(list(None)).await.unwrap().items.is_empty());
+    assert_eq!(
+        svc.list(list(Some("archived"))).await.unwrap().items.len(),
+        1
+    );
+    assert_eq!(svc.list(list(Some("all"))).await.unwrap().items.len(), 1);
+
+    let err = svc.update(update(&id, "revive")).await.unwrap_err();
+    assert!(
+        matches!(&err, ServiceError::Conflict(m) if m.contains("archived")),
+        "{err}"
+    );
+    let mut delegating = agent("delegator");
+    let mut c = cap("ask");
+    c.delegate_to = Some(id.clone());
+    delegating.capabilities = vec![c];
+    let err = svc.create(delegating).await.unwrap_err().to_string();
+    assert!(err.contains("capabilities[0].delegate_to"), "{err}");
+}
+
+pub async fn unknown_ids_are_named(f: &Fixture) {
+    let svc = f.service();
+    let ghost = crate::AgentId::parse("agent_id", "agt_does_not_exist").unwrap();
+    let err = svc.get(&ghost, None).await.unwrap_err().to_string();
+    assert_eq!(err, "agent 'agt_does_not_exist' not found");
+    let err = svc.archive(&ghost).await.unwrap_err().to_string();
+    assert!(err.contains("agt_does_not_exist"), "{err}");
+    let real = svc.create(agent("real")).await.unwrap().agent.agent_id;
+    let err = svc.get(&real, Some(9)).await.unwrap_err().to_string();
+    assert_eq!(err, format!("agent version '{real} v9' not found"));
+
+    let mut c = cap("ask");
+    c.delegate_to = Some(ghost.clone());
+    let mut input = agent("delegator");
+    input.capabilities = vec![c];
+    let err = svc.create(input).await.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "invalid input: capabilities[0].delegate_to: agent 'agt_does_not_exist' not found"
+    );
+}
+
+pub async fn concurrent_updates_never_lose_a_version(f: &Fixture) {
+    let svc = f.service();
+    let id = svc.create(agent("contended")).await.unwrap().agent.agent_id;
+    let tasks: Vec<_> = (0..4)
+        .map(|i| {
+            let svc = svc.clone();
+            let id = id.clone();
+            tokio::spawn(async move { svc.update(update(&id, &format!("writer {i}"))).await })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(ServiceError::Conflict(m)) => assert!(m.contains("concurrently"), "{m}"),
+            Err(other) => panic!("unexpected error {other}"),
+        }
+    }
+    assert!(ok >= 1);
+    let versions = svc.list_versions(&id, None, Some(50)).await.unwrap().items;
+    let numbers: Vec<u32> = versions.iter().map(|v| v.version).collect();
+    assert_eq!(
+        numbers,
+        (1..=ok + 1).collect::<Vec<_>>(),
+        "no gaps, no lost writes"
+    );
+    let texts: HashSet<_> = versions[1..]
+        .iter()
+        .map(|v| v.instructions.clone())
+        .collect();
+    assert_eq!(
+        texts.len(),
+        ok as usize,
+        "each stored version is a different writer's"
+    );
+    let latest = svc.get(&id, None).await.unwrap();
+    assert_eq!(latest.agent.latest_version, ok + 1);
+}
+
+pub async fn lineage_links_each_version_to_its_parent(f: &Fixture) {
+    let svc = f.service();
+    let id = svc.create(agent("lineal")).await.unwrap().agent.agent_id;
+    svc.update(update(&id, "two")).await.unwrap();
+    svc.update(update(&id, "three")).await.unwrap();
+    let lineage = svc.lineage(&id).await.unwrap();
+    assert_eq!(
+        lineage
+            .versions
+            .iter()
+            .map(|v| v.version)
+            .collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    let edges: Vec<(u32, u32)> = lineage
+        .edges
+        .iter()
+        .map(|e| (e.child.version, e.parent.version))
+        .collect();
+    assert_eq!(edges, [(2, 1), (3, 2)]);
+}
+
+pub async fn health_reports_up(f: &Fixture) {
+    let health = f.store.health().await;
+    assert!(health.up, "{health:?}");
+    let page = PageRequest::default();
+    assert!(page.limit > 0);
+}

@@ -1,0 +1,164 @@
+//! Ports: what the core needs from the outside world. Adapters live in their own crates.
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::agent::{Agent, AgentId, AgentStatus, AgentVersion};
+use crate::page::PageRequest;
+
+/// A store failure, split by what the caller can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A write lost a race or hit a uniqueness rule; re-reading and retrying can succeed.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The backend is unreachable or busy; retrying later can succeed.
+    #[error("store unavailable: {message}")]
+    Unavailable {
+        message: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// Anything else: a bug, corrupt data, a schema mismatch. Retrying will not help.
+    #[error("store error: {message}")]
+    Permanent {
+        message: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+impl StoreError {
+    pub fn permanent(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Permanent {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    pub fn unavailable(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Unavailable {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Conflict(_) | Self::Unavailable { .. })
+    }
+}
+
+/// Which agents a listing returns, by status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StatusFilter {
+    #[default]
+    Active,
+    Archived,
+    Any,
+}
+
+/// Filters of `list_agents`, already validated. All given filters must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentFilter {
+    pub domain: Option<String>,
+    /// The latest version has a capability of this name.
+    pub capability: Option<String>,
+    pub status: StatusFilter,
+    /// Case-insensitive substring of the name or the description.
+    pub text: Option<String>,
+}
+
+impl AgentFilter {
+    /// Whether an agent (with its latest version) passes the filter. Adapters that cannot
+    /// express a filter in their query language can use this; it also states the semantics.
+    pub fn matches(&self, agent: &Agent, latest: &AgentVersion) -> bool {
+        let status_ok = match self.status {
+            StatusFilter::Active => agent.status == AgentStatus::Active,
+            StatusFilter::Archived => agent.status == AgentStatus::Archived,
+            StatusFilter::Any => true,
+        };
+        let domain_ok = self.domain.as_ref().is_none_or(|d| &agent.domain == d);
+        let cap_ok = self
+            .capability
+            .as_ref()
+            .is_none_or(|c| latest.capabilities.iter().any(|k| &k.name == c));
+        let text_ok = self.text.as_ref().is_none_or(|t| {
+            let t = t.to_lowercase();
+            agent.name.to_lowercase().contains(&t) || agent.description.to_lowercase().contains(&t)
+        });
+        status_ok && domain_ok && cap_ok && text_ok
+    }
+}
+
+/// How the store is doing, for `/health`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct StoreHealth {
+    /// `sqlite`, `neo4j`, ...
+    pub kind: &'static str,
+    pub up: bool,
+    /// Where it is (a path or a URI without credentials) or why it is down.
+    pub detail: String,
+}
+
+/// Persistence of agents and their versions. Every method is atomic.
+#[async_trait]
+pub trait AgentStore: Send + Sync {
+    /// Stores a new agent with its first version.
+    ///
+    /// # Errors
+    /// `Conflict` when the agent id exists.
+    async fn insert_agent(&self, agent: &Agent, first: &AgentVersion) -> Result<(), StoreError>;
+
+    /// Stores `version` and the agent as it is after it (latest version, aliases, updated_at),
+    /// in one transaction.
+    ///
+    /// # Errors
+    /// `Conflict` unless the stored latest version is `version.version - 1` (another writer
+    /// got there first); nothing is written then.
+    async fn insert_version(&self, agent: &Agent, version: &AgentVersion)
+    -> Result<(), StoreError>;
+
+    /// Sets an agent's status and `updated_at`.
+    ///
+    /// # Errors
+    /// `Permanent` when the agent does not exist.
+    async fn set_status(
+        &self,
+        agent_id: &AgentId,
+        status: AgentStatus,
+        updated_at: i64,
+    ) -> Result<(), StoreError>;
+
+    async fn get_agent(&self, agent_id: &AgentId) -> Result<Option<Agent>, StoreError>;
+
+    async fn get_version(
+        &self,
+        agent_id: &AgentId,
+        version: u32,
+    ) -> Result<Option<AgentVersion>, StoreError>;
+
+    /// Agents passing `filter`, ordered by agent id, starting after the cursor's agent id, at
+    /// most `page.limit + 1` of them (the extra one tells the caller there is a next page).
+    async fn list_agents(
+        &self,
+        filter: &AgentFilter,
+        page: &PageRequest,
+    ) -> Result<Vec<Agent>, StoreError>;
+
+    /// Versions of an agent in ascending order, starting after the cursor's version number, at
+    /// most `page.limit + 1` of them.
+    async fn list_versions(
+        &self,
+        agent_id: &AgentId,
+        page: &PageRequest,
+    ) -> Result<Vec<AgentVersion>, StoreError>;
+
+    /// Checks the store can serve requests.
+    async fn health(&self) -> StoreHealth;
+}

@@ -1,0 +1,83 @@
+//! Versioned schema migrations, applied in order at open and recorded in `schema_migrations`.
+
+use aop_core::StoreError;
+use rusqlite::{Connection, TransactionBehavior, params};
+
+use crate::error::map_err;
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+const MIGRATIONS: &[(&str, &str)] = &[(
+    "agents and versions",
+    "CREATE TABLE agents (
+        agent_id       TEXT PRIMARY KEY,
+        name           TEXT NOT NULL,
+        domain         TEXT NOT NULL,
+        description    TEXT NOT NULL,
+        status         TEXT NOT NULL CHECK (status IN ('active', 'archived')),
+        created_at     INTEGER NOT NULL,
+        updated_at     INTEGER NOT NULL,
+        latest_version INTEGER NOT NULL,
+        aliases        TEXT NOT NULL
+    );
+    CREATE INDEX agents_by_domain ON agents (domain, agent_id);
+    CREATE INDEX agents_by_status ON agents (status, agent_id);
+    CREATE TABLE agent_versions (
+        agent_id          TEXT NOT NULL REFERENCES agents (agent_id),
+        version           INTEGER NOT NULL CHECK (version > 0),
+        instructions      TEXT NOT NULL,
+        model             TEXT NOT NULL,
+        parameters        TEXT NOT NULL,
+        capabilities      TEXT NOT NULL,
+        knowledge_sources TEXT NOT NULL,
+        created_at        INTEGER NOT NULL,
+        created_by        TEXT NOT NULL,
+        parents           TEXT NOT NULL,
+        generation        INTEGER NOT NULL,
+        change_summary    TEXT NOT NULL,
+        PRIMARY KEY (agent_id, version)
+    ) WITHOUT ROWID;",
+)];
+
+pub(crate) fn apply(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(map_err)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version    INTEGER PRIMARY KEY,
+            name       TEXT NOT NULL,
+            applied_at INTEGER NOT NULL
+        )",
+    )
+    .map_err(map_err)?;
+    let current: u32 = tx
+        .query_row(
+            "SELECT coalesce(max(version), 0) FROM schema_migrations",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(map_err)?;
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::Permanent {
+            message: format!(
+                "database schema version {current} is newer than this build supports \
+                 ({SCHEMA_VERSION}); upgrade aop"
+            ),
+            source: None,
+        });
+    }
+    let now = aop_core::Clock::now_ms(&aop_core::SystemClock);
+    for (index, (name, sql)) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = index as u32 + 1;
+        tx.execute_batch(sql).map_err(map_err)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
+            params![version, name, now],
+        )
+        .map_err(map_err)?;
+        tracing::info!(version, name, "applied store migration");
+    }
+    tx.commit().map_err(map_err)
+}

@@ -1,0 +1,61 @@
+//! The store contract suite against the embedded store, plus what only a file-backed store has
+//! to show: data survives a reopen, and a newer schema is refused.
+
+use std::sync::Arc;
+
+use aop_core::contract::Fixture;
+use aop_core::{AgentService, CreateAgent, SystemClock};
+use aop_store_sqlite::SqliteStore;
+
+async fn fixture() -> Option<Fixture> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open_dir(dir.path()).expect("open store");
+    Some(Fixture::new(Arc::new(store), dir))
+}
+
+aop_core::store_contract_tests!(fixture());
+
+#[tokio::test]
+async fn data_survives_reopening_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let created = {
+        let store = SqliteStore::open_dir(dir.path()).unwrap();
+        let svc = AgentService::new(Arc::new(store), Arc::new(SystemClock), "m");
+        svc.create(CreateAgent {
+            name: "durable".into(),
+            instructions: "persist".into(),
+            ..CreateAgent::default()
+        })
+        .await
+        .unwrap()
+    };
+    let store = SqliteStore::open_dir(dir.path()).unwrap();
+    let svc = AgentService::new(Arc::new(store), Arc::new(SystemClock), "m");
+    let read = svc.get(&created.agent.agent_id, None).await.unwrap();
+    assert_eq!(read, created);
+}
+
+#[test]
+fn a_newer_schema_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite3");
+    SqliteStore::open(&path).unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "INSERT INTO schema_migrations (version, name, applied_at) VALUES (999, 'future', 0)",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let err = SqliteStore::open(&path).err().expect("refused").to_string();
+    assert!(err.contains("schema version 999 is newer"), "{err}");
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("junk.sqlite3");
+    std::fs::write(&path, b"this is not sqlite, not at all, no header here....").unwrap();
+    let err = SqliteStore::open(&path).err().expect("refused").to_string();
+    assert!(err.contains("junk.sqlite3"), "{err}");
+}
