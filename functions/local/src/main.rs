@@ -1,1 +1,201 @@
-fn main() {}
+//! `aop`: the whole platform in one process (`aop serve`, the default) and operator commands.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use aop_runtime::config::settings_help;
+use aop_runtime::{Config, Overrides, Platform, telemetry};
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "aop",
+    version,
+    about = "Agent Orchestration Platform: hosts AI agents behind an MCP endpoint",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve MCP at /mcp, plus /health and /metrics (the default command).
+    #[command(after_help = settings_help())]
+    Serve(ServeArgs),
+    /// Apply store schema migrations and exit.
+    Migrate(CommonArgs),
+}
+
+#[derive(Args, Clone, Default)]
+struct CommonArgs {
+    /// Configuration file (YAML with server, database, kafka and openai sections).
+    /// Default: $AOP_CONFIG, else ./config.yaml when it exists.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Directory of the embedded store [env: AOP_DATA_DIR] [default: ./.aop]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<String>,
+    /// Log filter: error, warn, info, debug, trace, or per module (aop=debug,info) [env: LOG_LEVEL]
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+}
+
+#[derive(Args, Clone, Default)]
+struct ServeArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Address to bind; beyond loopback only with API keys [env: MCP_SERVER_HOST] [default: 127.0.0.1]
+    #[arg(long, value_name = "IP")]
+    host: Option<String>,
+    /// Port to bind; 0 picks a free one [env: MCP_SERVER_PORT] [default: 8000]
+    #[arg(long, value_name = "PORT")]
+    port: Option<String>,
+    /// Serve without MCP sessions, every request standing alone [env: AOP_STATELESS]
+    #[arg(long)]
+    stateless: bool,
+    /// Answer with application/json instead of SSE where possible [env: AOP_JSON_RESPONSE]
+    #[arg(long)]
+    json_response: bool,
+}
+
+impl CommonArgs {
+    fn overrides(&self) -> Overrides {
+        let mut o = Overrides::default();
+        if let Some(v) = &self.data_dir {
+            o.set("database.data_dir", "--data-dir", v);
+        }
+        if let Some(v) = &self.log_level {
+            o.set("logging.level", "--log-level", v);
+        }
+        o
+    }
+}
+
+impl ServeArgs {
+    fn overrides(&self) -> Overrides {
+        let mut o = self.common.overrides();
+        if let Some(v) = &self.host {
+            o.set("server.host", "--host", v);
+        }
+        if let Some(v) = &self.port {
+            o.set("server.port", "--port", v);
+        }
+        if self.stateless {
+            o.set("server.stateless", "--stateless", "true");
+        }
+        if self.json_response {
+            o.set("server.json_response", "--json-response", "true");
+        }
+        o
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Serve(args)) => serve(&args),
+        None => serve(&cli.serve),
+        Some(Command::Migrate(args)) => migrate(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("aop: {e}");
+            let mut source = std::error::Error::source(e.as_ref());
+            while let Some(s) = source {
+                eprintln!("  caused by: {s}");
+                source = s.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn load(common: &CommonArgs, overrides: &Overrides) -> Result<Config, BoxError> {
+    let config = Config::load(common.config.as_deref(), overrides)?;
+    telemetry::init(&config.log_level)?;
+    Ok(config)
+}
+
+fn migrate(args: &CommonArgs) -> Result<(), BoxError> {
+    let config = load(args, &args.overrides())?;
+    let platform = Platform::build(&config)?;
+    tracing::info!(
+        store = platform.store_description(),
+        "store schema is up to date"
+    );
+    Ok(())
+}
+
+fn serve(args: &ServeArgs) -> Result<(), BoxError> {
+    let config = load(&args.common, &args.overrides())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(config))
+}
+
+async fn run(config: Config) -> Result<(), BoxError> {
+    let platform = Platform::build(&config)?;
+    let shutdown = CancellationToken::new();
+    let app = platform.router(Platform::http_options(&config, shutdown.clone()));
+    let addr = SocketAddr::new(config.server.host, config.server.port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot bind {addr} (server.port / MCP_SERVER_PORT): {e}"))?;
+    let bound = listener.local_addr()?;
+    if config.server.api_keys.is_empty() {
+        tracing::warn!(
+            "no API keys configured (AOP_API_KEYS): authentication is off and the server \
+             listens on loopback only"
+        );
+    }
+    tracing::info!(
+        address = %bound,
+        url = %format!("http://{bound}/mcp"),
+        store = platform.store_description(),
+        environment = %config.environment,
+        stateless = config.server.stateless,
+        "listening"
+    );
+    let stop = shutdown.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            stop.cancel();
+        })
+        .await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,1 +1,9 @@
-//! placeholder
+//! Start-up for every entry point: configuration, telemetry, and the composition root that
+//! builds adapters from configuration and hands them to the core services.
+
+pub mod config;
+pub mod platform;
+pub mod telemetry;
+
+pub use config::{Config, ConfigError, Overrides};
+pub use platform::{Platform, StartupError};

@@ -1,0 +1,205 @@
+//! The HTTP surface: `/mcp` (MCP Streamable HTTP), `/health` and `/metrics`, with request ids,
+//! request metrics and bearer authentication. The same Router serves locally and on Lambda.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aop_core::AgentStore;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use rmcp::ServerHandler;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::auth::ApiKeys;
+use crate::metrics::Metrics;
+use crate::request_id::{self, REQUEST_ID_HEADER};
+
+/// Largest MCP request body accepted.
+const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// How the HTTP surface behaves. Built from configuration by the runtime crate.
+#[derive(Clone)]
+pub struct HttpOptions {
+    /// `Host` values accepted on `/mcp` (`host` or `host:port`); DNS-rebinding protection.
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins accepted on `/mcp`; a request with any other `Origin` gets 403.
+    pub allowed_origins: Vec<String>,
+    /// Bearer keys; empty turns authentication off.
+    pub api_keys: Vec<SecretString>,
+    /// Serve without sessions (every request stands alone), as on Lambda.
+    pub stateless: bool,
+    /// Answer simple requests with `application/json` rather than an SSE stream.
+    pub json_response: bool,
+    /// Serve `GET /metrics`.
+    pub expose_metrics: bool,
+    /// Cancelled at shutdown; ends open sessions and streams.
+    pub shutdown: CancellationToken,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self {
+            allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            allowed_origins: vec!["http://localhost:*".into(), "http://127.0.0.1:*".into()],
+            api_keys: Vec::new(),
+            stateless: false,
+            json_response: false,
+            expose_metrics: true,
+            shutdown: CancellationToken::new(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    store: Arc<dyn AgentStore>,
+    metrics: Arc<Metrics>,
+    keys: ApiKeys,
+}
+
+/// Builds the Router. `make_server` makes the MCP handler: once per session, or once per request
+/// when stateless.
+pub fn router<S, F>(
+    make_server: F,
+    options: HttpOptions,
+    metrics: Arc<Metrics>,
+    store: Arc<dyn AgentStore>,
+) -> Router
+where
+    S: ServerHandler + Send + 'static,
+    F: Fn() -> S + Send + Sync + 'static,
+{
+    let config = StreamableHttpServerConfig::default()
+        .with_allowed_hosts(options.allowed_hosts.clone())
+        .with_allowed_origins(options.allowed_origins.clone())
+        .enforce_origin_validation()
+        .with_legacy_session_mode(!options.stateless)
+        .with_json_response(options.json_response)
+        .with_sse_keep_alive(Some(Duration::from_secs(15)))
+        .with_max_request_body_bytes(MAX_BODY_BYTES)
+        .with_cancellation_token(options.shutdown.clone());
+    let mcp: StreamableHttpService<S, LocalSessionManager> = StreamableHttpService::new(
+        move || Ok(make_server()),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    );
+    let state = AppState {
+        store,
+        metrics,
+        keys: ApiKeys::new(options.api_keys.clone()),
+    };
+    let mcp_routes = Router::new()
+        .nest_service("/mcp", mcp)
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    let mut app = Router::new().route("/health", get(health));
+    if options.expose_metrics {
+        app = app.route("/metrics", get(metrics_text));
+    }
+    app.merge(mcp_routes)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Request id, span, and request metrics for every request.
+async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let id = request_id::ensure(&mut request);
+    let method = request.method().as_str().to_owned();
+    let route = match request.uri().path() {
+        p @ ("/mcp" | "/health" | "/metrics") => p.to_owned(),
+        _ => "other".to_owned(),
+    };
+    let span =
+        tracing::info_span!("http_request", request_id = %id, method = %method, route = %route);
+    let started = Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let status = response.status();
+    state.metrics.observe_http(
+        &route,
+        &method,
+        status.as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    span.in_scope(|| {
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), "request failed");
+        } else {
+            tracing::debug!(status = status.as_u16(), "request served");
+        }
+    });
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}
+
+/// Requires a configured bearer key on `/mcp` when keys are configured.
+async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if !state.keys.enabled() {
+        return next.run(request).await;
+    }
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if state.keys.accepts(given) {
+        return next.run(request).await;
+    }
+    let reason = if given.is_some() {
+        "invalid_token"
+    } else {
+        "missing_token"
+    };
+    tracing::info!(reason, "rejected unauthenticated MCP request");
+    let mut response = (
+        StatusCode::UNAUTHORIZED,
+        Json(serde_json::json!({
+            "error": reason,
+            "message": "send an API key as `Authorization: Bearer <key>`",
+        })),
+    )
+        .into_response();
+    let challenge = if given.is_some() {
+        "Bearer realm=\"aop\", error=\"invalid_token\""
+    } else {
+        "Bearer realm=\"aop\""
+    };
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(challenge),
+    );
+    response
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    let store = state.store.health().await;
+    let status = if store.up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "status": if store.up { "ok" } else { "degraded" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "store": store,
+    });
+    (status, Json(body)).into_response()
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}

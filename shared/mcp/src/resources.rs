@@ -1,0 +1,152 @@
+//! The `agent://` resources: an agent, one of its versions, and its lineage, as JSON.
+
+use aop_core::{AgentId, AgentService, ListAgents, ServiceError};
+use rmcp::ErrorData;
+use rmcp::model::{
+    ListResourcesResult, ReadResourceResponse, ReadResourceResult, Resource, ResourceContents,
+    ResourceTemplate,
+};
+
+use crate::errors::protocol_error;
+
+const JSON: &str = "application/json";
+
+/// What an `agent://` URI names.
+#[derive(Debug, PartialEq, Eq)]
+enum AgentResource {
+    Agent(AgentId),
+    Version(AgentId, u32),
+    Lineage(AgentId),
+}
+
+fn parse(uri: &str) -> Result<AgentResource, String> {
+    let rest = uri
+        .strip_prefix("agent://")
+        .ok_or_else(|| format!("unknown resource {uri}: only agent:// URIs are served"))?;
+    let mut parts = rest.split('/');
+    let id = parts.next().unwrap_or_default();
+    let id = AgentId::parse("agent_id", id).map_err(|e| format!("bad resource {uri}: {e}"))?;
+    match (parts.next(), parts.next(), parts.next()) {
+        (None, ..) => Ok(AgentResource::Agent(id)),
+        (Some("lineage"), None, _) => Ok(AgentResource::Lineage(id)),
+        (Some("versions"), Some(v), None) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|v| *v > 0)
+            .map(|v| AgentResource::Version(id, v))
+            .ok_or_else(|| format!("bad resource {uri}: version must be a positive integer")),
+        _ => Err(format!(
+            "unknown resource {uri}: expected agent://{{agent_id}}, \
+             agent://{{agent_id}}/versions/{{version}} or agent://{{agent_id}}/lineage"
+        )),
+    }
+}
+
+pub fn templates() -> Vec<ResourceTemplate> {
+    vec![
+        ResourceTemplate::new("agent://{agent_id}", "agent")
+            .with_title("Agent")
+            .with_description("An agent with its latest version")
+            .with_mime_type(JSON),
+        ResourceTemplate::new("agent://{agent_id}/versions/{version}", "agent_version")
+            .with_title("Agent version")
+            .with_description("One immutable version of an agent")
+            .with_mime_type(JSON),
+        ResourceTemplate::new("agent://{agent_id}/lineage", "agent_lineage")
+            .with_title("Agent lineage")
+            .with_description("Every version of an agent and the versions it derives from")
+            .with_mime_type(JSON),
+    ]
+}
+
+/// Active agents as resources, one page at a time.
+pub async fn list(
+    agents: &AgentService,
+    cursor: Option<String>,
+) -> Result<ListResourcesResult, ErrorData> {
+    let page = agents
+        .list(ListAgents {
+            cursor,
+            ..ListAgents::default()
+        })
+        .await
+        .map_err(|e| match e {
+            ServiceError::Invalid(_) => ErrorData::invalid_params(e.to_string(), None),
+            other => protocol_error(&other, "agent://"),
+        })?;
+    let items = page
+        .items
+        .iter()
+        .map(|a| {
+            Resource::new(format!("agent://{}", a.agent_id), a.name.clone())
+                .with_description(a.description.clone())
+                .with_mime_type(JSON)
+        })
+        .collect();
+    let mut result = ListResourcesResult::with_all_items(items);
+    result.next_cursor = page.next_cursor;
+    Ok(result)
+}
+
+pub async fn read(agents: &AgentService, uri: &str) -> Result<ReadResourceResponse, ErrorData> {
+    let resource = parse(uri).map_err(|m| ErrorData::resource_not_found(m, None))?;
+    let body = match resource {
+        AgentResource::Agent(id) => agents.get(&id, None).await.map(|d| to_json(&d)),
+        AgentResource::Version(id, v) => {
+            agents.get(&id, Some(v)).await.map(|d| to_json(&d.version))
+        }
+        AgentResource::Lineage(id) => agents.lineage(&id).await.map(|l| to_json(&l)),
+    }
+    .map_err(|e| protocol_error(&e, uri))?;
+    Ok(
+        ReadResourceResult::new(vec![ResourceContents::text(body, uri).with_mime_type(JSON)])
+            .into(),
+    )
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> AgentId {
+        AgentId::parse("agent_id", s).unwrap()
+    }
+
+    #[test]
+    fn parses_every_agent_uri_form() {
+        assert_eq!(parse("agent://a1"), Ok(AgentResource::Agent(id("a1"))));
+        assert_eq!(
+            parse("agent://a1/versions/3"),
+            Ok(AgentResource::Version(id("a1"), 3))
+        );
+        assert_eq!(
+            parse("agent://a1/lineage"),
+            Ok(AgentResource::Lineage(id("a1")))
+        );
+    }
+
+    #[test]
+    fn rejects_other_uris_with_the_expected_forms() {
+        assert!(
+            parse("file:///etc/passwd")
+                .unwrap_err()
+                .contains("only agent://")
+        );
+        assert!(
+            parse("agent://a1/versions/0")
+                .unwrap_err()
+                .contains("positive integer")
+        );
+        assert!(parse("agent://a1/versions/x").is_err());
+        assert!(
+            parse("agent://a1/other")
+                .unwrap_err()
+                .contains("expected agent://")
+        );
+        assert!(parse("agent://a b").unwrap_err().contains("agent_id"));
+    }
+}

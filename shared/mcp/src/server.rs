@@ -1,0 +1,315 @@
+//! The MCP server: agent registry tools over `AgentService`, and the agent resources.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use aop_core::{AgentId, AgentService, CreateAgent, ListAgents, UpdateAgent};
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::ToolCallContext;
+use rmcp::handler::server::wrapper::{Json, Parameters};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorCode,
+    Implementation, ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams,
+    ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities, ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, ServerHandler, tool, tool_router};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use tracing::Instrument;
+
+use crate::errors::{ToolFailure, explain_arguments};
+use crate::metrics::Metrics;
+use crate::request_id;
+use crate::resources;
+
+const INSTRUCTIONS: &str = "Agent orchestration platform. Create agents with create_agent; every \
+update_agent makes a new immutable version. Read agents and their lineage as agent:// resources.";
+
+/// Arguments naming one agent and optionally one of its versions.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GetAgentArgs {
+    pub agent_id: AgentId,
+    /// A version number; the latest when absent.
+    #[serde(default)]
+    pub version: Option<u32>,
+}
+
+/// Arguments of `list_agent_versions`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListVersionsArgs {
+    pub agent_id: AgentId,
+    /// `next_cursor` of the previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// Page size, 1-200 (default 50).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// Arguments naming one agent.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentIdArgs {
+    pub agent_id: AgentId,
+}
+
+/// The platform's MCP server. Cheap to clone: one is made per stateless request.
+#[derive(Clone)]
+pub struct AgentServer {
+    agents: AgentService,
+    metrics: Arc<Metrics>,
+    tools: Arc<ToolRouter<Self>>,
+}
+
+#[tool_router(router = tool_router)]
+impl AgentServer {
+    pub fn new(agents: AgentService, metrics: Arc<Metrics>) -> Self {
+        Self {
+            agents,
+            metrics,
+            tools: Arc::new(Self::tool_router()),
+        }
+    }
+
+    pub fn agents(&self) -> &AgentService {
+        &self.agents
+    }
+
+    /// Creates an agent and its first version; `prod` points at it.
+    #[tool(
+        name = "create_agent",
+        description = "Create an agent with its first immutable version (v1). The `prod` alias points at the newest version until a deployment moves it.",
+        annotations(destructive_hint = false, idempotent_hint = false)
+    )]
+    async fn create_agent(
+        &self,
+        Parameters(input): Parameters<CreateAgent>,
+    ) -> Result<Json<aop_core::AgentDetail>, ToolFailure> {
+        Ok(Json(self.agents.create(input).await?))
+    }
+
+    #[tool(
+        name = "get_agent",
+        description = "Get an agent and its latest version, or a given version.",
+        annotations(read_only_hint = true)
+    )]
+    async fn get_agent(
+        &self,
+        Parameters(args): Parameters<GetAgentArgs>,
+    ) -> Result<Json<aop_core::AgentDetail>, ToolFailure> {
+        Ok(Json(self.agents.get(&args.agent_id, args.version).await?))
+    }
+
+    #[tool(
+        name = "list_agents",
+        description = "List agents, filtered by domain, capability name, status (active by default, archived, all) or text in the name or description. Pages with `cursor`/`next_cursor`.",
+        annotations(read_only_hint = true)
+    )]
+    async fn list_agents(
+        &self,
+        Parameters(args): Parameters<ListAgents>,
+    ) -> Result<Json<aop_core::Page<aop_core::Agent>>, ToolFailure> {
+        Ok(Json(self.agents.list(args).await?))
+    }
+
+    #[tool(
+        name = "update_agent",
+        description = "Create the next version of an agent from its latest one with the given changes. Versions are immutable; nothing is edited in place.",
+        annotations(destructive_hint = false, idempotent_hint = false)
+    )]
+    async fn update_agent(
+        &self,
+        Parameters(input): Parameters<UpdateAgent>,
+    ) -> Result<Json<aop_core::AgentDetail>, ToolFailure> {
+        Ok(Json(self.agents.update(input).await?))
+    }
+
+    #[tool(
+        name = "list_agent_versions",
+        description = "List an agent's versions, oldest first. Pages with `cursor`/`next_cursor`.",
+        annotations(read_only_hint = true)
+    )]
+    async fn list_agent_versions(
+        &self,
+        Parameters(args): Parameters<ListVersionsArgs>,
+    ) -> Result<Json<aop_core::Page<aop_core::AgentVersion>>, ToolFailure> {
+        Ok(Json(
+            self.agents
+                .list_versions(&args.agent_id, args.cursor.as_deref(), args.limit)
+                .await?,
+        ))
+    }
+
+    #[tool(
+        name = "archive_agent",
+        description = "Archive an agent: it keeps its history but takes no new versions and leaves default listings. Archiving twice changes nothing.",
+        annotations(destructive_hint = true, idempotent_hint = true)
+    )]
+    async fn archive_agent(
+        &self,
+        Parameters(args): Parameters<AgentIdArgs>,
+    ) -> Result<Json<aop_core::Agent>, ToolFailure> {
+        Ok(Json(self.agents.archive(&args.agent_id).await?))
+    }
+}
+
+impl AgentServer {
+    /// Server identity and capabilities, shared with wrappers such as the conformance fixture.
+    pub fn server_config() -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .build(),
+        )
+        .with_server_info(
+            Implementation::new("agent-orchestration-platform", env!("CARGO_PKG_VERSION"))
+                .with_title("Agent Orchestration Platform"),
+        )
+        .with_instructions(INSTRUCTIONS)
+    }
+
+    pub fn tool_list(&self) -> Vec<rmcp::model::Tool> {
+        self.tools.list_all()
+    }
+
+    pub fn find_tool(&self, name: &str) -> Option<rmcp::model::Tool> {
+        self.tools.get(name).cloned()
+    }
+
+    /// Runs a tool call with metrics, a request-scoped span, and argument errors turned into
+    /// tool errors that name the field.
+    pub async fn call_tool_instrumented(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let tool = request.name.to_string();
+        let span = tracing::info_span!(
+            "execute_tool",
+            request_id = %request_id::from_context(&context),
+            tool = %tool,
+        );
+        let started = Instant::now();
+        let arguments = request.arguments.clone();
+        let known = self.tools.has_route(&tool);
+        let result = async {
+            let outcome = self
+                .tools
+                .call(ToolCallContext::new(self, request, context))
+                .await;
+            let bad_arguments = known
+                && match &outcome {
+                    Err(e) => e.code == ErrorCode::INVALID_PARAMS,
+                    Ok(CallToolResponse::Complete(r)) => is_deserialize_failure(r),
+                    Ok(_) => false,
+                };
+            if bad_arguments {
+                let message = argument_error(&tool, arguments);
+                tracing::info!(%message, "rejected tool arguments");
+                return Ok(CallToolResult::error(vec![ContentBlock::text(message)]).into());
+            }
+            outcome
+        }
+        .instrument(span)
+        .await;
+        let outcome = match &result {
+            Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => "tool_error",
+            Ok(_) => "ok",
+            Err(_) => "protocol_error",
+        };
+        if known {
+            self.metrics
+                .observe_tool(&tool, outcome, started.elapsed().as_secs_f64());
+        }
+        result
+    }
+}
+
+/// rmcp reports arguments that do not deserialize as a tool error with this prefix, without
+/// the field's path.
+fn is_deserialize_failure(result: &CallToolResult) -> bool {
+    result.is_error == Some(true)
+        && result.structured_content.is_none()
+        && result.content.iter().any(|c| {
+            c.as_text()
+                .is_some_and(|t| t.text.starts_with("failed to deserialize parameters"))
+        })
+}
+
+/// The field-level reason why arguments did not deserialize, per tool.
+fn argument_error(tool: &str, arguments: Option<rmcp::model::JsonObject>) -> String {
+    match tool {
+        "create_agent" => explain_arguments::<CreateAgent>(tool, arguments),
+        "get_agent" => explain_arguments::<GetAgentArgs>(tool, arguments),
+        "list_agents" => explain_arguments::<ListAgents>(tool, arguments),
+        "update_agent" => explain_arguments::<UpdateAgent>(tool, arguments),
+        "list_agent_versions" => explain_arguments::<ListVersionsArgs>(tool, arguments),
+        "archive_agent" => explain_arguments::<AgentIdArgs>(tool, arguments),
+        _ => format!("invalid arguments for {tool}"),
+    }
+}
+
+impl ServerHandler for AgentServer {
+    fn get_info(&self) -> ServerConfig {
+        Self::server_config()
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        self.call_tool_instrumented(request, context).await
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListToolsResult, ErrorData> {
+        Ok(rmcp::model::ListToolsResult::with_all_items(
+            self.tool_list(),
+        ))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<rmcp::model::Tool> {
+        self.find_tool(name)
+    }
+
+    async fn list_resources(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        resources::list(&self.agents, request.and_then(|r| r.cursor)).await
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        Ok(ListResourceTemplatesResult::with_all_items(
+            resources::templates(),
+        ))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let span = tracing::info_span!(
+            "read_resource",
+            request_id = %request_id::from_context(&context),
+            uri = %request.uri,
+        );
+        resources::read(&self.agents, &request.uri)
+            .instrument(span)
+            .await
+    }
+}

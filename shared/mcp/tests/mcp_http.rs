@@ -1,0 +1,483 @@
+//! The MCP endpoint through its real Router (in process, no socket): tools, resources, errors,
+//! authentication, Origin/Host checks, request ids, health and metrics.
+
+use std::sync::Arc;
+
+use aop_core::{AgentService, SystemClock};
+use aop_mcp::{AgentServer, HttpOptions, Metrics};
+use aop_store_sqlite::SqliteStore;
+use axum::body::Body;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+struct TestApp {
+    router: axum::Router,
+    _dir: tempfile::TempDir,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: Value,
+}
+
+impl TestApp {
+    fn new(configure: impl FnOnce(&mut HttpOptions)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open_dir(dir.path()).unwrap());
+        let agents = AgentService::new(store.clone(), Arc::new(SystemClock), "test-model");
+        let metrics = Arc::new(Metrics::new());
+        let mut options = HttpOptions {
+            stateless: true,
+            json_response: true,
+            ..HttpOptions::default()
+        };
+        configure(&mut options);
+        let m = metrics.clone();
+        let router = aop_mcp::router(
+            move || AgentServer::new(agents.clone(), m.clone()),
+            options,
+            metrics,
+            store,
+        );
+        Self { router, _dir: dir }
+    }
+
+    async fn send(&self, request: Request<Body>) -> Reply {
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// A stateless 2026-07-28 request.
+    fn rpc(method: &str, params: Value) -> http::request::Builder {
+        let _ = params;
+        Request::post("/mcp")
+            .header("host", "127.0.0.1:8000")
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", method)
+    }
+
+    fn body(method: &str, mut params: Value) -> Body {
+        params["_meta"] = json!({
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "1"},
+            "io.modelcontextprotocol/clientCapabilities": {}
+        });
+        Body::from(
+            json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).to_string(),
+        )
+    }
+
+    async fn call(&self, method: &str, params: Value) -> Reply {
+        let mut builder = Self::rpc(method, params.clone());
+        if let Some(name) = params.get("name").and_then(Value::as_str)
+            && method == "tools/call"
+        {
+            builder = builder.header("mcp-name", name);
+        }
+        if let Some(uri) = params.get("uri").and_then(Value::as_str) {
+            builder = builder.header("mcp-name", uri);
+        }
+        self.send(builder.body(Self::body(method, params)).unwrap())
+            .await
+    }
+
+    /// Calls a tool and returns its result object.
+    async fn tool(&self, name: &str, arguments: Value) -> Value {
+        let reply = self
+            .call("tools/call", json!({"name": name, "arguments": arguments}))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        reply.body["result"].clone()
+    }
+
+    async fn ok(&self, name: &str, arguments: Value) -> Value {
+        let result = self.tool(name, arguments).await;
+        assert_eq!(result["isError"], false, "{result}");
+        result["structuredContent"].clone()
+    }
+
+    async fn tool_error(&self, name: &str, arguments: Value) -> String {
+        let result = self.tool(name, arguments).await;
+        assert_eq!(result["isError"], true, "{result}");
+        result["content"][0]["text"].as_str().unwrap().to_owned()
+    }
+}
+
+#[tokio::test]
+async fn every_tool_is_listed_with_input_and_output_schemas() {
+    let app = TestApp::new(|_| {});
+    let reply = app.call("tools/list", json!({})).await;
+    let tools = reply.body["result"]["tools"].as_array().unwrap().clone();
+    let mut names: Vec<&str> = tools.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "archive_agent",
+            "create_agent",
+            "get_agent",
+            "list_agent_versions",
+            "list_agents",
+            "update_agent"
+        ]
+    );
+    for tool in &tools {
+        assert!(
+            tool["description"].as_str().is_some_and(|d| d.len() > 20),
+            "{tool}"
+        );
+        assert_eq!(tool["inputSchema"]["type"], "object", "{tool}");
+        assert_eq!(tool["outputSchema"]["type"], "object", "{tool}");
+    }
+    let create = tools.iter().find(|t| t["name"] == "create_agent").unwrap();
+    let required = create["inputSchema"]["required"].as_array().unwrap();
+    assert!(required.contains(&json!("name")) && required.contains(&json!("instructions")));
+}
+
+#[tokio::test]
+async fn agents_are_created_versioned_listed_and_archived() {
+    let app = TestApp::new(|_| {});
+    let created = app
+        .ok(
+            "create_agent",
+            json!({"name": "Support", "domain": "support", "instructions": "Be kind.",
+                   "capabilities": [{"name": "refund", "description": "refunds"}]}),
+        )
+        .await;
+    let id = created["agent"]["agent_id"].as_str().unwrap().to_owned();
+    assert_eq!(created["version"]["version"], 1);
+    assert_eq!(created["version"]["model"], "test-model");
+
+    let v2 = app
+        .ok(
+            "update_agent",
+            json!({"agent_id": id, "instructions": "Be kinder."}),
+        )
+        .await;
+    assert_eq!(v2["version"]["version"], 2);
+    assert_eq!(v2["version"]["parents"][0]["version"], 1);
+
+    let v1 = app
+        .ok("get_agent", json!({"agent_id": id, "version": 1}))
+        .await;
+    assert_eq!(v1["version"]["instructions"], "Be kind.");
+    let latest = app.ok("get_agent", json!({"agent_id": id})).await;
+    assert_eq!(latest["version"]["instructions"], "Be kinder.");
+
+    let listed = app
+        .ok(
+            "list_agents",
+            json!({"domain": "support", "capability": "refund"}),
+        )
+        .await;
+    assert_eq!(listed["items"][0]["agent_id"], id.as_str());
+    let versions = app.ok("list_agent_versions", json!({"agent_id": id})).await;
+    assert_eq!(versions["items"].as_array().unwrap().len(), 2);
+
+    let archived = app.ok("archive_agent", json!({"agent_id": id})).await;
+    assert_eq!(archived["status"], "archived");
+    let listed = app.ok("list_agents", json!({"domain": "support"})).await;
+    assert!(listed["items"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn bad_arguments_are_tool_errors_that_name_the_field() {
+    let app = TestApp::new(|_| {});
+    let text = app
+        .tool_error(
+            "create_agent",
+            json!({"name": "A", "instructions": "x", "parameters": {"temperature": "hot"}}),
+        )
+        .await;
+    assert!(text.contains("parameters.temperature"), "{text}");
+    assert!(text.contains("expected f64"), "{text}");
+
+    let text = app.tool_error("create_agent", json!({"name": "A"})).await;
+    assert!(text.contains("missing field `instructions`"), "{text}");
+
+    let text = app
+        .tool_error(
+            "create_agent",
+            json!({"name": "A", "instructions": "x", "colour": "red"}),
+        )
+        .await;
+    assert!(text.contains("unknown field `colour`"), "{text}");
+
+    let text = app
+        .tool_error(
+            "create_agent",
+            json!({"name": " ", "instructions": "x", "parameters": {"top_p": 1.5}}),
+        )
+        .await;
+    assert_eq!(
+        text,
+        "invalid input: name: must not be empty; parameters.top_p: must be between 0 and 1 (got 1.5)"
+    );
+
+    let text = app
+        .tool_error("get_agent", json!({"agent_id": "no spaces allowed"}))
+        .await;
+    assert!(text.contains("agent_id"), "{text}");
+
+    let text = app.tool_error("list_agents", json!({"limit": 500})).await;
+    assert!(text.contains("limit: must be at most 200"), "{text}");
+}
+
+#[tokio::test]
+async fn unknown_ids_are_named() {
+    let app = TestApp::new(|_| {});
+    let text = app
+        .tool_error("get_agent", json!({"agent_id": "agt_nope"}))
+        .await;
+    assert_eq!(text, "agent 'agt_nope' not found");
+    let created = app
+        .ok("create_agent", json!({"name": "A", "instructions": "x"}))
+        .await;
+    let id = created["agent"]["agent_id"].as_str().unwrap();
+    let text = app
+        .tool_error("get_agent", json!({"agent_id": id, "version": 7}))
+        .await;
+    assert_eq!(text, format!("agent version '{id} v7' not found"));
+
+    let reply = app
+        .call("resources/read", json!({"uri": "agent://agt_nope/lineage"}))
+        .await;
+    let message = reply.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("agt_nope"), "{message}");
+}
+
+#[tokio::test]
+async fn resources_serve_agents_versions_and_lineage() {
+    let app = TestApp::new(|_| {});
+    let templates = app.call("resources/templates/list", json!({})).await;
+    let uris: Vec<&str> = templates.body["result"]["resourceTemplates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["uriTemplate"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        uris,
+        [
+            "agent://{agent_id}",
+            "agent://{agent_id}/versions/{version}",
+            "agent://{agent_id}/lineage"
+        ]
+    );
+
+    let created = app
+        .ok("create_agent", json!({"name": "A", "instructions": "one"}))
+        .await;
+    let id = created["agent"]["agent_id"].as_str().unwrap().to_owned();
+    app.ok(
+        "update_agent",
+        json!({"agent_id": id, "instructions": "two"}),
+    )
+    .await;
+
+    let read = |uri: String| {
+        let app = &app;
+        async move {
+            let reply = app.call("resources/read", json!({"uri": uri})).await;
+            let contents = &reply.body["result"]["contents"][0];
+            assert_eq!(contents["mimeType"], "application/json", "{}", reply.body);
+            serde_json::from_str::<Value>(contents["text"].as_str().unwrap()).unwrap()
+        }
+    };
+    let lineage = read(format!("agent://{id}/lineage")).await;
+    assert_eq!(lineage["versions"].as_array().unwrap().len(), 2);
+    assert_eq!(lineage["edges"][0]["child"]["version"], 2);
+    assert_eq!(lineage["edges"][0]["parent"]["version"], 1);
+    let v1 = read(format!("agent://{id}/versions/1")).await;
+    assert_eq!(v1["instructions"], "one");
+    let agent = read(format!("agent://{id}")).await;
+    assert_eq!(agent["version"]["instructions"], "two");
+
+    let listed = app.call("resources/list", json!({})).await;
+    assert_eq!(
+        listed.body["result"]["resources"][0]["uri"],
+        format!("agent://{id}")
+    );
+}
+
+#[tokio::test]
+async fn api_keys_gate_mcp_but_not_health() {
+    let app = TestApp::new(|o| o.api_keys = vec![SecretString::from("sk-test-key".to_owned())]);
+    let list = || {
+        TestApp::rpc("tools/list", json!({}))
+            .body(TestApp::body("tools/list", json!({})))
+            .unwrap()
+    };
+    let missing = app.send(list()).await;
+    assert_eq!(missing.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(missing.headers["www-authenticate"], "Bearer realm=\"aop\"");
+
+    let mut wrong = list();
+    wrong
+        .headers_mut()
+        .insert("authorization", "Bearer sk-wrong".parse().unwrap());
+    let wrong = app.send(wrong).await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        wrong.headers["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("invalid_token")
+    );
+    assert!(!wrong.body.to_string().contains("sk-test-key"));
+
+    let mut right = list();
+    right
+        .headers_mut()
+        .insert("authorization", "Bearer sk-test-key".parse().unwrap());
+    let right = app.send(right).await;
+    assert_eq!(right.status, StatusCode::OK, "{:?}", right.body);
+    assert!(right.body["result"]["tools"].is_array());
+
+    let health = app
+        .send(Request::get("/health").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(health.status, StatusCode::OK);
+    assert_eq!(health.body["status"], "ok");
+    assert_eq!(health.body["store"]["kind"], "sqlite");
+    assert_eq!(health.body["store"]["up"], true);
+}
+
+#[tokio::test]
+async fn foreign_origins_and_hosts_are_refused() {
+    let app = TestApp::new(|o| o.allowed_origins = vec!["https://app.example.com".into()]);
+    let with = |name: &str, value: &str| {
+        let mut r = TestApp::rpc("tools/list", json!({}))
+            .body(TestApp::body("tools/list", json!({})))
+            .unwrap();
+        r.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+        r
+    };
+    assert_eq!(
+        app.send(with("origin", "https://evil.example"))
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        app.send(with("origin", "https://app.example.com"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let rebinding = app.send(with("host", "attacker.example")).await;
+    assert!(
+        rebinding.status.is_client_error(),
+        "a foreign Host must be refused, got {}",
+        rebinding.status
+    );
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_or_generated() {
+    let app = TestApp::new(|_| {});
+    let given = app
+        .send(
+            Request::get("/health")
+                .header("x-request-id", "req-abc_123")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(given.headers["x-request-id"], "req-abc_123");
+    let generated = app
+        .send(
+            Request::get("/health")
+                .header("x-request-id", "bad id with spaces")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    let id = generated.headers["x-request-id"].to_str().unwrap();
+    assert_eq!(id.len(), 36, "a UUID replaces an unusable id: {id}");
+}
+
+#[tokio::test]
+async fn metrics_count_tool_calls_by_tool_and_outcome() {
+    let app = TestApp::new(|_| {});
+    let created = app
+        .ok("create_agent", json!({"name": "A", "instructions": "x"}))
+        .await;
+    let id = created["agent"]["agent_id"].as_str().unwrap();
+    app.ok("get_agent", json!({"agent_id": id})).await;
+    app.ok("get_agent", json!({"agent_id": id})).await;
+    app.tool_error("get_agent", json!({"agent_id": "agt_nope"}))
+        .await;
+    let reply = app
+        .send(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await;
+    let text = reply.body.as_str().unwrap();
+    assert!(
+        text.contains(r#"aop_mcp_tool_calls_total{tool="get_agent",outcome="ok"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"aop_mcp_tool_calls_total{tool="get_agent",outcome="tool_error"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"aop_http_requests_total{route="/mcp",method="POST",status="200"}"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn discover_and_initialize_eras_share_the_endpoint() {
+    let app = TestApp::new(|_| {});
+    let discover = app.call("server/discover", json!({})).await;
+    let versions = discover.body["result"]["supportedVersions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}", discover.body))
+        .clone();
+    for v in ["2026-07-28", "2025-11-25", "2025-06-18", "2025-03-26"] {
+        assert!(
+            versions.contains(&json!(v)),
+            "{v} missing from {versions:?}"
+        );
+    }
+    let init = Request::post("/mcp")
+        .header("host", "localhost:8000")
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(Body::from(
+            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-06-18", "capabilities": {},
+                "clientInfo": {"name": "old", "version": "1"}}})
+            .to_string(),
+        ))
+        .unwrap();
+    let reply = app.send(init).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["result"]["protocolVersion"], "2025-06-18");
+    assert_eq!(
+        reply.body["result"]["serverInfo"]["name"],
+        "agent-orchestration-platform"
+    );
+}
