@@ -1,0 +1,101 @@
+"""Starts and stops real `aop serve` processes for the end-to-end tests."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def aop_binary() -> str:
+    explicit = os.environ.get("AOP_BIN")
+    if explicit:
+        return explicit
+    target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    for profile in ("debug", "release"):
+        candidate = target / profile / "aop"
+        if candidate.exists():
+            return str(candidate)
+    pytest.fail("no aop binary: run `cargo build` first or set AOP_BIN")
+
+
+class Server:
+    """One `aop serve` process on a free port, logging JSON lines we can read."""
+
+    def __init__(self, data_dir: str, api_key: str | None, extra_env: dict | None = None):
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AOP_", "MCP_", "NEO4J_", "OPENAI_"))}
+        env.update({"AOP_DATA_DIR": data_dir, "LOG_LEVEL": "info", "MCP_SERVER_PORT": "0"})
+        if api_key:
+            env["AOP_API_KEYS"] = api_key
+        env.update(extra_env or {})
+        self.lines: list[dict] = []
+        self.proc = subprocess.Popen(
+            [aop_binary(), "serve"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.url = self._wait_for_listening()
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _wait_for_listening(self) -> str:
+        deadline = time.monotonic() + 30
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"aop exited with {self.proc.wait()} before listening")
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                raise RuntimeError(f"aop printed a non-JSON line: {line!r}")
+            self.lines.append(record)
+            if record.get("message") == "listening":
+                return record["url"]
+        raise RuntimeError("aop did not start listening within 30 s")
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                self.lines.append(json.loads(line))
+            except json.JSONDecodeError:
+                self.lines.append({"raw": line})
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def data_dir():
+    with tempfile.TemporaryDirectory(prefix="aop-e2e-") as d:
+        yield d
+
+
+@pytest.fixture
+def start_server(data_dir):
+    started: list[Server] = []
+
+    def start(api_key: str | None = "e2e-secret-key", **env) -> Server:
+        server = Server(data_dir, api_key, env)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
