@@ -1,1 +1,77 @@
-fn main() {}
+//! Fixture mode for the official MCP conformance suite: the platform's own Router, config and
+//! middleware serving the agent tools plus the `test_*` tools, `test://` resources and `test_*`
+//! prompts the suite calls. Used by `tests/conformance/run`.
+
+mod fixtures;
+mod server;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use aop_runtime::{Config, Overrides, Platform, telemetry};
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "aop-conformance-server", about = "aop with the MCP conformance fixtures")]
+struct Args {
+    /// Port on 127.0.0.1.
+    #[arg(long)]
+    port: u16,
+    /// Directory of the embedded store.
+    #[arg(long)]
+    data_dir: String,
+    /// Serve without sessions, as on Lambda.
+    #[arg(long)]
+    stateless: bool,
+    /// Prefer application/json responses.
+    #[arg(long)]
+    json_response: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut overrides = Overrides::default();
+    overrides.set("server.port", "--port", args.port.to_string());
+    overrides.set("database.data_dir", "--data-dir", &args.data_dir);
+    overrides.set("server.stateless", "--stateless", args.stateless.to_string());
+    overrides.set(
+        "server.json_response",
+        "--json-response",
+        args.json_response.to_string(),
+    );
+    let config = match Config::load(None, &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("aop-conformance-server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = telemetry::init(&config.log_level) {
+        eprintln!("aop-conformance-server: {e}");
+        return ExitCode::FAILURE;
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("aop-conformance-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let platform = Platform::build(&config)?;
+    let options = Platform::http_options(&config, CancellationToken::new());
+    let make = {
+        let platform = platform.clone();
+        move || server::ConformanceServer::new(platform.mcp_server())
+    };
+    let app = aop_mcp::router(make, options, platform.metrics.clone(), platform.store.clone());
+    let addr = SocketAddr::new(config.server.host, config.server.port);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(url = %format!("http://{addr}/mcp"), stateless = config.server.stateless, "listening");
+    axum::serve(listener, app).await?;
+    Ok(())
+}
