@@ -65,8 +65,7 @@ impl TestApp {
     }
 
     /// A stateless 2026-07-28 request.
-    fn rpc(method: &str, params: Value) -> http::request::Builder {
-        let _ = params;
+    fn rpc(method: &str) -> http::request::Builder {
         Request::post("/mcp")
             .header("host", "127.0.0.1:8000")
             .header("content-type", "application/json")
@@ -87,7 +86,7 @@ impl TestApp {
     }
 
     async fn call(&self, method: &str, params: Value) -> Reply {
-        let mut builder = Self::rpc(method, params.clone());
+        let mut builder = Self::rpc(method);
         if let Some(name) = params.get("name").and_then(Value::as_str)
             && method == "tools/call"
         {
@@ -323,7 +322,7 @@ async fn resources_serve_agents_versions_and_lineage() {
 async fn api_keys_gate_mcp_but_not_health() {
     let app = TestApp::new(|o| o.api_keys = vec![SecretString::from("sk-test-key".to_owned())]);
     let list = || {
-        TestApp::rpc("tools/list", json!({}))
+        TestApp::rpc("tools/list")
             .body(TestApp::body("tools/list", json!({})))
             .unwrap()
     };
@@ -366,7 +365,7 @@ async fn api_keys_gate_mcp_but_not_health() {
 async fn foreign_origins_and_hosts_are_refused() {
     let app = TestApp::new(|o| o.allowed_origins = vec!["https://app.example.com".into()]);
     let with = |name: &str, value: &str| {
-        let mut r = TestApp::rpc("tools/list", json!({}))
+        let mut r = TestApp::rpc("tools/list")
             .body(TestApp::body("tools/list", json!({})))
             .unwrap();
         r.headers_mut().insert(

@@ -38,14 +38,32 @@ pub fn tools() -> Vec<Tool> {
         ("test_simple_text", "Returns a simple text response"),
         ("test_image_content", "Returns a PNG image"),
         ("test_audio_content", "Returns a WAV clip"),
-        ("test_embedded_resource", "Returns an embedded text resource"),
-        ("test_multiple_content_types", "Returns text, an image and a resource"),
-        ("test_tool_with_logging", "Sends three log notifications while it runs"),
-        ("test_tool_with_progress", "Reports progress 0, 50 and 100 of 100"),
+        (
+            "test_embedded_resource",
+            "Returns an embedded text resource",
+        ),
+        (
+            "test_multiple_content_types",
+            "Returns text, an image and a resource",
+        ),
+        (
+            "test_tool_with_logging",
+            "Sends three log notifications while it runs",
+        ),
+        (
+            "test_tool_with_progress",
+            "Reports progress 0, 50 and 100 of 100",
+        ),
         ("test_error_handling", "Always fails with a tool error"),
         ("test_reconnection", "Answers after a short pause"),
-        ("test_elicitation_sep1034_defaults", "Elicits a form whose fields have defaults"),
-        ("test_elicitation_sep1330_enums", "Elicits a form with every enum style"),
+        (
+            "test_elicitation_sep1034_defaults",
+            "Elicits a form whose fields have defaults",
+        ),
+        (
+            "test_elicitation_sep1330_enums",
+            "Elicits a form with every enum style",
+        ),
     ];
     let mut tools: Vec<Tool> = plain
         .iter()
@@ -96,13 +114,13 @@ pub fn simple_tool_result(name: &str, arguments: &JsonObject) -> Option<CallTool
         "test_audio_content" => CallToolResult::success(vec![ContentBlock::Audio(
             AudioContent::new(WAV, "audio/wav"),
         )]),
-        "test_embedded_resource" => CallToolResult::success(vec![ContentBlock::resource(
-            text_resource(
+        "test_embedded_resource" => {
+            CallToolResult::success(vec![ContentBlock::resource(text_resource(
                 "test://embedded-resource",
                 "text/plain",
                 "This is an embedded resource content.",
-            ),
-        )]),
+            ))])
+        }
         "test_multiple_content_types" => CallToolResult::success(vec![
             ContentBlock::text("Multiple content types test:"),
             ContentBlock::image(PNG, "image/png"),
@@ -204,7 +222,8 @@ pub fn read_resource(uri: &str) -> Option<ReadResourceResult> {
                 .strip_prefix("test://template/")?
                 .strip_suffix("/data")
                 .filter(|id| !id.is_empty() && !id.contains('/'))?;
-            let body = json!({"id": id, "templateTest": true, "data": format!("Data for ID: {id}")});
+            let body =
+                json!({"id": id, "templateTest": true, "data": format!("Data for ID: {id}")});
             text_resource(uri, "application/json", &body.to_string())
         }
     };
@@ -218,7 +237,11 @@ pub fn prompts() -> Vec<Prompt> {
             .with_required(true)
     };
     vec![
-        Prompt::new("test_simple_prompt", Some("A prompt without arguments"), None),
+        Prompt::new(
+            "test_simple_prompt",
+            Some("A prompt without arguments"),
+            None,
+        ),
         Prompt::new(
             "test_prompt_with_arguments",
             Some("A prompt with two required arguments"),
@@ -230,9 +253,16 @@ pub fn prompts() -> Vec<Prompt> {
         Prompt::new(
             "test_prompt_with_embedded_resource",
             Some("A prompt that embeds a resource"),
-            Some(vec![required("resourceUri", "URI of the resource to embed")]),
+            Some(vec![required(
+                "resourceUri",
+                "URI of the resource to embed",
+            )]),
         ),
-        Prompt::new("test_prompt_with_image", Some("A prompt with an image"), None),
+        Prompt::new(
+            "test_prompt_with_image",
+            Some("A prompt with an image"),
+            None,
+        ),
     ]
 }
 

@@ -13,7 +13,10 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "aop-conformance-server", about = "aop with the MCP conformance fixtures")]
+#[command(
+    name = "aop-conformance-server",
+    about = "aop with the MCP conformance fixtures"
+)]
 struct Args {
     /// Port on 127.0.0.1.
     #[arg(long)]
@@ -34,7 +37,11 @@ fn main() -> ExitCode {
     let mut overrides = Overrides::default();
     overrides.set("server.port", "--port", args.port.to_string());
     overrides.set("database.data_dir", "--data-dir", &args.data_dir);
-    overrides.set("server.stateless", "--stateless", args.stateless.to_string());
+    overrides.set(
+        "server.stateless",
+        "--stateless",
+        args.stateless.to_string(),
+    );
     overrides.set(
         "server.json_response",
         "--json-response",
@@ -68,7 +75,12 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         let platform = platform.clone();
         move || server::ConformanceServer::new(platform.mcp_server())
     };
-    let app = aop_mcp::router(make, options, platform.metrics.clone(), platform.store.clone());
+    let app = aop_mcp::router(
+        make,
+        options,
+        platform.metrics.clone(),
+        platform.store.clone(),
+    );
     let addr = SocketAddr::new(config.server.host, config.server.port);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(url = %format!("http://{addr}/mcp"), stateless = config.server.stateless, "listening");

@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use aop_mcp::AgentServer;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams,
-    CompleteResult, ContentBlock, CreateMessageRequestParams, ElicitRequestParams,
-    ElicitationSchema, GetPromptRequestParams, GetPromptResponse, ListPromptsResult,
-    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, LoggingLevel,
-    LoggingMessageNotificationParam, PaginatedRequestParams, ProgressNotificationParam,
-    ReadResourceRequestParams, ReadResourceResponse, SamplingMessage, ServerCapabilities,
-    ServerConfig, SetLevelRequestParams, SubscribeRequestParams, UnsubscribeRequestParams,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult,
+    ContentBlock, CreateMessageRequestParams, ElicitRequestParams, ElicitationSchema,
+    GetPromptRequestParams, GetPromptResponse, ListPromptsResult, ListResourceTemplatesResult,
+    ListResourcesResult, ListToolsResult, LoggingLevel, LoggingMessageNotificationParam,
+    PaginatedRequestParams, ProgressNotificationParam, ReadResourceRequestParams,
+    ReadResourceResponse, SamplingMessage, ServerCapabilities, ServerConfig, SetLevelRequestParams,
+    SubscribeRequestParams, UnsubscribeRequestParams,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler};
@@ -64,7 +64,8 @@ impl ConformanceServer {
                     "Tool processing data",
                     "Tool execution completed",
                 ] {
-                    let note = LoggingMessageNotificationParam::new(LoggingLevel::Info, json!(step));
+                    let note =
+                        LoggingMessageNotificationParam::new(LoggingLevel::Info, json!(step));
                     if let Err(e) = context.peer.notify_logging_message(note).await {
                         tracing::warn!(error = %e, "cannot send a log notification");
                     }
@@ -110,7 +111,9 @@ impl ConformanceServer {
                     Err(e) => failure(&format!("sampling failed: {e}")),
                 }
             }
-            "test_elicitation" => elicit(&context, &text_arg("message"), fixtures::user_form()).await,
+            "test_elicitation" => {
+                elicit(&context, &text_arg("message"), fixtures::user_form()).await
+            }
             "test_elicitation_sep1034_defaults" => {
                 elicit(
                     &context,
@@ -146,7 +149,11 @@ fn failure(text: &str) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(text)])
 }
 
-async fn elicit(context: &RequestContext<RoleServer>, message: &str, form: Value) -> CallToolResult {
+async fn elicit(
+    context: &RequestContext<RoleServer>,
+    message: &str,
+    form: Value,
+) -> CallToolResult {
     let schema: ElicitationSchema = match serde_json::from_value(form) {
         Ok(s) => s,
         Err(e) => return failure(&format!("fixture form is not an elicitation schema: {e}")),
