@@ -9,19 +9,30 @@ use crate::agent::{AgentStatus, Capability, ModelParameters, PROD_ALIAS};
 use crate::clock::SystemClock;
 use crate::error::ServiceError;
 use crate::page::PageRequest;
-use crate::ports::{AgentStore, StoreError};
+use crate::ports::{AgentStore, SessionStore, StoreError};
 use crate::service::{AgentService, CreateAgent, ListAgents, UpdateAgent};
+use crate::session::{
+    Interaction, InteractionId, InteractionStatus, Message, Role, Session, SessionId,
+    SessionStatus, TokenUsage, ToolCallRecord,
+};
 
 /// A store under test and whatever must live as long as it (a temp dir, a database).
 pub struct Fixture {
     pub store: Arc<dyn AgentStore>,
+    pub sessions: Arc<dyn SessionStore>,
     _guard: Box<dyn Any + Send>,
 }
 
 impl Fixture {
-    pub fn new(store: Arc<dyn AgentStore>, guard: impl Any + Send) -> Self {
+    /// `store` usually implements both ports: `Fixture::new(s.clone(), s, guard)`.
+    pub fn new(
+        store: Arc<dyn AgentStore>,
+        sessions: Arc<dyn SessionStore>,
+        guard: impl Any + Send,
+    ) -> Self {
         Self {
             store,
+            sessions,
             _guard: Box::new(guard),
         }
     }
@@ -50,6 +61,12 @@ macro_rules! store_contract_tests {
             concurrent_updates_never_lose_a_version,
             lineage_links_each_version_to_its_parent,
             health_reports_up,
+            update_refuses_a_delegation_cycle,
+            sessions_start_read_and_end_once,
+            a_turn_is_recorded_whole_or_not_at_all,
+            an_ended_session_takes_no_turns,
+            messages_page_in_order_and_recent_ones_come_last,
+            interactions_round_trip_and_list_by_agent,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -567,4 +584,266 @@ pub async fn health_reports_up(f: &Fixture) {
     assert!(health.up, "{health:?}");
     let page = PageRequest::default();
     assert!(page.limit > 0);
+}
+
+fn session_for(agent_id: &crate::AgentId) -> Session {
+    Session {
+        session_id: SessionId::generate(),
+        agent_id: agent_id.clone(),
+        alias: "prod".into(),
+        version: 1,
+        user_id: "u1".into(),
+        context: serde_json::json!({"channel": "web", "nested": {"n": 1}}),
+        status: SessionStatus::Active,
+        summary: None,
+        created_at: 1_000,
+        ended_at: None,
+    }
+}
+
+fn interaction_for(agent_id: &crate::AgentId, session: Option<&SessionId>) -> Interaction {
+    Interaction {
+        interaction_id: InteractionId::generate(),
+        agent_id: agent_id.clone(),
+        version: 1,
+        session_id: session.cloned(),
+        parent_interaction_id: None,
+        input: "hello".into(),
+        output: Some("hi there".into()),
+        model: "gpt-4o-mini".into(),
+        usage: TokenUsage {
+            prompt_tokens: 12,
+            completion_tokens: 5,
+        },
+        cost_usd: Some(0.000_004_8),
+        latency_ms: 321,
+        tool_calls: vec![ToolCallRecord {
+            call_id: "call_1".into(),
+            name: "ask".into(),
+            arguments: r#"{"input":"x"}"#.into(),
+            delegate_agent_id: Some(agent_id.clone()),
+            delegate_interaction_id: Some(InteractionId::generate()),
+            result: "done".into(),
+            is_error: false,
+        }],
+        status: InteractionStatus::Completed,
+        error: None,
+        created_at: 2_000,
+    }
+}
+
+fn messages_for(i: &Interaction, first_seq: u32) -> Vec<Message> {
+    let session_id = i.session_id.clone().expect("a session turn");
+    vec![
+        Message {
+            session_id: session_id.clone(),
+            seq: first_seq,
+            role: Role::User,
+            content: i.input.clone(),
+            interaction_id: i.interaction_id.clone(),
+            created_at: i.created_at,
+        },
+        Message {
+            session_id,
+            seq: first_seq + 1,
+            role: Role::Assistant,
+            content: i.output.clone().unwrap_or_default(),
+            interaction_id: i.interaction_id.clone(),
+            created_at: i.created_at + 1,
+        },
+    ]
+}
+
+pub async fn sessions_start_read_and_end_once(f: &Fixture) {
+    let agent = f.service().create(agent("talker")).await.unwrap().agent;
+    let session = session_for(&agent.agent_id);
+    f.sessions.insert_session(&session).await.unwrap();
+    assert_eq!(
+        f.sessions.get_session(&session.session_id).await.unwrap(),
+        Some(session.clone())
+    );
+    let err = f.sessions.insert_session(&session).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    f.sessions
+        .end_session(&session.session_id, Some("resolved"), 5_000)
+        .await
+        .unwrap();
+    let ended = f
+        .sessions
+        .get_session(&session.session_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ended.status, SessionStatus::Ended);
+    assert_eq!(ended.summary.as_deref(), Some("resolved"));
+    assert_eq!(ended.ended_at, Some(5_000));
+    let again = f
+        .sessions
+        .end_session(&session.session_id, None, 6_000)
+        .await
+        .unwrap_err();
+    assert!(matches!(again, StoreError::Conflict(_)), "{again:?}");
+    assert!(
+        f.sessions
+            .get_session(&SessionId::generate())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+pub async fn a_turn_is_recorded_whole_or_not_at_all(f: &Fixture) {
+    let agent = f.service().create(agent("atomic")).await.unwrap().agent;
+    let session = session_for(&agent.agent_id);
+    f.sessions.insert_session(&session).await.unwrap();
+    let first = interaction_for(&agent.agent_id, Some(&session.session_id));
+    f.sessions
+        .record_turn(&first, &messages_for(&first, 1))
+        .await
+        .unwrap();
+    // A second turn that reuses message number 2 loses the race: nothing of it is written.
+    let loser = interaction_for(&agent.agent_id, Some(&session.session_id));
+    let err = f
+        .sessions
+        .record_turn(&loser, &messages_for(&loser, 2))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert!(
+        f.sessions
+            .get_interaction(&loser.interaction_id)
+            .await
+            .unwrap()
+            .is_none(),
+        "the interaction of a failed turn write is rolled back"
+    );
+    let messages = f
+        .sessions
+        .recent_messages(&session.session_id, 10)
+        .await
+        .unwrap();
+    assert_eq!(messages.len(), 2);
+}
+
+pub async fn an_ended_session_takes_no_turns(f: &Fixture) {
+    let agent = f.service().create(agent("closing")).await.unwrap().agent;
+    let session = session_for(&agent.agent_id);
+    f.sessions.insert_session(&session).await.unwrap();
+    f.sessions
+        .end_session(&session.session_id, None, 2)
+        .await
+        .unwrap();
+    let late = interaction_for(&agent.agent_id, Some(&session.session_id));
+    let err = f
+        .sessions
+        .record_turn(&late, &messages_for(&late, 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert!(
+        f.sessions
+            .get_interaction(&late.interaction_id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+pub async fn messages_page_in_order_and_recent_ones_come_last(f: &Fixture) {
+    let agent = f.service().create(agent("chatty")).await.unwrap().agent;
+    let session = session_for(&agent.agent_id);
+    f.sessions.insert_session(&session).await.unwrap();
+    for turn in 0..3 {
+        let mut i = interaction_for(&agent.agent_id, Some(&session.session_id));
+        i.input = format!("question {turn}");
+        i.output = Some(format!("answer {turn}"));
+        f.sessions
+            .record_turn(&i, &messages_for(&i, turn * 2 + 1))
+            .await
+            .unwrap();
+    }
+    let page = PageRequest::parse(None, Some(4)).unwrap();
+    let first = f
+        .sessions
+        .list_messages(&session.session_id, &page)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 5, "limit + 1 tells the caller there is more");
+    assert_eq!(
+        first.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    assert_eq!(first[0].content, "question 0");
+    assert_eq!(first[1].role, Role::Assistant);
+    let recent = f
+        .sessions
+        .recent_messages(&session.session_id, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        recent
+            .iter()
+            .map(|m| m.content.as_str())
+            .collect::<Vec<_>>(),
+        ["question 2", "answer 2"]
+    );
+}
+
+pub async fn interactions_round_trip_and_list_by_agent(f: &Fixture) {
+    let svc = f.service();
+    let a = svc.create(agent("worker a")).await.unwrap().agent;
+    let b = svc.create(agent("worker b")).await.unwrap().agent;
+    let mut failed = interaction_for(&a.agent_id, None);
+    failed.status = InteractionStatus::Failed;
+    failed.output = None;
+    failed.error = Some("the model did not answer within 30s".into());
+    failed.cost_usd = None;
+    let ok = interaction_for(&a.agent_id, None);
+    let other = interaction_for(&b.agent_id, None);
+    for i in [&failed, &ok, &other] {
+        f.sessions.record_turn(i, &[]).await.unwrap();
+    }
+    assert_eq!(
+        f.sessions
+            .get_interaction(&failed.interaction_id)
+            .await
+            .unwrap(),
+        Some(failed.clone())
+    );
+    let listed = f
+        .sessions
+        .list_interactions(&a.agent_id, &PageRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(listed, vec![failed, ok]);
+}
+
+pub async fn update_refuses_a_delegation_cycle(f: &Fixture) {
+    let svc = f.service();
+    let b = svc.create(agent("b")).await.unwrap().agent.agent_id;
+    let mut to_b = cap("ask_b");
+    to_b.delegate_to = Some(b.clone());
+    let a = svc
+        .create(CreateAgent {
+            capabilities: vec![to_b],
+            ..agent("a")
+        })
+        .await
+        .unwrap()
+        .agent
+        .agent_id;
+    let mut back = update(&b, "b now asks a");
+    let mut to_a = cap("ask_a");
+    to_a.delegate_to = Some(a.clone());
+    back.capabilities = Some(vec![to_a]);
+    let err = svc.update(back).await.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!("invalid input: capabilities[0].delegate_to: delegation cycle: {b} -> {a} -> {b}")
+    );
+    assert_eq!(
+        svc.get(&b, None).await.unwrap().version.version,
+        1,
+        "nothing was written"
+    );
 }

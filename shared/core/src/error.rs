@@ -38,6 +38,16 @@ pub enum ServiceError {
     /// The request is valid but the current state forbids it.
     #[error("{0}")]
     Conflict(String),
+    /// No model endpoint is configured; the message names the settings to provide.
+    #[error("cannot run the agent: no LLM is configured: {0}")]
+    ModelNotConfigured(String),
+    /// The agent's turn failed (the model timed out, refused or was unavailable); the
+    /// interaction is recorded as failed.
+    #[error("{reason} (interaction {interaction_id} recorded as failed)")]
+    TurnFailed {
+        interaction_id: String,
+        reason: String,
+    },
     /// The store failed; the source says whether retrying can help.
     #[error("store failure")]
     Store(#[from] StoreError),

@@ -6,10 +6,14 @@ pub mod agent;
 pub mod clock;
 #[cfg(feature = "contract")]
 pub mod contract;
+pub mod conversation;
 pub mod error;
+pub mod llm;
 pub mod page;
 pub mod ports;
+pub mod pricing;
 pub mod service;
+pub mod session;
 pub mod validate;
 
 pub use agent::{
@@ -19,5 +23,5 @@ pub use agent::{
 pub use clock::{Clock, SystemClock};
 pub use error::{FieldError, ServiceError};
 pub use page::{Cursor, Page, PageRequest};
-pub use ports::{AgentFilter, AgentStore, StatusFilter, StoreError, StoreHealth};
+pub use ports::{AgentFilter, AgentStore, SessionStore, StatusFilter, StoreError, StoreHealth};
 pub use service::{AgentDetail, AgentService, CreateAgent, ListAgents, UpdateAgent};

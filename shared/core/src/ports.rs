@@ -162,3 +162,66 @@ pub trait AgentStore: Send + Sync {
     /// Checks the store can serve requests.
     async fn health(&self) -> StoreHealth;
 }
+
+/// Persistence of sessions, their messages and interactions. Every method is atomic.
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    /// # Errors
+    /// `Conflict` when the session id exists.
+    async fn insert_session(&self, session: &crate::session::Session) -> Result<(), StoreError>;
+
+    async fn get_session(
+        &self,
+        session_id: &crate::session::SessionId,
+    ) -> Result<Option<crate::session::Session>, StoreError>;
+
+    /// Marks a session ended.
+    ///
+    /// # Errors
+    /// `Conflict` when it is not active.
+    async fn end_session(
+        &self,
+        session_id: &crate::session::SessionId,
+        summary: Option<&str>,
+        ended_at: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Records an interaction and the session messages it produced, in one transaction.
+    ///
+    /// # Errors
+    /// `Conflict` when a message number is taken (a concurrent turn in the same session) or the
+    /// session is no longer active; nothing is written then.
+    async fn record_turn(
+        &self,
+        interaction: &crate::session::Interaction,
+        messages: &[crate::session::Message],
+    ) -> Result<(), StoreError>;
+
+    /// Messages of a session in order, after the cursor's message number, at most
+    /// `page.limit + 1`.
+    async fn list_messages(
+        &self,
+        session_id: &crate::session::SessionId,
+        page: &PageRequest,
+    ) -> Result<Vec<crate::session::Message>, StoreError>;
+
+    /// The last `limit` messages of a session, oldest first.
+    async fn recent_messages(
+        &self,
+        session_id: &crate::session::SessionId,
+        limit: u32,
+    ) -> Result<Vec<crate::session::Message>, StoreError>;
+
+    async fn get_interaction(
+        &self,
+        interaction_id: &crate::session::InteractionId,
+    ) -> Result<Option<crate::session::Interaction>, StoreError>;
+
+    /// Interactions of an agent, oldest first, after the cursor's interaction id, at most
+    /// `page.limit + 1`.
+    async fn list_interactions(
+        &self,
+        agent_id: &AgentId,
+        page: &PageRequest,
+    ) -> Result<Vec<crate::session::Interaction>, StoreError>;
+}

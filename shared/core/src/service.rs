@@ -515,15 +515,63 @@ impl AgentService {
                 Some(a) if a.status == AgentStatus::Archived => {
                     p.push(field, format!("agent '{target}' is archived"));
                 }
-                Some(_) => {}
+                Some(_) => {
+                    if let Some(me) = self_id
+                        && let Some(path) = self.delegation_path(target, me).await?
+                    {
+                        p.push(
+                            field,
+                            format!("delegation cycle: {me} -> {}", path.join(" -> ")),
+                        );
+                    }
+                }
             }
         }
         Ok(())
     }
 }
 
+impl AgentService {
+    /// The chain of delegations from `from` to `to` through the agents' latest versions, if any.
+    async fn delegation_path(
+        &self,
+        from: &AgentId,
+        to: &AgentId,
+    ) -> Result<Option<Vec<String>>, ServiceError> {
+        const MAX_VISITED: usize = 256;
+        let mut queue = std::collections::VecDeque::from([(from.clone(), vec![from.to_string()])]);
+        let mut seen = std::collections::HashSet::from([from.clone()]);
+        while let Some((at, path)) = queue.pop_front() {
+            if &at == to {
+                return Ok(Some(path));
+            }
+            if seen.len() > MAX_VISITED {
+                break;
+            }
+            let Some(agent) = self.store.get_agent(&at).await? else {
+                continue;
+            };
+            let Some(version) = self.store.get_version(&at, agent.latest_version).await? else {
+                continue;
+            };
+            for next in version
+                .capabilities
+                .iter()
+                .filter_map(|c| c.delegate_to.clone())
+            {
+                if next == *to || seen.insert(next.clone()) {
+                    let mut p = path.clone();
+                    p.push(next.to_string());
+                    queue.push_back((next, p));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
 /// Cuts the extra row a store returns and turns the last key into the next cursor.
-fn paginate<T>(mut rows: Vec<T>, limit: u32, key: impl Fn(&T) -> String) -> Page<T> {
+pub(crate) fn paginate<T>(mut rows: Vec<T>, limit: u32, key: impl Fn(&T) -> String) -> Page<T> {
     let more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
     let next_cursor = if more {

@@ -53,6 +53,9 @@ pub fn protocol_error(error: &ServiceError, uri: &str) -> ErrorData {
             ErrorData::invalid_params(error.to_string(), None)
         }
         ServiceError::Store(_) => ErrorData::internal_error(client_message(error), None),
+        ServiceError::ModelNotConfigured(_) | ServiceError::TurnFailed { .. } => {
+            ErrorData::internal_error(error.to_string(), None)
+        }
     }
 }
 

@@ -8,9 +8,10 @@ use crate::error::map_err;
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "agents and versions",
-    "CREATE TABLE agents (
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "agents and versions",
+        "CREATE TABLE agents (
         agent_id       TEXT PRIMARY KEY,
         name           TEXT NOT NULL,
         domain         TEXT NOT NULL,
@@ -38,7 +39,52 @@ const MIGRATIONS: &[(&str, &str)] = &[(
         change_summary    TEXT NOT NULL,
         PRIMARY KEY (agent_id, version)
     ) WITHOUT ROWID;",
-)];
+    ),
+    (
+        "sessions, messages and interactions",
+        "CREATE TABLE sessions (
+        session_id TEXT PRIMARY KEY,
+        agent_id   TEXT NOT NULL REFERENCES agents (agent_id),
+        alias      TEXT NOT NULL,
+        version    INTEGER NOT NULL,
+        user_id    TEXT NOT NULL,
+        context    TEXT NOT NULL,
+        status     TEXT NOT NULL CHECK (status IN ('active', 'ended')),
+        summary    TEXT,
+        created_at INTEGER NOT NULL,
+        ended_at   INTEGER
+    );
+    CREATE TABLE messages (
+        session_id     TEXT NOT NULL REFERENCES sessions (session_id),
+        seq            INTEGER NOT NULL CHECK (seq > 0),
+        role           TEXT NOT NULL,
+        content        TEXT NOT NULL,
+        interaction_id TEXT NOT NULL,
+        created_at     INTEGER NOT NULL,
+        PRIMARY KEY (session_id, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE interactions (
+        interaction_id        TEXT PRIMARY KEY,
+        agent_id              TEXT NOT NULL,
+        version               INTEGER NOT NULL,
+        session_id            TEXT,
+        parent_interaction_id TEXT,
+        input                 TEXT NOT NULL,
+        output                TEXT,
+        model                 TEXT NOT NULL,
+        prompt_tokens         INTEGER NOT NULL,
+        completion_tokens     INTEGER NOT NULL,
+        cost_usd              REAL,
+        latency_ms            INTEGER NOT NULL,
+        tool_calls            TEXT NOT NULL,
+        status                TEXT NOT NULL CHECK (status IN ('completed', 'failed')),
+        error                 TEXT,
+        created_at            INTEGER NOT NULL
+    );
+    CREATE INDEX interactions_by_agent ON interactions (agent_id, interaction_id);
+    CREATE INDEX interactions_by_parent ON interactions (parent_interaction_id);",
+    ),
+];
 
 pub(crate) fn apply(conn: &mut Connection) -> Result<(), StoreError> {
     let tx = conn

@@ -10,7 +10,8 @@ use aop_store_sqlite::SqliteStore;
 async fn fixture() -> Option<Fixture> {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = SqliteStore::open_dir(dir.path()).expect("open store");
-    Some(Fixture::new(Arc::new(store), dir))
+    let store = Arc::new(store);
+    Some(Fixture::new(store.clone(), store, dir))
 }
 
 aop_core::store_contract_tests!(fixture());
