@@ -13,4 +13,4 @@ mod server;
 pub use http::{HttpOptions, router};
 pub use metrics::Metrics;
 pub use request_id::REQUEST_ID_HEADER;
-pub use server::AgentServer;
+pub use server::{AgentServer, RequestDeadline};

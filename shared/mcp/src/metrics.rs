@@ -1,5 +1,7 @@
 //! Prometheus metrics of the MCP endpoint: HTTP requests and tool calls, counted and timed.
 
+use aop_core::conversation::InteractionObserver;
+use aop_core::session::{Interaction, InteractionStatus};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -20,6 +22,17 @@ struct ToolLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AgentLabel {
+    agent_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    agent_id: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ToolName {
     tool: String,
 }
@@ -29,6 +42,35 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_1, 2.0, 19))
 }
 
+impl InteractionObserver for Metrics {
+    fn recorded(&self, i: &Interaction) {
+        let agent = AgentLabel {
+            agent_id: i.agent_id.to_string(),
+        };
+        self.interactions.get_or_create(&agent).inc();
+        if i.status == InteractionStatus::Failed {
+            self.failures.get_or_create(&agent).inc();
+        }
+        for (kind, n) in [
+            ("prompt", i.usage.prompt_tokens),
+            ("completion", i.usage.completion_tokens),
+        ] {
+            self.tokens
+                .get_or_create(&TokenLabels {
+                    agent_id: agent.agent_id.clone(),
+                    kind: kind.to_owned(),
+                })
+                .inc_by(n);
+        }
+        if let Some(usd) = i.cost_usd {
+            self.cost.get_or_create(&agent).inc_by(usd);
+        }
+        self.turn_latency
+            .get_or_create(&agent)
+            .observe(i.latency_ms as f64 / 1000.0);
+    }
+}
+
 /// The process's metrics registry.
 pub struct Metrics {
     registry: Registry,
@@ -36,6 +78,11 @@ pub struct Metrics {
     http_latency: Family<HttpLabels, Histogram, fn() -> Histogram>,
     tool_calls: Family<ToolLabels, Counter>,
     tool_latency: Family<ToolName, Histogram, fn() -> Histogram>,
+    interactions: Family<AgentLabel, Counter>,
+    failures: Family<AgentLabel, Counter>,
+    tokens: Family<TokenLabels, Counter>,
+    cost: Family<AgentLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
+    turn_latency: Family<AgentLabel, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Metrics {
@@ -46,7 +93,13 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("aop");
+        let interactions = Family::<AgentLabel, Counter>::default();
+        let failures = Family::<AgentLabel, Counter>::default();
+        let tokens = Family::<TokenLabels, Counter>::default();
+        let cost = Family::<AgentLabel, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+        let turn_latency = Family::<AgentLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
         let http_requests = Family::<HttpLabels, Counter>::default();
         let http_latency = Family::<HttpLabels, Histogram, fn() -> Histogram>::new_with_constructor(
             latency_histogram,
@@ -55,32 +108,66 @@ impl Metrics {
         let tool_latency = Family::<ToolName, Histogram, fn() -> Histogram>::new_with_constructor(
             latency_histogram,
         );
-        registry.register(
+
+        let mut root = Registry::default();
+        // The design's name, unprefixed: dashboards query `agent_interactions_total`.
+        root.register(
+            "agent_interactions",
+            "Agent turns by agent, delegated turns included",
+            interactions.clone(),
+        );
+        let aop = root.sub_registry_with_prefix("aop");
+        aop.register(
+            "agent_interaction_failures",
+            "Agent turns that failed, by agent",
+            failures.clone(),
+        );
+        aop.register(
+            "llm_tokens",
+            "LLM tokens by agent and kind (prompt, completion)",
+            tokens.clone(),
+        );
+        aop.register(
+            "llm_cost_usd",
+            "LLM cost in US dollars by agent, from the configured price table",
+            cost.clone(),
+        );
+        aop.register(
+            "agent_turn_duration_seconds",
+            "Latency of agent turns, model calls and delegations included",
+            turn_latency.clone(),
+        );
+        aop.register(
             "http_requests",
             "HTTP requests by route, method and status",
             http_requests.clone(),
         );
-        registry.register(
+        aop.register(
             "http_request_duration_seconds",
             "HTTP request latency by route, method and status",
             http_latency.clone(),
         );
-        registry.register(
+        aop.register(
             "mcp_tool_calls",
             "MCP tool calls by tool and outcome (ok, tool_error, protocol_error)",
             tool_calls.clone(),
         );
-        registry.register(
+        aop.register(
             "mcp_tool_call_duration_seconds",
             "MCP tool call latency by tool",
             tool_latency.clone(),
         );
         Self {
-            registry,
+            registry: root,
             http_requests,
             http_latency,
             tool_calls,
             tool_latency,
+            interactions,
+            failures,
+            tokens,
+            cost,
+            turn_latency,
         }
     }
 

@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use aop_core::conversation::{ConversationService, RunAgent, SendMessage, StartSession};
+use aop_core::session::SessionId;
 use aop_core::{AgentId, AgentService, CreateAgent, ListAgents, UpdateAgent};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::ToolCallContext;
@@ -24,7 +26,8 @@ use crate::request_id;
 use crate::resources;
 
 const INSTRUCTIONS: &str = "Agent orchestration platform. Create agents with create_agent; every \
-update_agent makes a new immutable version. Read agents and their lineage as agent:// resources.";
+update_agent makes a new immutable version. Talk to an agent with start_session and send_message \
+(or run_agent for one turn). Read agents and their lineage as agent:// resources.";
 
 /// Arguments naming one agent and optionally one of its versions.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -56,19 +59,64 @@ pub struct AgentIdArgs {
     pub agent_id: AgentId,
 }
 
+/// Arguments of `get_messages`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GetMessagesArgs {
+    pub session_id: SessionId,
+    /// `next_cursor` of the previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// Page size, 1-200 (default 50).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// Arguments of `end_session`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EndSessionArgs {
+    pub session_id: SessionId,
+    /// What the conversation achieved.
+    #[serde(default)]
+    pub summary: Option<String>,
+}
+
+/// Arguments of `list_interactions`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListInteractionsArgs {
+    pub agent_id: AgentId,
+    #[serde(default)]
+    pub cursor: Option<String>,
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// When the current request must be answered by, set by the entry point (on Lambda: the
+/// invocation's deadline minus a margin). Travels in the HTTP request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestDeadline(pub std::time::Instant);
+
 /// The platform's MCP server. Cheap to clone: one is made per stateless request.
 #[derive(Clone)]
 pub struct AgentServer {
     agents: AgentService,
+    conversations: ConversationService,
     metrics: Arc<Metrics>,
     tools: Arc<ToolRouter<Self>>,
 }
 
 #[tool_router(router = tool_router)]
 impl AgentServer {
-    pub fn new(agents: AgentService, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        agents: AgentService,
+        conversations: ConversationService,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             agents,
+            conversations,
             metrics,
             tools: Arc::new(Self::tool_router()),
         }
@@ -154,6 +202,113 @@ impl AgentServer {
     ) -> Result<Json<aop_core::Agent>, ToolFailure> {
         Ok(Json(self.agents.archive(&args.agent_id).await?))
     }
+
+    #[tool(
+        name = "start_session",
+        description = "Open a conversation with an agent alias (default `prod`). The alias is resolved to one version for the whole session.",
+        annotations(destructive_hint = false, idempotent_hint = false)
+    )]
+    async fn start_session(
+        &self,
+        Parameters(input): Parameters<StartSession>,
+    ) -> Result<Json<aop_core::session::Session>, ToolFailure> {
+        Ok(Json(self.conversations.start_session(input).await?))
+    }
+
+    #[tool(
+        name = "send_message",
+        description = "Say something in a session and get the agent's reply. The turn is recorded as an interaction with tokens, cost and latency.",
+        annotations(
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = true
+        )
+    )]
+    async fn send_message(
+        &self,
+        Parameters(input): Parameters<SendMessage>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<Json<aop_core::conversation::TurnReply>, ToolFailure> {
+        let deadline = request_deadline(&context);
+        Ok(Json(
+            self.conversations.send_message(input, deadline).await?,
+        ))
+    }
+
+    #[tool(
+        name = "run_agent",
+        description = "Run one turn of an agent without a session and get its reply.",
+        annotations(
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = true
+        )
+    )]
+    async fn run_agent(
+        &self,
+        Parameters(input): Parameters<RunAgent>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<Json<aop_core::conversation::TurnReply>, ToolFailure> {
+        let deadline = request_deadline(&context);
+        Ok(Json(self.conversations.run_agent(input, deadline).await?))
+    }
+
+    #[tool(
+        name = "get_messages",
+        description = "The messages of a session in order. Pages with `cursor`/`next_cursor`.",
+        annotations(read_only_hint = true)
+    )]
+    async fn get_messages(
+        &self,
+        Parameters(args): Parameters<GetMessagesArgs>,
+    ) -> Result<Json<aop_core::Page<aop_core::session::Message>>, ToolFailure> {
+        Ok(Json(
+            self.conversations
+                .get_messages(&args.session_id, args.cursor.as_deref(), args.limit)
+                .await?,
+        ))
+    }
+
+    #[tool(
+        name = "end_session",
+        description = "End a session, optionally with a summary. It keeps its messages and takes no more.",
+        annotations(destructive_hint = false, idempotent_hint = false)
+    )]
+    async fn end_session(
+        &self,
+        Parameters(args): Parameters<EndSessionArgs>,
+    ) -> Result<Json<aop_core::session::Session>, ToolFailure> {
+        Ok(Json(
+            self.conversations
+                .end_session(&args.session_id, args.summary.as_deref())
+                .await?,
+        ))
+    }
+
+    #[tool(
+        name = "list_interactions",
+        description = "Recorded turns of an agent, oldest first: version, input, output, model, tokens, cost, latency, tool calls, status and error.",
+        annotations(read_only_hint = true)
+    )]
+    async fn list_interactions(
+        &self,
+        Parameters(args): Parameters<ListInteractionsArgs>,
+    ) -> Result<Json<aop_core::Page<aop_core::session::Interaction>>, ToolFailure> {
+        Ok(Json(
+            self.conversations
+                .list_interactions(&args.agent_id, args.cursor.as_deref(), args.limit)
+                .await?,
+        ))
+    }
+}
+
+/// The deadline the entry point attached to the HTTP request, if any.
+fn request_deadline(context: &RequestContext<RoleServer>) -> Option<std::time::Instant> {
+    context
+        .extensions
+        .get::<http::request::Parts>()
+        .and_then(|p| p.extensions.get::<RequestDeadline>())
+        .map(|d| d.0)
 }
 
 impl AgentServer {
@@ -249,6 +404,12 @@ fn argument_error(tool: &str, arguments: Option<rmcp::model::JsonObject>) -> Str
         "update_agent" => explain_arguments::<UpdateAgent>(tool, arguments),
         "list_agent_versions" => explain_arguments::<ListVersionsArgs>(tool, arguments),
         "archive_agent" => explain_arguments::<AgentIdArgs>(tool, arguments),
+        "start_session" => explain_arguments::<StartSession>(tool, arguments),
+        "send_message" => explain_arguments::<SendMessage>(tool, arguments),
+        "run_agent" => explain_arguments::<RunAgent>(tool, arguments),
+        "get_messages" => explain_arguments::<GetMessagesArgs>(tool, arguments),
+        "end_session" => explain_arguments::<EndSessionArgs>(tool, arguments),
+        "list_interactions" => explain_arguments::<ListInteractionsArgs>(tool, arguments),
         _ => format!("invalid arguments for {tool}"),
     }
 }

@@ -3,6 +3,9 @@
 
 use std::sync::Arc;
 
+use aop_core::conversation::{ConversationService, TurnLimits};
+use aop_core::llm::UnconfiguredModel;
+use aop_core::pricing::PriceTable;
 use aop_core::{AgentService, SystemClock};
 use aop_mcp::{AgentServer, HttpOptions, Metrics};
 use aop_store_sqlite::SqliteStore;
@@ -30,6 +33,15 @@ impl TestApp {
         let store = Arc::new(SqliteStore::open_dir(dir.path()).unwrap());
         let agents = AgentService::new(store.clone(), Arc::new(SystemClock), "test-model");
         let metrics = Arc::new(Metrics::new());
+        let conversations = ConversationService::new(
+            store.clone(),
+            store.clone(),
+            Arc::new(UnconfiguredModel),
+            Arc::new(SystemClock),
+            PriceTable::default(),
+            TurnLimits::default(),
+            metrics.clone(),
+        );
         let mut options = HttpOptions {
             stateless: true,
             json_response: true,
@@ -38,7 +50,7 @@ impl TestApp {
         configure(&mut options);
         let m = metrics.clone();
         let router = aop_mcp::router(
-            move || AgentServer::new(agents.clone(), m.clone()),
+            move || AgentServer::new(agents.clone(), conversations.clone(), m.clone()),
             options,
             metrics,
             store,
@@ -133,9 +145,15 @@ async fn every_tool_is_listed_with_input_and_output_schemas() {
         [
             "archive_agent",
             "create_agent",
+            "end_session",
             "get_agent",
+            "get_messages",
             "list_agent_versions",
             "list_agents",
+            "list_interactions",
+            "run_agent",
+            "send_message",
+            "start_session",
             "update_agent"
         ]
     );
@@ -479,4 +497,48 @@ async fn discover_and_initialize_eras_share_the_endpoint() {
         reply.body["result"]["serverInfo"]["name"],
         "agent-orchestration-platform"
     );
+}
+
+#[tokio::test]
+async fn without_an_llm_sessions_work_and_turns_name_the_settings() {
+    let app = TestApp::new(|_| {});
+    let created = app
+        .ok("create_agent", json!({"name": "A", "instructions": "x"}))
+        .await;
+    let id = created["agent"]["agent_id"].as_str().unwrap();
+    let session = app.ok("start_session", json!({"agent_id": id})).await;
+    assert_eq!(session["version"], 1);
+    assert_eq!(session["alias"], "prod");
+    let sid = session["session_id"].as_str().unwrap();
+    let text = app
+        .tool_error(
+            "send_message",
+            json!({"session_id": sid, "content": "hello"}),
+        )
+        .await;
+    assert!(
+        text.contains("OPENAI_API_KEY") && text.contains("OPENAI_BASE_URL"),
+        "{text}"
+    );
+    let text = app
+        .tool_error("run_agent", json!({"agent_id": id, "input": "hello"}))
+        .await;
+    assert!(text.contains("OPENAI_API_KEY"), "{text}");
+    let messages = app.ok("get_messages", json!({"session_id": sid})).await;
+    assert!(
+        messages["items"].as_array().unwrap().is_empty(),
+        "nothing half-written"
+    );
+    let ended = app
+        .ok("end_session", json!({"session_id": sid, "summary": "done"}))
+        .await;
+    assert_eq!(ended["status"], "ended");
+    let again = app
+        .tool_error("end_session", json!({"session_id": sid}))
+        .await;
+    assert!(again.contains("already ended"), "{again}");
+    let missing = app
+        .tool_error("get_messages", json!({"session_id": "ses_missing"}))
+        .await;
+    assert_eq!(missing, "session 'ses_missing' not found");
 }

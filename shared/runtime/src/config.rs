@@ -72,6 +72,25 @@ const SETTINGS: &[(&str, &str, &str)] = &[
     ("openai.base_url", "OPENAI_BASE_URL", ""),
     ("openai.model", "OPENAI_MODEL", "gpt-4o-mini"),
     ("openai.timeout_seconds", "OPENAI_TIMEOUT_SECONDS", "30"),
+    ("openai.organization", "OPENAI_ORG_ID", ""),
+    ("openai.max_retries", "OPENAI_MAX_RETRIES", "3"),
+    ("openai.prices", "AOP_MODEL_PRICES", ""),
+    (
+        "agents.turn_timeout_seconds",
+        "AOP_TURN_TIMEOUT_SECONDS",
+        "60",
+    ),
+    (
+        "agents.max_delegation_depth",
+        "AOP_MAX_DELEGATION_DEPTH",
+        "3",
+    ),
+    ("agents.max_tool_calls", "AOP_MAX_TOOL_CALLS", "8"),
+    (
+        "agents.history_budget_tokens",
+        "AOP_HISTORY_BUDGET_TOKENS",
+        "8000",
+    ),
 ];
 
 /// Settings whose values are secrets: never echoed in errors.
@@ -136,8 +155,20 @@ pub struct KafkaConfig {
 pub struct OpenAiConfig {
     pub api_key: Option<SecretString>,
     pub base_url: Option<String>,
+    pub organization: Option<String>,
     pub model: String,
+    /// Bound on one HTTP attempt.
     pub timeout_seconds: u64,
+    /// Retries of transient failures after the first attempt.
+    pub max_retries: u32,
+    /// Model prices (USD per million tokens), the defaults plus `openai.prices`.
+    pub prices: aop_core::pricing::PriceTable,
+}
+
+/// `agents` section: bounds on agent turns.
+#[derive(Debug, Clone, Copy)]
+pub struct AgentsConfig {
+    pub limits: aop_core::conversation::TurnLimits,
 }
 
 /// The whole configuration.
@@ -149,6 +180,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub kafka: KafkaConfig,
     pub openai: OpenAiConfig,
+    pub agents: AgentsConfig,
 }
 
 /// Raw values by key, each with its origin.
@@ -403,6 +435,37 @@ impl Layers {
         if model.is_empty() {
             errors.push(self.problem("openai.model", "must not be empty"));
         }
+        let max_retries = self
+            .number::<u32>("openai.max_retries", "a whole number", errors)
+            .unwrap_or(3);
+        if max_retries > 10 {
+            errors.push(self.problem("openai.max_retries", "must be at most 10"));
+        }
+        let mut prices = aop_core::pricing::PriceTable::openai_defaults();
+        if let Err(reason) = prices.extend_from_spec(self.raw("openai.prices").0) {
+            errors.push(self.problem("openai.prices", reason));
+        }
+        let mut positive = |key: &str| {
+            let n = self
+                .number::<u64>(key, "a whole number", errors)
+                .unwrap_or(1);
+            if n == 0 {
+                errors.push(self.problem(key, "must be at least 1"));
+            }
+            n
+        };
+        let turn_timeout = positive("agents.turn_timeout_seconds");
+        let max_tool_calls = positive("agents.max_tool_calls");
+        let history_budget_tokens = positive("agents.history_budget_tokens");
+        let max_delegation_depth = self
+            .number::<usize>("agents.max_delegation_depth", "a whole number", errors)
+            .unwrap_or(3);
+        let limits = aop_core::conversation::TurnLimits {
+            max_delegation_depth,
+            max_tool_calls: usize::try_from(max_tool_calls).unwrap_or(usize::MAX),
+            history_budget_tokens: usize::try_from(history_budget_tokens).unwrap_or(usize::MAX),
+            turn_timeout: std::time::Duration::from_secs(turn_timeout),
+        };
         let data_dir = PathBuf::from(self.text("database.data_dir"));
         if data_dir.as_os_str().is_empty() {
             errors.push(self.problem("database.data_dir", "must not be empty"));
@@ -429,9 +492,13 @@ impl Layers {
             openai: OpenAiConfig {
                 api_key: self.optional("openai.api_key").map(SecretString::from),
                 base_url,
+                organization: self.optional("openai.organization"),
                 model,
                 timeout_seconds,
+                max_retries,
+                prices,
             },
+            agents: AgentsConfig { limits },
         }
     }
 }

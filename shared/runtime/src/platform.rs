@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
-use aop_core::{AgentService, AgentStore, SystemClock};
+use aop_core::conversation::ConversationService;
+use aop_core::llm::{ChatModel, UnconfiguredModel};
+use aop_core::{AgentService, AgentStore, SessionStore, SystemClock};
+use aop_llm::{OpenAiChatModel, OpenAiSettings};
 use aop_mcp::{AgentServer, HttpOptions, Metrics};
 use aop_store_sqlite::SqliteStore;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +23,8 @@ pub enum StartupError {
         setting: &'static str,
         reason: String,
     },
+    #[error("openai: {0}")]
+    Llm(#[from] aop_llm::SetupError),
     #[error("cannot open the embedded store in {dir}")]
     Store {
         dir: String,
@@ -32,6 +37,7 @@ pub enum StartupError {
 #[derive(Clone)]
 pub struct Platform {
     pub agents: AgentService,
+    pub conversations: ConversationService,
     pub store: Arc<dyn AgentStore>,
     pub metrics: Arc<Metrics>,
     store_description: String,
@@ -57,16 +63,26 @@ impl Platform {
             source,
         })?;
         let store_description = format!("sqlite at {}", store.path().display());
-        let store: Arc<dyn AgentStore> = Arc::new(store);
-        let agents = AgentService::new(
+        let store = Arc::new(store);
+        let sessions: Arc<dyn SessionStore> = store.clone();
+        let store: Arc<dyn AgentStore> = store;
+        let clock = Arc::new(SystemClock);
+        let agents = AgentService::new(store.clone(), clock.clone(), config.openai.model.clone());
+        let metrics = Arc::new(Metrics::new());
+        let conversations = ConversationService::new(
             store.clone(),
-            Arc::new(SystemClock),
-            config.openai.model.clone(),
+            sessions,
+            chat_model(config)?,
+            clock,
+            config.openai.prices.clone(),
+            config.agents.limits,
+            metrics.clone(),
         );
         Ok(Self {
             agents,
+            conversations,
             store,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             store_description,
         })
     }
@@ -90,7 +106,11 @@ impl Platform {
 
     /// A fresh MCP server over this platform's services.
     pub fn mcp_server(&self) -> AgentServer {
-        AgentServer::new(self.agents.clone(), self.metrics.clone())
+        AgentServer::new(
+            self.agents.clone(),
+            self.conversations.clone(),
+            self.metrics.clone(),
+        )
     }
 
     /// The Router serving the platform's MCP server.
@@ -103,4 +123,26 @@ impl Platform {
             self.store.clone(),
         )
     }
+}
+
+/// The model endpoint from configuration: OpenAI when only a key is given, the configured base
+/// URL otherwise (a local server may need no key), and none at all when neither is set.
+fn chat_model(config: &Config) -> Result<Arc<dyn ChatModel>, StartupError> {
+    let openai = &config.openai;
+    if openai.api_key.is_none() && openai.base_url.is_none() {
+        tracing::info!(
+            "no LLM configured (OPENAI_API_KEY / OPENAI_BASE_URL): agent turns will fail until one is"
+        );
+        return Ok(Arc::new(UnconfiguredModel));
+    }
+    let base_url = openai
+        .base_url
+        .clone()
+        .unwrap_or_else(|| OpenAiSettings::OPENAI_BASE_URL.to_owned());
+    let mut settings = OpenAiSettings::new(base_url, openai.api_key.clone());
+    settings.organization.clone_from(&openai.organization);
+    settings.attempt_timeout = std::time::Duration::from_secs(openai.timeout_seconds);
+    settings.max_attempts = openai.max_retries + 1;
+    tracing::info!(base_url = %settings.base_url, model = %openai.model, "LLM endpoint configured");
+    Ok(Arc::new(OpenAiChatModel::new(settings)?))
 }

@@ -1,0 +1,411 @@
+//! Agent turns end to end inside the platform: the real async-openai client talks HTTP to the
+//! OpenAI-compatible test server; sessions, delegation, retries, refusals, deadlines, interaction
+//! records and metrics are checked on what the platform stored and sent.
+
+use std::collections::BTreeMap;
+
+use aop_core::conversation::{RunAgent, SendMessage, StartSession};
+use aop_core::session::InteractionStatus;
+use aop_core::{AgentId, Capability, CreateAgent, ServiceError, UpdateAgent};
+use aop_runtime::{Config, Overrides, Platform};
+use openai_test_server::{Reply, TestLlm};
+use serde_json::json;
+
+const KEY: &str = "sk-turn-tests-secret";
+
+struct Setup {
+    platform: Platform,
+    llm: TestLlm,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup(extra: &[(&str, &str)]) -> Setup {
+    let llm = TestLlm::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut env: BTreeMap<String, String> = [
+        ("OPENAI_BASE_URL", llm.base_url()),
+        ("OPENAI_API_KEY", KEY.to_owned()),
+        ("AOP_DATA_DIR", dir.path().display().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    for (k, v) in extra {
+        env.insert((*k).to_owned(), (*v).to_owned());
+    }
+    let config = Config::from_sources(None, &env, &Overrides::default()).unwrap();
+    Setup {
+        platform: Platform::build(&config).unwrap(),
+        llm,
+        _dir: dir,
+    }
+}
+
+fn delegate(name: &str, to: &AgentId) -> Capability {
+    Capability {
+        name: name.into(),
+        description: format!("ask {to}"),
+        parameters: None,
+        effectiveness: None,
+        delegate_to: Some(to.clone()),
+    }
+}
+
+async fn agent(s: &Setup, name: &str, model: &str, capabilities: Vec<Capability>) -> AgentId {
+    s.platform
+        .agents
+        .create(CreateAgent {
+            name: name.into(),
+            instructions: format!("You are {name}."),
+            model: Some(model.into()),
+            capabilities,
+            ..CreateAgent::default()
+        })
+        .await
+        .unwrap()
+        .agent
+        .agent_id
+}
+
+#[tokio::test]
+async fn a_session_delegates_keeps_history_and_records_every_turn() {
+    let s = setup(&[]).await;
+    let expert = agent(&s, "expert", "gpt-4o-mini", vec![]).await;
+    let front = agent(
+        &s,
+        "front",
+        "gpt-4o-mini",
+        vec![delegate("ask_expert", &expert)],
+    )
+    .await;
+    let conv = &s.platform.conversations;
+    let session = conv
+        .start_session(StartSession {
+            agent_id: front.clone(),
+            alias: None,
+            user_id: Some("u-1".into()),
+            context: Some(json!({"channel": "test"})),
+        })
+        .await
+        .unwrap();
+
+    s.llm.push([
+        Reply::tool_call("ask_expert", json!({"input": "What is 2+2?"})),
+        Reply::Text {
+            content: "4".into(),
+            prompt_tokens: 7,
+            completion_tokens: 1,
+        },
+        Reply::Text {
+            content: "The expert says 4.".into(),
+            prompt_tokens: 40,
+            completion_tokens: 5,
+        },
+    ]);
+    let first = conv
+        .send_message(
+            SendMessage {
+                session_id: session.session_id.clone(),
+                content: "Add 2 and 2".into(),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.reply, "The expert says 4.");
+    assert_eq!(first.tool_calls.len(), 1);
+    let call = &first.tool_calls[0];
+    assert_eq!(call.delegate_agent_id.as_ref(), Some(&expert));
+    assert_eq!(call.result, "4");
+    assert!(!call.is_error);
+    // Both model calls of the front agent count: 20+40 prompt, 10+5 completion tokens.
+    assert_eq!(first.usage.prompt_tokens, 60);
+    assert_eq!(first.usage.completion_tokens, 15);
+    let cost = first.cost_usd.expect("gpt-4o-mini has a price");
+    assert!(
+        (cost - (60.0 * 0.15 + 15.0 * 0.60) / 1e6).abs() < 1e-12,
+        "{cost}"
+    );
+
+    let sent = s.llm.requests();
+    assert_eq!(sent.len(), 3);
+    assert_eq!(sent[0].body["tools"][0]["function"]["name"], "ask_expert");
+    assert_eq!(sent[1].body["messages"][0]["content"], "You are expert.");
+    assert_eq!(sent[1].body["messages"][1]["content"], "What is 2+2?");
+    assert_eq!(sent[2].body["messages"][3]["role"], "tool");
+    assert_eq!(sent[2].body["messages"][3]["content"], "4");
+
+    s.llm.push([Reply::text("Still 4.")]);
+    let second = conv
+        .send_message(
+            SendMessage {
+                session_id: session.session_id.clone(),
+                content: "Sure?".into(),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(second.reply, "Still 4.");
+    let history = &s.llm.requests()[3].body["messages"];
+    let roles: Vec<_> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(roles, ["system", "user", "assistant", "user"]);
+    assert_eq!(history[1]["content"], "Add 2 and 2");
+    assert_eq!(history[2]["content"], "The expert says 4.");
+
+    let messages = conv
+        .get_messages(&session.session_id, None, None)
+        .await
+        .unwrap();
+    let texts: Vec<_> = messages.items.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(
+        texts,
+        ["Add 2 and 2", "The expert says 4.", "Sure?", "Still 4."]
+    );
+
+    let front_turns = conv
+        .list_interactions(&front, None, None)
+        .await
+        .unwrap()
+        .items;
+    let expert_turns = conv
+        .list_interactions(&expert, None, None)
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(front_turns.len(), 2);
+    assert_eq!(expert_turns.len(), 1);
+    assert_eq!(
+        expert_turns[0].parent_interaction_id,
+        Some(first.interaction_id.clone())
+    );
+    assert_eq!(expert_turns[0].usage.prompt_tokens, 7);
+    assert_eq!(
+        call.delegate_interaction_id.as_ref(),
+        Some(&expert_turns[0].interaction_id)
+    );
+    assert!(
+        front_turns
+            .iter()
+            .all(|i| i.status == InteractionStatus::Completed)
+    );
+
+    let metrics = s.platform.metrics.render();
+    assert!(
+        metrics.contains(&format!(
+            "agent_interactions_total{{agent_id=\"{front}\"}} 2"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "agent_interactions_total{{agent_id=\"{expert}\"}} 1"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "aop_llm_tokens_total{{agent_id=\"{front}\",kind=\"prompt\"}}"
+        )),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_rate_limit_then_success_is_retried() {
+    let s = setup(&[]).await;
+    let id = agent(&s, "patient", "gpt-4o-mini", vec![]).await;
+    s.llm.push([Reply::rate_limited(1), Reply::text("made it")]);
+    let reply = s
+        .platform
+        .conversations
+        .run_agent(
+            RunAgent {
+                agent_id: id,
+                alias: None,
+                input: "hi".into(),
+                user_id: None,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.reply, "made it");
+    assert_eq!(s.llm.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn a_refusal_fails_the_turn_clearly_and_keeps_the_key_out() {
+    let s = setup(&[]).await;
+    let id = agent(&s, "locked", "gpt-4o-mini", vec![]).await;
+    s.llm.push([Reply::Error {
+        status: 401,
+        message: format!("Incorrect API key provided: {KEY}"),
+        code: Some("invalid_api_key".into()),
+        retry_after: None,
+    }]);
+    let err = s
+        .platform
+        .conversations
+        .run_agent(
+            RunAgent {
+                agent_id: id.clone(),
+                alias: None,
+                input: "hi".into(),
+                user_id: None,
+            },
+            None,
+        )
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, ServiceError::TurnFailed { .. }), "{err:?}");
+    assert!(text.contains("refused the request (HTTP 401)"), "{text}");
+    assert!(!text.contains(KEY), "{text}");
+    let turns = s
+        .platform
+        .conversations
+        .list_interactions(&id, None, None)
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(turns.len(), 1);
+    assert_eq!(turns[0].status, InteractionStatus::Failed);
+    assert!(!turns[0].error.as_deref().unwrap_or_default().contains(KEY));
+}
+
+#[tokio::test]
+async fn a_provider_slower_than_the_deadline_fails_the_turn_and_records_it() {
+    let s = setup(&[("AOP_TURN_TIMEOUT_SECONDS", "1")]).await;
+    let id = agent(&s, "hurried", "gpt-4o-mini", vec![]).await;
+    let session = s
+        .platform
+        .conversations
+        .start_session(StartSession {
+            agent_id: id.clone(),
+            alias: None,
+            user_id: None,
+            context: None,
+        })
+        .await
+        .unwrap();
+    s.llm
+        .push([Reply::Delay { millis: 5_000 }, Reply::text("late")]);
+    let started = std::time::Instant::now();
+    let err = s
+        .platform
+        .conversations
+        .send_message(
+            SendMessage {
+                session_id: session.session_id.clone(),
+                content: "quick!".into(),
+            },
+            None,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "stopped at the deadline"
+    );
+    assert!(err.contains("did not answer within"), "{err}");
+    assert!(err.contains("recorded as failed"), "{err}");
+    let turns = s
+        .platform
+        .conversations
+        .list_interactions(&id, None, None)
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(turns[0].status, InteractionStatus::Failed);
+    let messages = s
+        .platform
+        .conversations
+        .get_messages(&session.session_id, None, None)
+        .await
+        .unwrap();
+    assert!(messages.items.is_empty(), "a failed turn adds no messages");
+}
+
+#[tokio::test]
+async fn delegation_is_bounded_in_depth_and_cycles_are_refused() {
+    let s = setup(&[("AOP_MAX_DELEGATION_DEPTH", "1")]).await;
+    let c = agent(&s, "c", "llama3", vec![]).await;
+    let b = agent(&s, "b", "llama3", vec![delegate("ask_c", &c)]).await;
+    let a = agent(&s, "a", "llama3", vec![delegate("ask_b", &b)]).await;
+    s.llm.push([
+        Reply::tool_call("ask_b", json!({"input": "go deeper"})),
+        Reply::tool_call("ask_c", json!({"input": "deeper still"})),
+        Reply::text("b answers alone"),
+        Reply::text("a answers"),
+    ]);
+    let reply = s
+        .platform
+        .conversations
+        .run_agent(
+            RunAgent {
+                agent_id: a.clone(),
+                alias: None,
+                input: "hi".into(),
+                user_id: None,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.reply, "a answers");
+    assert_eq!(
+        reply.cost_usd, None,
+        "llama3 has no price: its cost is unknown, not zero"
+    );
+    let b_turn = &s
+        .platform
+        .conversations
+        .list_interactions(&b, None, None)
+        .await
+        .unwrap()
+        .items[0];
+    assert!(b_turn.tool_calls[0].is_error);
+    assert_eq!(
+        b_turn.tool_calls[0].result,
+        "delegation depth limit of 1 reached"
+    );
+    assert!(
+        s.platform
+            .conversations
+            .list_interactions(&c, None, None)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+
+    // A cycle through updates is refused where it is made.
+    let err = s
+        .platform
+        .agents
+        .update(UpdateAgent {
+            agent_id: c.clone(),
+            expected_version: None,
+            instructions: None,
+            model: None,
+            parameters: None,
+            capabilities: Some(vec![delegate("ask_a", &a)]),
+            knowledge_sources: None,
+            change_summary: None,
+            created_by: None,
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("delegation cycle: {c} -> {a} -> {b} -> {c}")),
+        "{err}"
+    );
+}
