@@ -8,22 +8,61 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def aop_binary() -> str:
-    explicit = os.environ.get("AOP_BIN")
+def binary(name: str, override: str) -> str:
+    explicit = os.environ.get(override)
     if explicit:
         return explicit
     target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
     for profile in ("debug", "release"):
-        candidate = target / profile / "aop"
+        candidate = target / profile / name
         if candidate.exists():
             return str(candidate)
-    pytest.fail("no aop binary: run `cargo build` first or set AOP_BIN")
+    pytest.fail(f"no {name} binary: run `cargo build --workspace` first or set {override}")
+
+
+def aop_binary() -> str:
+    return binary("aop", "AOP_BIN")
+
+
+class TestLlm:
+    """The OpenAI-compatible test server (tests/openai-test-server) as a process, scripted over HTTP."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen(
+            [binary("openai-test-server", "OPENAI_TEST_SERVER_BIN"), "0"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()
+        if not line.startswith("listening "):
+            raise RuntimeError(f"openai-test-server did not start: {line!r}")
+        self.base_url = line.split(" ", 1)[1]
+        self.root = self.base_url.removesuffix("/v1")
+
+    def script(self, replies: list[dict]) -> None:
+        request = urllib.request.Request(
+            f"{self.root}/__script",
+            data=json.dumps(replies).encode(),
+            headers={"content-type": "application/json"},
+            method="POST",
+        )
+        urllib.request.urlopen(request, timeout=5).read()
+
+    def requests(self) -> list[dict]:
+        with urllib.request.urlopen(f"{self.root}/__requests", timeout=5) as response:
+            return json.loads(response.read())
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
 
 
 class Server:
@@ -99,3 +138,10 @@ def start_server(data_dir):
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def llm():
+    server = TestLlm()
+    yield server
+    server.stop()
