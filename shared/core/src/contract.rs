@@ -8,8 +8,9 @@ use std::sync::Arc;
 use crate::agent::{AgentStatus, Capability, ModelParameters, PROD_ALIAS};
 use crate::clock::SystemClock;
 use crate::error::ServiceError;
+use crate::events::EventType;
 use crate::page::PageRequest;
-use crate::ports::{AgentStore, SessionStore, StoreError};
+use crate::ports::{AgentStore, Outbox, SessionStore, StoreError};
 use crate::service::{AgentService, CreateAgent, ListAgents, UpdateAgent};
 use crate::session::{
     Interaction, InteractionId, InteractionStatus, Message, Role, Session, SessionId,
@@ -20,21 +21,33 @@ use crate::session::{
 pub struct Fixture {
     pub store: Arc<dyn AgentStore>,
     pub sessions: Arc<dyn SessionStore>,
+    pub outbox: Arc<dyn Outbox>,
     _guard: Box<dyn Any + Send>,
 }
 
 impl Fixture {
-    /// `store` usually implements both ports: `Fixture::new(s.clone(), s, guard)`.
-    pub fn new(
-        store: Arc<dyn AgentStore>,
-        sessions: Arc<dyn SessionStore>,
-        guard: impl Any + Send,
-    ) -> Self {
+    /// A store adapter implements every store port.
+    pub fn new<S>(store: Arc<S>, guard: impl Any + Send) -> Self
+    where
+        S: AgentStore + SessionStore + Outbox + 'static,
+    {
         Self {
-            store,
-            sessions,
+            store: store.clone(),
+            sessions: store.clone(),
+            outbox: store,
             _guard: Box::new(guard),
         }
+    }
+
+    /// Every event in the outbox about `agent`, oldest first.
+    async fn events_of(&self, agent: &crate::AgentId) -> Vec<crate::DomainEvent> {
+        self.outbox
+            .pending(10_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| &e.subject == agent)
+            .collect()
     }
 
     pub fn service(&self) -> AgentService {
@@ -61,6 +74,8 @@ macro_rules! store_contract_tests {
             concurrent_updates_never_lose_a_version,
             lineage_links_each_version_to_its_parent,
             health_reports_up,
+            writes_and_their_events_commit_together,
+            the_outbox_drains_oldest_first,
             update_refuses_a_delegation_cycle,
             sessions_start_read_and_end_once,
             a_turn_is_recorded_whole_or_not_at_all,
@@ -207,7 +222,7 @@ pub async fn insert_version_conflict_writes_nothing(f: &Fixture) {
     rival.agent.name = "renamed by a loser".into();
     let err = f
         .store
-        .insert_version(&rival.agent, &rival.version)
+        .insert_version(&rival.agent, &rival.version, &[])
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
@@ -221,7 +236,7 @@ pub async fn insert_version_conflict_writes_nothing(f: &Fixture) {
     gap.agent.latest_version = 4;
     let err = f
         .store
-        .insert_version(&gap.agent, &gap.version)
+        .insert_version(&gap.agent, &gap.version, &[])
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
@@ -241,7 +256,7 @@ pub async fn duplicate_agent_id_conflicts(f: &Fixture) {
     copy.agent.name = "impostor".into();
     let err = f
         .store
-        .insert_agent(&copy.agent, &copy.version)
+        .insert_agent(&copy.agent, &copy.version, &[])
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
@@ -657,15 +672,15 @@ fn messages_for(i: &Interaction, first_seq: u32) -> Vec<Message> {
 pub async fn sessions_start_read_and_end_once(f: &Fixture) {
     let agent = f.service().create(agent("talker")).await.unwrap().agent;
     let session = session_for(&agent.agent_id);
-    f.sessions.insert_session(&session).await.unwrap();
+    f.sessions.insert_session(&session, &[]).await.unwrap();
     assert_eq!(
         f.sessions.get_session(&session.session_id).await.unwrap(),
         Some(session.clone())
     );
-    let err = f.sessions.insert_session(&session).await.unwrap_err();
+    let err = f.sessions.insert_session(&session, &[]).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
     f.sessions
-        .end_session(&session.session_id, Some("resolved"), 5_000)
+        .end_session(&session.session_id, Some("resolved"), 5_000, &[])
         .await
         .unwrap();
     let ended = f
@@ -679,7 +694,7 @@ pub async fn sessions_start_read_and_end_once(f: &Fixture) {
     assert_eq!(ended.ended_at, Some(5_000));
     let again = f
         .sessions
-        .end_session(&session.session_id, None, 6_000)
+        .end_session(&session.session_id, None, 6_000, &[])
         .await
         .unwrap_err();
     assert!(matches!(again, StoreError::Conflict(_)), "{again:?}");
@@ -695,17 +710,17 @@ pub async fn sessions_start_read_and_end_once(f: &Fixture) {
 pub async fn a_turn_is_recorded_whole_or_not_at_all(f: &Fixture) {
     let agent = f.service().create(agent("atomic")).await.unwrap().agent;
     let session = session_for(&agent.agent_id);
-    f.sessions.insert_session(&session).await.unwrap();
+    f.sessions.insert_session(&session, &[]).await.unwrap();
     let first = interaction_for(&agent.agent_id, Some(&session.session_id));
     f.sessions
-        .record_turn(&first, &messages_for(&first, 1))
+        .record_turn(&first, &messages_for(&first, 1), &[])
         .await
         .unwrap();
     // A second turn that reuses message number 2 loses the race: nothing of it is written.
     let loser = interaction_for(&agent.agent_id, Some(&session.session_id));
     let err = f
         .sessions
-        .record_turn(&loser, &messages_for(&loser, 2))
+        .record_turn(&loser, &messages_for(&loser, 2), &[turn_event(&loser)])
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
@@ -716,6 +731,13 @@ pub async fn a_turn_is_recorded_whole_or_not_at_all(f: &Fixture) {
             .unwrap()
             .is_none(),
         "the interaction of a failed turn write is rolled back"
+    );
+    assert!(
+        f.events_of(&agent.agent_id)
+            .await
+            .iter()
+            .all(|e| e.data["interaction_id"] != loser.interaction_id.as_str()),
+        "and so is its event"
     );
     let messages = f
         .sessions
@@ -728,15 +750,15 @@ pub async fn a_turn_is_recorded_whole_or_not_at_all(f: &Fixture) {
 pub async fn an_ended_session_takes_no_turns(f: &Fixture) {
     let agent = f.service().create(agent("closing")).await.unwrap().agent;
     let session = session_for(&agent.agent_id);
-    f.sessions.insert_session(&session).await.unwrap();
+    f.sessions.insert_session(&session, &[]).await.unwrap();
     f.sessions
-        .end_session(&session.session_id, None, 2)
+        .end_session(&session.session_id, None, 2, &[])
         .await
         .unwrap();
     let late = interaction_for(&agent.agent_id, Some(&session.session_id));
     let err = f
         .sessions
-        .record_turn(&late, &messages_for(&late, 1))
+        .record_turn(&late, &messages_for(&late, 1), &[])
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
@@ -752,13 +774,13 @@ pub async fn an_ended_session_takes_no_turns(f: &Fixture) {
 pub async fn messages_page_in_order_and_recent_ones_come_last(f: &Fixture) {
     let agent = f.service().create(agent("chatty")).await.unwrap().agent;
     let session = session_for(&agent.agent_id);
-    f.sessions.insert_session(&session).await.unwrap();
+    f.sessions.insert_session(&session, &[]).await.unwrap();
     for turn in 0..3 {
         let mut i = interaction_for(&agent.agent_id, Some(&session.session_id));
         i.input = format!("question {turn}");
         i.output = Some(format!("answer {turn}"));
         f.sessions
-            .record_turn(&i, &messages_for(&i, turn * 2 + 1))
+            .record_turn(&i, &messages_for(&i, turn * 2 + 1), &[])
             .await
             .unwrap();
     }
@@ -801,7 +823,7 @@ pub async fn interactions_round_trip_and_list_by_agent(f: &Fixture) {
     let ok = interaction_for(&a.agent_id, None);
     let other = interaction_for(&b.agent_id, None);
     for i in [&failed, &ok, &other] {
-        f.sessions.record_turn(i, &[]).await.unwrap();
+        f.sessions.record_turn(i, &[], &[]).await.unwrap();
     }
     assert_eq!(
         f.sessions
@@ -845,5 +867,89 @@ pub async fn update_refuses_a_delegation_cycle(f: &Fixture) {
         svc.get(&b, None).await.unwrap().version.version,
         1,
         "nothing was written"
+    );
+}
+
+fn turn_event(i: &Interaction) -> crate::DomainEvent {
+    crate::DomainEvent::new(
+        EventType::InteractionCompleted,
+        &i.agent_id,
+        i.created_at,
+        serde_json::json!({"interaction_id": i.interaction_id}),
+    )
+}
+
+pub async fn writes_and_their_events_commit_together(f: &Fixture) {
+    let svc = f.service();
+    let created = svc.create(agent("eventful")).await.unwrap();
+    let id = created.agent.agent_id.clone();
+    let types: Vec<EventType> = f
+        .events_of(&id)
+        .await
+        .iter()
+        .map(|e| e.event_type)
+        .collect();
+    assert_eq!(
+        types,
+        [EventType::AgentCreated, EventType::AgentVersionCreated]
+    );
+
+    svc.update(update(&id, "v2")).await.unwrap();
+    svc.archive(&id).await.unwrap();
+    let events = f.events_of(&id).await;
+    let types: Vec<EventType> = events.iter().map(|e| e.event_type).collect();
+    assert_eq!(
+        types,
+        [
+            EventType::AgentCreated,
+            EventType::AgentVersionCreated,
+            EventType::AgentVersionCreated,
+            EventType::AgentArchived
+        ]
+    );
+    assert_eq!(events[2].data["version"]["version"], 2);
+    assert_eq!(events[0].data["agent"]["name"], "eventful");
+
+    // A write that fails writes none of its events.
+    let mut rival = svc.get(&id, None).await.unwrap();
+    rival.version.version = 2;
+    let doomed = crate::DomainEvent::new(
+        EventType::AgentVersionCreated,
+        &id,
+        0,
+        serde_json::json!({"doomed": true}),
+    );
+    let err = f
+        .store
+        .insert_version(&rival.agent, &rival.version, std::slice::from_ref(&doomed))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert!(!f.events_of(&id).await.iter().any(|e| e.id == doomed.id));
+}
+
+pub async fn the_outbox_drains_oldest_first(f: &Fixture) {
+    let svc = f.service();
+    let before = f.outbox.backlog().await.unwrap();
+    let a = svc.create(agent("first in")).await.unwrap().agent.agent_id;
+    let b = svc.create(agent("second in")).await.unwrap().agent.agent_id;
+    assert_eq!(f.outbox.backlog().await.unwrap(), before + 4);
+    let pending = f.outbox.pending(10_000).await.unwrap();
+    let ours: Vec<&crate::DomainEvent> = pending
+        .iter()
+        .filter(|e| e.subject == a || e.subject == b)
+        .collect();
+    assert_eq!(ours.len(), 4);
+    assert_eq!(ours[0].subject, a, "oldest first");
+    assert_eq!(ours[3].subject, b);
+    let ids: Vec<String> = ours.iter().map(|e| e.id.clone()).collect();
+    f.outbox.mark_published(&ids[..2]).await.unwrap();
+    assert_eq!(f.outbox.backlog().await.unwrap(), before + 2);
+    assert!(f.events_of(&a).await.is_empty());
+    assert_eq!(f.events_of(&b).await.len(), 2);
+    f.outbox.mark_published(&ids).await.unwrap();
+    assert!(
+        f.events_of(&b).await.is_empty(),
+        "marking twice is harmless"
     );
 }

@@ -13,9 +13,10 @@ use tracing::{Instrument, instrument};
 use crate::agent::{Agent, AgentId, AgentStatus, AgentVersion, PROD_ALIAS};
 use crate::clock::Clock;
 use crate::error::ServiceError;
+use crate::events::{DomainEvent, EventType};
 use crate::llm::{ChatMessage, ChatModel, ChatRequest, LlmError, ToolCall, ToolSpec};
 use crate::page::{Page, PageRequest};
-use crate::ports::{AgentStore, SessionStore, StoreError};
+use crate::ports::{AgentStore, NoSignal, OutboxSignal, SessionStore, StoreError};
 use crate::pricing::PriceTable;
 use crate::session::{
     Interaction, InteractionId, InteractionStatus, Message, Role, Session, SessionId,
@@ -166,6 +167,21 @@ pub struct ConversationService {
     prices: Arc<PriceTable>,
     limits: TurnLimits,
     observer: Arc<dyn InteractionObserver>,
+    signal: Arc<dyn OutboxSignal>,
+}
+
+/// The event of a recorded interaction.
+fn interaction_event(i: &Interaction) -> DomainEvent {
+    let kind = match i.status {
+        InteractionStatus::Completed => EventType::InteractionCompleted,
+        InteractionStatus::Failed => EventType::InteractionFailed,
+    };
+    DomainEvent::new(
+        kind,
+        &i.agent_id,
+        i.created_at + i64::try_from(i.latency_ms).unwrap_or(0),
+        serde_json::json!({"interaction": i}),
+    )
 }
 
 impl ConversationService {
@@ -186,7 +202,15 @@ impl ConversationService {
             prices: Arc::new(prices),
             limits,
             observer,
+            signal: Arc::new(NoSignal),
         }
+    }
+
+    /// Wakes `signal` after every commit that wrote events.
+    #[must_use]
+    pub fn with_signal(mut self, signal: Arc<dyn OutboxSignal>) -> Self {
+        self.signal = signal;
+        self
     }
 
     pub fn limits(&self) -> TurnLimits {
@@ -234,7 +258,14 @@ impl ConversationService {
             created_at: self.clock.now_ms(),
             ended_at: None,
         };
-        self.sessions.insert_session(&session).await?;
+        let events = [DomainEvent::new(
+            EventType::SessionStarted,
+            &session.agent_id,
+            session.created_at,
+            serde_json::json!({"session": &session}),
+        )];
+        self.sessions.insert_session(&session, &events).await?;
+        self.signal.notify();
         tracing::info!(version, "session started");
         Ok(session)
     }
@@ -305,8 +336,13 @@ impl ConversationService {
             }
             _ => Vec::new(),
         };
-        match self.sessions.record_turn(&interaction, &messages).await {
-            Ok(()) => {}
+        let events = [interaction_event(&interaction)];
+        match self
+            .sessions
+            .record_turn(&interaction, &messages, &events)
+            .await
+        {
+            Ok(()) => self.signal.notify(),
             Err(StoreError::Conflict(_)) => {
                 return Err(ServiceError::Conflict(format!(
                     "another message was sent to session '{}' at the same time; send again",
@@ -349,7 +385,10 @@ impl ConversationService {
             interaction_id,
         };
         let interaction = self.run_turn(turn).await?;
-        self.sessions.record_turn(&interaction, &[]).await?;
+        self.sessions
+            .record_turn(&interaction, &[], &[interaction_event(&interaction)])
+            .await?;
+        self.signal.notify();
         self.observer.recorded(&interaction);
         finish(interaction)
     }
@@ -400,12 +439,19 @@ impl ConversationService {
             )));
         }
         let now = self.clock.now_ms();
-        self.sessions
-            .end_session(session_id, summary.as_deref(), now)
-            .await?;
         session.status = SessionStatus::Ended;
-        session.summary = summary;
+        session.summary.clone_from(&summary);
         session.ended_at = Some(now);
+        let events = [DomainEvent::new(
+            EventType::SessionEnded,
+            &session.agent_id,
+            now,
+            serde_json::json!({"session": &session}),
+        )];
+        self.sessions
+            .end_session(session_id, summary.as_deref(), now, &events)
+            .await?;
+        self.signal.notify();
         Ok(session)
     }
 
@@ -653,9 +699,11 @@ impl ConversationService {
             Ok(i) => i,
             Err(e) => return refused(call, format!("delegation to '{target}' failed: {e}")),
         };
-        if let Err(e) = self.sessions.record_turn(&delegated, &[]).await {
+        let events = [interaction_event(&delegated)];
+        if let Err(e) = self.sessions.record_turn(&delegated, &[], &events).await {
             tracing::error!(error = %e, "cannot record a delegated interaction");
         } else {
+            self.signal.notify();
             self.observer.recorded(&delegated);
         }
         let (result, is_error) = match (&delegated.output, &delegated.error) {

@@ -8,6 +8,7 @@ pub mod clock;
 pub mod contract;
 pub mod conversation;
 pub mod error;
+pub mod events;
 pub mod llm;
 pub mod page;
 pub mod ports;
@@ -22,6 +23,10 @@ pub use agent::{
 };
 pub use clock::{Clock, SystemClock};
 pub use error::{FieldError, ServiceError};
+pub use events::{DomainEvent, EventType, Stream};
 pub use page::{Cursor, Page, PageRequest};
-pub use ports::{AgentFilter, AgentStore, SessionStore, StatusFilter, StoreError, StoreHealth};
+pub use ports::{
+    AgentFilter, AgentStore, NoSignal, Outbox, OutboxSignal, SessionStore, StatusFilter,
+    StoreError, StoreHealth,
+};
 pub use service::{AgentDetail, AgentService, CreateAgent, ListAgents, UpdateAgent};

@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::agent::{Agent, AgentId, AgentStatus, AgentVersion};
+use crate::events::DomainEvent;
 use crate::page::PageRequest;
 
 /// A store failure, split by what the caller can do about it.
@@ -106,6 +107,9 @@ pub struct StoreHealth {
     pub detail: String,
 }
 
+/// Every write method of the stores takes the events it causes and writes them into the outbox
+/// in the same transaction: a change and its events commit together or not at all.
+///
 /// Persistence of agents and their versions. Every method is atomic.
 #[async_trait]
 pub trait AgentStore: Send + Sync {
@@ -113,7 +117,12 @@ pub trait AgentStore: Send + Sync {
     ///
     /// # Errors
     /// `Conflict` when the agent id exists.
-    async fn insert_agent(&self, agent: &Agent, first: &AgentVersion) -> Result<(), StoreError>;
+    async fn insert_agent(
+        &self,
+        agent: &Agent,
+        first: &AgentVersion,
+        events: &[DomainEvent],
+    ) -> Result<(), StoreError>;
 
     /// Stores `version` and the agent as it is after it (latest version, aliases, updated_at),
     /// in one transaction.
@@ -121,8 +130,12 @@ pub trait AgentStore: Send + Sync {
     /// # Errors
     /// `Conflict` unless the stored latest version is `version.version - 1` (another writer
     /// got there first); nothing is written then.
-    async fn insert_version(&self, agent: &Agent, version: &AgentVersion)
-    -> Result<(), StoreError>;
+    async fn insert_version(
+        &self,
+        agent: &Agent,
+        version: &AgentVersion,
+        events: &[DomainEvent],
+    ) -> Result<(), StoreError>;
 
     /// Sets an agent's status and `updated_at`.
     ///
@@ -133,6 +146,7 @@ pub trait AgentStore: Send + Sync {
         agent_id: &AgentId,
         status: AgentStatus,
         updated_at: i64,
+        events: &[DomainEvent],
     ) -> Result<(), StoreError>;
 
     async fn get_agent(&self, agent_id: &AgentId) -> Result<Option<Agent>, StoreError>;
@@ -168,7 +182,11 @@ pub trait AgentStore: Send + Sync {
 pub trait SessionStore: Send + Sync {
     /// # Errors
     /// `Conflict` when the session id exists.
-    async fn insert_session(&self, session: &crate::session::Session) -> Result<(), StoreError>;
+    async fn insert_session(
+        &self,
+        session: &crate::session::Session,
+        events: &[DomainEvent],
+    ) -> Result<(), StoreError>;
 
     async fn get_session(
         &self,
@@ -184,6 +202,7 @@ pub trait SessionStore: Send + Sync {
         session_id: &crate::session::SessionId,
         summary: Option<&str>,
         ended_at: i64,
+        events: &[DomainEvent],
     ) -> Result<(), StoreError>;
 
     /// Records an interaction and the session messages it produced, in one transaction.
@@ -195,6 +214,7 @@ pub trait SessionStore: Send + Sync {
         &self,
         interaction: &crate::session::Interaction,
         messages: &[crate::session::Message],
+        events: &[DomainEvent],
     ) -> Result<(), StoreError>;
 
     /// Messages of a session in order, after the cursor's message number, at most
@@ -224,4 +244,30 @@ pub trait SessionStore: Send + Sync {
         agent_id: &AgentId,
         page: &PageRequest,
     ) -> Result<Vec<crate::session::Interaction>, StoreError>;
+}
+
+/// The transactional outbox: events written with their changes, waiting to be published.
+#[async_trait]
+pub trait Outbox: Send + Sync {
+    /// Unpublished events, oldest first.
+    async fn pending(&self, limit: u32) -> Result<Vec<DomainEvent>, StoreError>;
+
+    /// Removes published events from the outbox.
+    async fn mark_published(&self, event_ids: &[String]) -> Result<(), StoreError>;
+
+    /// How many events wait to be published.
+    async fn backlog(&self) -> Result<u64, StoreError>;
+}
+
+/// Wakes whatever publishes the outbox, right after a commit that wrote events.
+pub trait OutboxSignal: Send + Sync {
+    fn notify(&self);
+}
+
+/// No one to wake: the relay's schedule picks the events up.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoSignal;
+
+impl OutboxSignal for NoSignal {
+    fn notify(&self) {}
 }

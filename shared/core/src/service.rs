@@ -12,8 +12,9 @@ use crate::agent::{
 };
 use crate::clock::Clock;
 use crate::error::ServiceError;
+use crate::events::{DomainEvent, EventType};
 use crate::page::{Cursor, Page, PageRequest};
-use crate::ports::{AgentFilter, AgentStore, StatusFilter, StoreError};
+use crate::ports::{AgentFilter, AgentStore, NoSignal, OutboxSignal, StatusFilter, StoreError};
 use crate::validate::{self, Problems};
 
 /// How often an update is retried when a concurrent writer created a version first.
@@ -116,6 +117,7 @@ pub struct AgentService {
     store: Arc<dyn AgentStore>,
     clock: Arc<dyn Clock>,
     default_model: String,
+    signal: Arc<dyn OutboxSignal>,
 }
 
 impl AgentService {
@@ -128,7 +130,15 @@ impl AgentService {
             store,
             clock,
             default_model: default_model.into(),
+            signal: Arc::new(NoSignal),
         }
+    }
+
+    /// Wakes `signal` after every commit that wrote events.
+    #[must_use]
+    pub fn with_signal(mut self, signal: Arc<dyn OutboxSignal>) -> Self {
+        self.signal = signal;
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn AgentStore> {
@@ -206,7 +216,17 @@ impl AgentService {
             generation: 0,
             change_summary: "created".into(),
         };
-        self.store.insert_agent(&agent, &version).await?;
+        let events = [
+            DomainEvent::new(
+                EventType::AgentCreated,
+                &agent.agent_id,
+                now,
+                serde_json::json!({"agent": &agent, "version": &version}),
+            ),
+            version_created(&agent, &version, now),
+        ];
+        self.store.insert_agent(&agent, &version, &events).await?;
+        self.signal.notify();
         tracing::info!(version = 1, "agent created");
         Ok(AgentDetail { agent, version })
     }
@@ -394,7 +414,9 @@ impl AgentService {
         for alias in agent.aliases.iter_mut().filter(|a| a.follows_latest) {
             *alias = Alias::following(&alias.name, next.version, now);
         }
-        self.store.insert_version(&agent, &next).await?;
+        let events = [version_created(&agent, &next, now)];
+        self.store.insert_version(&agent, &next, &events).await?;
+        self.signal.notify();
         tracing::info!(version = next.version, changed = ?changed, "agent updated");
         Ok(AgentDetail {
             agent,
@@ -439,11 +461,18 @@ impl AgentService {
             return Ok(agent);
         }
         let now = self.clock.now_ms();
-        self.store
-            .set_status(agent_id, AgentStatus::Archived, now)
-            .await?;
         agent.status = AgentStatus::Archived;
         agent.updated_at = now;
+        let events = [DomainEvent::new(
+            EventType::AgentArchived,
+            agent_id,
+            now,
+            serde_json::json!({"agent": &agent}),
+        )];
+        self.store
+            .set_status(agent_id, AgentStatus::Archived, now, &events)
+            .await?;
+        self.signal.notify();
         tracing::info!("agent archived");
         Ok(agent)
     }
@@ -568,6 +597,15 @@ impl AgentService {
         }
         Ok(None)
     }
+}
+
+fn version_created(agent: &Agent, version: &AgentVersion, now: i64) -> DomainEvent {
+    DomainEvent::new(
+        EventType::AgentVersionCreated,
+        &agent.agent_id,
+        now,
+        serde_json::json!({"version": version, "aliases": &agent.aliases}),
+    )
 }
 
 /// Cuts the extra row a store returns and turns the last key into the next cursor.

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use aop_core::{
-    Agent, AgentFilter, AgentId, AgentStatus, AgentStore, AgentVersion, PageRequest, StatusFilter,
-    StoreError, StoreHealth,
+    Agent, AgentFilter, AgentId, AgentStatus, AgentStore, AgentVersion, DomainEvent, Outbox,
+    PageRequest, StatusFilter, StoreError, StoreHealth,
 };
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
@@ -99,15 +99,22 @@ impl SqliteStore {
 
 #[async_trait]
 impl AgentStore for SqliteStore {
-    async fn insert_agent(&self, agent: &Agent, first: &AgentVersion) -> Result<(), StoreError> {
+    async fn insert_agent(
+        &self,
+        agent: &Agent,
+        first: &AgentVersion,
+        events: &[DomainEvent],
+    ) -> Result<(), StoreError> {
         let agent = agent.clone();
         let first = first.clone();
+        let events = events.to_vec();
         self.with(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(map_err)?;
             rows::insert_agent(&tx, &agent)?;
             rows::insert_version(&tx, &first)?;
+            rows::insert_events(&tx, &events)?;
             tx.commit().map_err(map_err)
         })
         .await
@@ -117,9 +124,11 @@ impl AgentStore for SqliteStore {
         &self,
         agent: &Agent,
         version: &AgentVersion,
+        events: &[DomainEvent],
     ) -> Result<(), StoreError> {
         let agent = agent.clone();
         let version = version.clone();
+        let events = events.to_vec();
         self.with(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -149,6 +158,7 @@ impl AgentStore for SqliteStore {
             }
             rows::insert_version(&tx, &version)?;
             rows::update_agent(&tx, &agent)?;
+            rows::insert_events(&tx, &events)?;
             tx.commit().map_err(map_err)
         })
         .await
@@ -159,10 +169,15 @@ impl AgentStore for SqliteStore {
         agent_id: &AgentId,
         status: AgentStatus,
         updated_at: i64,
+        events: &[DomainEvent],
     ) -> Result<(), StoreError> {
         let id = agent_id.clone();
+        let events = events.to_vec();
         self.with(move |conn| {
-            let n = conn
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_err)?;
+            let n = tx
                 .execute(
                     "UPDATE agents SET status = ?2, updated_at = ?3 WHERE agent_id = ?1",
                     params![id.as_str(), status.as_str(), updated_at],
@@ -174,7 +189,8 @@ impl AgentStore for SqliteStore {
                     source: None,
                 });
             }
-            Ok(())
+            rows::insert_events(&tx, &events)?;
+            tx.commit().map_err(map_err)
         })
         .await
     }
@@ -330,5 +346,54 @@ impl AgentStore for SqliteStore {
                 detail: format!("{detail}: {e}"),
             },
         }
+    }
+}
+
+#[async_trait]
+impl Outbox for SqliteStore {
+    async fn pending(&self, limit: u32) -> Result<Vec<DomainEvent>, StoreError> {
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT event_id, event_type, subject, time, data, correlation_id \
+                     FROM outbox ORDER BY seq LIMIT ?1",
+                )
+                .map_err(map_err)?;
+            let raws = stmt
+                .query_map([limit], rows::read_event)
+                .map_err(map_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(map_err)?;
+            raws.into_iter().map(rows::decode_event).collect()
+        })
+        .await
+    }
+
+    async fn mark_published(&self, event_ids: &[String]) -> Result<(), StoreError> {
+        let ids = event_ids.to_vec();
+        self.with(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_err)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached("DELETE FROM outbox WHERE event_id = ?1")
+                    .map_err(map_err)?;
+                for id in &ids {
+                    stmt.execute([id]).map_err(map_err)?;
+                }
+            }
+            tx.commit().map_err(map_err)
+        })
+        .await
+    }
+
+    async fn backlog(&self) -> Result<u64, StoreError> {
+        self.with(|conn| {
+            conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get::<_, i64>(0))
+                .map(|n| u64::try_from(n).unwrap_or(0))
+                .map_err(map_err)
+        })
+        .await
     }
 }

@@ -84,6 +84,18 @@ const MIGRATIONS: &[(&str, &str)] = &[
     CREATE INDEX interactions_by_agent ON interactions (agent_id, interaction_id);
     CREATE INDEX interactions_by_parent ON interactions (parent_interaction_id);",
     ),
+    (
+        "transactional outbox",
+        "CREATE TABLE outbox (
+        seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id       TEXT NOT NULL UNIQUE,
+        event_type     TEXT NOT NULL,
+        subject        TEXT NOT NULL,
+        time           INTEGER NOT NULL,
+        data           TEXT NOT NULL,
+        correlation_id TEXT
+    );",
+    ),
 ];
 
 pub(crate) fn apply(conn: &mut Connection) -> Result<(), StoreError> {

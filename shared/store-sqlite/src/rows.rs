@@ -1,6 +1,6 @@
 //! Rows to domain types and back. Lists and nested values are stored as JSON text.
 
-use aop_core::{Agent, AgentId, AgentStatus, AgentVersion, StoreError};
+use aop_core::{Agent, AgentId, AgentStatus, AgentVersion, DomainEvent, EventType, StoreError};
 use rusqlite::{Row, Transaction, params};
 
 use crate::error::{corrupt, map_err};
@@ -189,4 +189,63 @@ impl RawVersion {
             change_summary: self.change_summary,
         })
     }
+}
+
+/// Writes events into the outbox inside the caller's transaction.
+pub(crate) fn insert_events(
+    tx: &Transaction<'_>,
+    events: &[DomainEvent],
+) -> Result<(), StoreError> {
+    for e in events {
+        tx.execute(
+            "INSERT INTO outbox (event_id, event_type, subject, time, data, correlation_id) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                e.id,
+                e.event_type.as_str(),
+                e.subject.as_str(),
+                e.time,
+                e.data.to_string(),
+                e.correlation_id,
+            ],
+        )
+        .map_err(map_err)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn read_event(
+    r: &Row<'_>,
+) -> rusqlite::Result<(String, String, String, i64, String, Option<String>)> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
+}
+
+pub(crate) fn decode_event(
+    (id, event_type, subject, time, data, correlation_id): (
+        String,
+        String,
+        String,
+        i64,
+        String,
+        Option<String>,
+    ),
+) -> Result<DomainEvent, StoreError> {
+    Ok(DomainEvent {
+        event_type: EventType::parse(&event_type).ok_or_else(|| StoreError::Permanent {
+            message: format!("stored event type '{event_type}' is unknown"),
+            source: None,
+        })?,
+        subject: agent_id(subject)?,
+        time,
+        data: parse("event data", &data)?,
+        correlation_id,
+        id,
+    })
 }

@@ -4,12 +4,12 @@ use aop_core::session::{
     Interaction, InteractionId, InteractionStatus, Message, Role, Session, SessionId,
     SessionStatus, TokenUsage,
 };
-use aop_core::{AgentId, PageRequest, SessionStore, StoreError};
+use aop_core::{AgentId, DomainEvent, PageRequest, SessionStore, StoreError};
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, Row, TransactionBehavior, params};
 
-use crate::SqliteStore;
 use crate::error::{corrupt, map_err};
+use crate::{SqliteStore, rows};
 
 const SESSION_COLUMNS: &str =
     "session_id, agent_id, alias, version, user_id, context, status, summary, created_at, ended_at";
@@ -179,10 +179,14 @@ fn decode_interaction(i: RawInteraction) -> Result<Interaction, StoreError> {
 
 #[async_trait]
 impl SessionStore for SqliteStore {
-    async fn insert_session(&self, s: &Session) -> Result<(), StoreError> {
+    async fn insert_session(&self, s: &Session, events: &[DomainEvent]) -> Result<(), StoreError> {
         let s = s.clone();
+        let events = events.to_vec();
         self.with(move |conn| {
-            conn.execute(
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_err)?;
+            tx.execute(
                 &format!(
                     "INSERT INTO sessions ({SESSION_COLUMNS}) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
@@ -204,7 +208,8 @@ impl SessionStore for SqliteStore {
                 ],
             )
             .map_err(map_err)?;
-            Ok(())
+            rows::insert_events(&tx, &events)?;
+            tx.commit().map_err(map_err)
         })
         .await
     }
@@ -230,11 +235,16 @@ impl SessionStore for SqliteStore {
         id: &SessionId,
         summary: Option<&str>,
         ended_at: i64,
+        events: &[DomainEvent],
     ) -> Result<(), StoreError> {
         let id = id.clone();
         let summary = summary.map(str::to_owned);
+        let events = events.to_vec();
         self.with(move |conn| {
-            let n = conn
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_err)?;
+            let n = tx
                 .execute(
                     "UPDATE sessions SET status = 'ended', summary = ?2, ended_at = ?3 \
                      WHERE session_id = ?1 AND status = 'active'",
@@ -246,7 +256,8 @@ impl SessionStore for SqliteStore {
                     "session '{id}' is not active"
                 )));
             }
-            Ok(())
+            rows::insert_events(&tx, &events)?;
+            tx.commit().map_err(map_err)
         })
         .await
     }
@@ -255,9 +266,11 @@ impl SessionStore for SqliteStore {
         &self,
         interaction: &Interaction,
         messages: &[Message],
+        events: &[DomainEvent],
     ) -> Result<(), StoreError> {
         let i = interaction.clone();
         let messages = messages.to_vec();
+        let events = events.to_vec();
         self.with(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -324,6 +337,7 @@ impl SessionStore for SqliteStore {
                 )
                 .map_err(map_err)?;
             }
+            rows::insert_events(&tx, &events)?;
             tx.commit().map_err(map_err)
         })
         .await

@@ -11,7 +11,7 @@ async fn fixture() -> Option<Fixture> {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = SqliteStore::open_dir(dir.path()).expect("open store");
     let store = Arc::new(store);
-    Some(Fixture::new(store.clone(), store, dir))
+    Some(Fixture::new(store, dir))
 }
 
 aop_core::store_contract_tests!(fixture());
