@@ -9,8 +9,10 @@ use crate::agent::{AgentStatus, Capability, ModelParameters, PROD_ALIAS};
 use crate::clock::SystemClock;
 use crate::error::ServiceError;
 use crate::events::EventType;
+use crate::feedback::{FeedbackService, FeedbackStore, MetricsQuery, SubmitFeedback};
 use crate::page::PageRequest;
 use crate::ports::{AgentStore, Outbox, SessionStore, StoreError};
+use crate::processor::{EventProcessor, Handled};
 use crate::service::{AgentService, CreateAgent, ListAgents, UpdateAgent};
 use crate::session::{
     Interaction, InteractionId, InteractionStatus, Message, Role, Session, SessionId,
@@ -22,6 +24,7 @@ pub struct Fixture {
     pub store: Arc<dyn AgentStore>,
     pub sessions: Arc<dyn SessionStore>,
     pub outbox: Arc<dyn Outbox>,
+    pub feedback: Arc<dyn FeedbackStore>,
     _guard: Box<dyn Any + Send>,
 }
 
@@ -29,12 +32,13 @@ impl Fixture {
     /// A store adapter implements every store port.
     pub fn new<S>(store: Arc<S>, guard: impl Any + Send) -> Self
     where
-        S: AgentStore + SessionStore + Outbox + 'static,
+        S: AgentStore + SessionStore + Outbox + FeedbackStore + 'static,
     {
         Self {
             store: store.clone(),
             sessions: store.clone(),
-            outbox: store,
+            outbox: store.clone(),
+            feedback: store,
             _guard: Box::new(guard),
         }
     }
@@ -76,6 +80,9 @@ macro_rules! store_contract_tests {
             health_reports_up,
             writes_and_their_events_commit_together,
             the_outbox_drains_oldest_first,
+            feedback_metrics_equal_statistics_computed_directly,
+            a_redelivered_event_changes_nothing,
+            bad_feedback_is_refused_field_by_field,
             update_refuses_a_delegation_cycle,
             sessions_start_read_and_end_once,
             a_turn_is_recorded_whole_or_not_at_all,
@@ -952,4 +959,193 @@ pub async fn the_outbox_drains_oldest_first(f: &Fixture) {
         f.events_of(&b).await.is_empty(),
         "marking twice is harmless"
     );
+}
+
+impl Fixture {
+    fn feedback_service(&self) -> FeedbackService {
+        FeedbackService::new(
+            self.store.clone(),
+            self.sessions.clone(),
+            self.feedback.clone(),
+            Arc::new(SystemClock),
+        )
+    }
+
+    /// Feeds every pending event about `agent` to the processor, as the relay would.
+    async fn process_events_of(&self, agent: &crate::AgentId) -> Vec<Handled> {
+        let processor = EventProcessor::new(self.feedback.clone());
+        let mut outcomes = Vec::new();
+        for event in self.events_of(agent).await {
+            outcomes.push(processor.handle(&event).await.unwrap());
+        }
+        outcomes
+    }
+}
+
+fn rating(metric: &str, value: f64) -> SubmitFeedback {
+    SubmitFeedback {
+        agent_id: crate::AgentId::parse("agent_id", "placeholder").unwrap(),
+        session_id: None,
+        interaction_id: None,
+        ratings: [(metric.to_owned(), value)].into_iter().collect(),
+        scale: None,
+        comments: None,
+        categories: Vec::new(),
+        user_id: None,
+    }
+}
+
+fn sample_stats(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, var)
+}
+
+pub async fn feedback_metrics_equal_statistics_computed_directly(f: &Fixture) {
+    let id = f
+        .service()
+        .create(agent("rated"))
+        .await
+        .unwrap()
+        .agent
+        .agent_id;
+    let svc = f.feedback_service();
+    let mut normalized = Vec::new();
+    for i in 0..50u32 {
+        let value = f64::from((i * 7 + 3) % 5 + 1);
+        normalized.push((value - 1.0) / 4.0);
+        svc.submit(SubmitFeedback {
+            agent_id: id.clone(),
+            categories: vec!["tone".into()],
+            ..rating("helpfulness", value)
+        })
+        .await
+        .unwrap();
+    }
+    let outcomes = f.process_events_of(&id).await;
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == Handled::Applied).count(),
+        50
+    );
+    let (mean, var) = sample_stats(&normalized);
+    let query = |from: Option<i64>| MetricsQuery {
+        agent_id: id.clone(),
+        version: Some(1),
+        metric: Some("helpfulness".into()),
+        from,
+        to: None,
+    };
+    for report in [
+        svc.metrics(query(None)).await.unwrap(),
+        svc.metrics(query(Some(0))).await.unwrap(),
+    ] {
+        assert_eq!(report.metrics.len(), 1, "{report:?}");
+        let m = &report.metrics[0];
+        assert_eq!(m.metric, "feedback.helpfulness");
+        assert_eq!(m.count, 50);
+        assert!((m.mean - mean).abs() < 1e-9, "{} vs {mean}", m.mean);
+        assert!((m.variance - var).abs() < 1e-9, "{} vs {var}", m.variance);
+    }
+}
+
+pub async fn a_redelivered_event_changes_nothing(f: &Fixture) {
+    let id = f
+        .service()
+        .create(agent("redelivered"))
+        .await
+        .unwrap()
+        .agent
+        .agent_id;
+    let svc = f.feedback_service();
+    for v in [1.0, 5.0, 4.0] {
+        svc.submit(SubmitFeedback {
+            agent_id: id.clone(),
+            ..rating("accuracy", v)
+        })
+        .await
+        .unwrap();
+    }
+    f.process_events_of(&id).await;
+    let q = || MetricsQuery {
+        agent_id: id.clone(),
+        version: None,
+        metric: Some("accuracy".into()),
+        from: None,
+        to: None,
+    };
+    let once = svc.metrics(q()).await.unwrap();
+    let again = f.process_events_of(&id).await;
+    assert!(again.iter().all(|o| *o != Handled::Applied), "{again:?}");
+    assert_eq!(svc.metrics(q()).await.unwrap(), once);
+    assert_eq!(once.metrics[0].count, 3);
+}
+
+pub async fn bad_feedback_is_refused_field_by_field(f: &Fixture) {
+    let svc = f.feedback_service();
+    let id = f
+        .service()
+        .create(agent("judged"))
+        .await
+        .unwrap()
+        .agent
+        .agent_id;
+    let other = f
+        .service()
+        .create(agent("bystander"))
+        .await
+        .unwrap()
+        .agent
+        .agent_id;
+    let none = SubmitFeedback {
+        agent_id: id.clone(),
+        ratings: Default::default(),
+        ..rating("x", 1.0)
+    };
+    let err = svc.submit(none).await.unwrap_err().to_string();
+    assert!(err.contains("ratings: give at least one rating"), "{err}");
+    let outside = SubmitFeedback {
+        agent_id: id.clone(),
+        ..rating("helpfulness", 7.0)
+    };
+    let err = svc.submit(outside).await.unwrap_err().to_string();
+    assert!(
+        err.contains("ratings.helpfulness: 7 is outside the scale 1-5"),
+        "{err}"
+    );
+    let bad_scale = SubmitFeedback {
+        agent_id: id.clone(),
+        scale: Some("5-1".into()),
+        ..rating("helpfulness", 3.0)
+    };
+    let err = svc.submit(bad_scale).await.unwrap_err().to_string();
+    assert!(err.contains("scale: '5-1' is not min-max"), "{err}");
+    let unknown = SubmitFeedback {
+        agent_id: id.clone(),
+        interaction_id: Some(InteractionId::parse("interaction_id", "int_nope").unwrap()),
+        ..rating("helpfulness", 3.0)
+    };
+    let err = svc.submit(unknown).await.unwrap_err().to_string();
+    assert_eq!(err, "interaction 'int_nope' not found");
+    let foreign = interaction_for(&other, None);
+    f.sessions.record_turn(&foreign, &[], &[]).await.unwrap();
+    let wrong_agent = SubmitFeedback {
+        agent_id: id.clone(),
+        interaction_id: Some(foreign.interaction_id.clone()),
+        ..rating("helpfulness", 3.0)
+    };
+    let err = svc.submit(wrong_agent).await.unwrap_err().to_string();
+    assert!(err.contains("interaction_id: interaction"), "{err}");
+    assert!(
+        err.contains(&format!("belongs to agent '{other}'")),
+        "{err}"
+    );
+    let in_range = SubmitFeedback {
+        agent_id: id.clone(),
+        scale: Some("0-1".into()),
+        ..rating("helpfulness", 0.25)
+    };
+    let stored = svc.submit(in_range).await.unwrap();
+    assert!((stored.ratings[0].normalized - 0.25).abs() < 1e-12);
+    assert_eq!(stored.version, 1);
 }

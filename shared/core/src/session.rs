@@ -73,6 +73,7 @@ macro_rules! prefixed_id {
 
 prefixed_id!(SessionId, "ses_", "session");
 prefixed_id!(InteractionId, "int_", "interaction");
+prefixed_id!(FeedbackId, "fb_", "feedback");
 
 /// Whether a session takes more messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

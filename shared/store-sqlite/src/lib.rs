@@ -5,6 +5,7 @@
 //! open.
 
 mod error;
+mod feedback;
 mod migrations;
 mod rows;
 mod sessions;

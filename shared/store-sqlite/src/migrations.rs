@@ -96,6 +96,47 @@ const MIGRATIONS: &[(&str, &str)] = &[
         correlation_id TEXT
     );",
     ),
+    (
+        "feedback, fitness and processed events",
+        "CREATE TABLE feedback (
+        feedback_id    TEXT PRIMARY KEY,
+        agent_id       TEXT NOT NULL,
+        version        INTEGER NOT NULL,
+        session_id     TEXT,
+        interaction_id TEXT,
+        comments       TEXT,
+        categories     TEXT NOT NULL,
+        user_id        TEXT NOT NULL,
+        created_at     INTEGER NOT NULL
+    );
+    CREATE TABLE feedback_ratings (
+        feedback_id TEXT NOT NULL REFERENCES feedback (feedback_id),
+        agent_id    TEXT NOT NULL,
+        version     INTEGER NOT NULL,
+        metric      TEXT NOT NULL,
+        value       REAL NOT NULL,
+        scale_min   REAL NOT NULL,
+        scale_max   REAL NOT NULL,
+        normalized  REAL NOT NULL,
+        created_at  INTEGER NOT NULL,
+        PRIMARY KEY (feedback_id, metric)
+    ) WITHOUT ROWID;
+    CREATE INDEX ratings_by_agent_time ON feedback_ratings (agent_id, created_at);
+    CREATE TABLE fitness (
+        agent_id   TEXT NOT NULL,
+        version    INTEGER NOT NULL,
+        metric     TEXT NOT NULL,
+        count      INTEGER NOT NULL,
+        mean       REAL NOT NULL,
+        m2         REAL NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (agent_id, version, metric)
+    ) WITHOUT ROWID;
+    CREATE TABLE processed_events (
+        event_id     TEXT PRIMARY KEY,
+        processed_at INTEGER NOT NULL
+    ) WITHOUT ROWID;",
+    ),
 ];
 
 pub(crate) fn apply(conn: &mut Connection) -> Result<(), StoreError> {
