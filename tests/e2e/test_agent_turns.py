@@ -143,3 +143,40 @@ def test_without_an_llm_a_turn_names_the_settings(start_server):
         assert "OPENAI_API_KEY" in message and "OPENAI_BASE_URL" in message
 
     asyncio.run(with_client(server.url, "2026-07-28", scenario))
+
+
+def test_feedback_becomes_fitness_statistics(start_server, llm):
+    server = start_server(**llm_env(llm))
+
+    async def scenario(client):
+        agent = ok(await client.call_tool("create_agent", {"name": "Rated", "instructions": "Hi."}))
+        agent_id = agent["agent"]["agent_id"]
+        turn = ok(await client.call_tool("run_agent", {"agent_id": agent_id, "input": "hello"}))
+        values = [5, 4, 2]
+        for v in values:
+            fb = ok(await client.call_tool("submit_feedback", {
+                "agent_id": agent_id, "interaction_id": turn["interaction_id"],
+                "ratings": {"helpfulness": v}, "comments": "ok", "categories": ["tone"]}))
+            assert fb["version"] == 1
+        bad = error_text(await client.call_tool("submit_feedback", {
+            "agent_id": agent_id, "ratings": {"helpfulness": 9}}))
+        assert "ratings.helpfulness: 9 is outside the scale 1-5" in bad
+
+        expected = [(v - 1) / 4 for v in values]
+        mean = sum(expected) / 3
+        variance = sum((x - mean) ** 2 for x in expected) / 2
+        for _ in range(100):  # the relay applies events right after each commit
+            report = ok(await client.call_tool("get_feedback_metrics", {"agent_id": agent_id}))
+            by_metric = {m["metric"]: m for m in report["metrics"]}
+            if by_metric.get("feedback.helpfulness", {}).get("count") == 3:
+                break
+            await asyncio.sleep(0.05)
+        helpfulness = by_metric["feedback.helpfulness"]
+        assert helpfulness["count"] == 3
+        assert abs(helpfulness["mean"] - mean) < 1e-9
+        assert abs(helpfulness["variance"] - variance) < 1e-9
+        assert by_metric["interaction.error"]["count"] == 1
+        assert by_metric["interaction.error"]["mean"] == 0
+        assert by_metric["interaction.tokens"]["mean"] == 30
+
+    asyncio.run(with_client(server.url, "legacy", scenario))

@@ -166,6 +166,8 @@ async fn run(config: Config) -> Result<(), BoxError> {
         stateless = config.server.stateless,
         "listening"
     );
+    // No broker yet: the outbox feeds the event processor in this process.
+    let relay = tokio::spawn(platform.in_process_relay().run(shutdown.clone()));
     let stop = shutdown.clone();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -174,6 +176,10 @@ async fn run(config: Config) -> Result<(), BoxError> {
             stop.cancel();
         })
         .await?;
+    shutdown.cancel();
+    if let Err(e) = relay.await {
+        tracing::error!(error = %e, "outbox relay task failed");
+    }
     Ok(())
 }
 

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use aop_core::conversation::{ConversationService, RunAgent, SendMessage, StartSession};
+use aop_core::feedback::{FeedbackService, MetricsQuery, SubmitFeedback};
 use aop_core::session::SessionId;
 use aop_core::{AgentId, AgentService, CreateAgent, ListAgents, UpdateAgent};
 use rmcp::handler::server::router::tool::ToolRouter;
@@ -103,6 +104,7 @@ pub struct RequestDeadline(pub std::time::Instant);
 pub struct AgentServer {
     agents: AgentService,
     conversations: ConversationService,
+    feedback: FeedbackService,
     metrics: Arc<Metrics>,
     tools: Arc<ToolRouter<Self>>,
 }
@@ -112,13 +114,15 @@ impl AgentServer {
     pub fn new(
         agents: AgentService,
         conversations: ConversationService,
+        feedback: FeedbackService,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             agents,
             conversations,
+            feedback,
             metrics,
-            tools: Arc::new(Self::tool_router()),
+            tools: Arc::new(Self::tool_router() + Self::feedback_router()),
         }
     }
 
@@ -302,6 +306,33 @@ impl AgentServer {
     }
 }
 
+#[tool_router(router = feedback_router)]
+impl AgentServer {
+    #[tool(
+        name = "submit_feedback",
+        description = "Rate an agent, one of its sessions or one interaction: `ratings` as {metric: value} on a `scale` (default 1-5), with optional comments and categories. Fitness statistics follow.",
+        annotations(destructive_hint = false, idempotent_hint = false)
+    )]
+    async fn submit_feedback(
+        &self,
+        Parameters(input): Parameters<SubmitFeedback>,
+    ) -> Result<Json<aop_core::feedback::Feedback>, ToolFailure> {
+        Ok(Json(self.feedback.submit(input).await?))
+    }
+
+    #[tool(
+        name = "get_feedback_metrics",
+        description = "Statistics per agent version and metric (count, mean, sample variance, on 0..1 for feedback): running totals, or over `from`/`to` (epoch ms). Turn statistics are `interaction.error`, `interaction.latency_ms`, `interaction.tokens`.",
+        annotations(read_only_hint = true)
+    )]
+    async fn get_feedback_metrics(
+        &self,
+        Parameters(query): Parameters<MetricsQuery>,
+    ) -> Result<Json<aop_core::feedback::MetricsReport>, ToolFailure> {
+        Ok(Json(self.feedback.metrics(query).await?))
+    }
+}
+
 /// The deadline the entry point attached to the HTTP request, if any.
 fn request_deadline(context: &RequestContext<RoleServer>) -> Option<std::time::Instant> {
     context
@@ -410,6 +441,8 @@ fn argument_error(tool: &str, arguments: Option<rmcp::model::JsonObject>) -> Str
         "get_messages" => explain_arguments::<GetMessagesArgs>(tool, arguments),
         "end_session" => explain_arguments::<EndSessionArgs>(tool, arguments),
         "list_interactions" => explain_arguments::<ListInteractionsArgs>(tool, arguments),
+        "submit_feedback" => explain_arguments::<SubmitFeedback>(tool, arguments),
+        "get_feedback_metrics" => explain_arguments::<MetricsQuery>(tool, arguments),
         _ => format!("invalid arguments for {tool}"),
     }
 }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use aop_core::conversation::{ConversationService, TurnLimits};
+use aop_core::feedback::FeedbackService;
 use aop_core::llm::UnconfiguredModel;
 use aop_core::pricing::PriceTable;
 use aop_core::{AgentService, SystemClock};
@@ -48,9 +49,22 @@ impl TestApp {
             ..HttpOptions::default()
         };
         configure(&mut options);
+        let feedback = FeedbackService::new(
+            store.clone(),
+            store.clone(),
+            store.clone(),
+            Arc::new(SystemClock),
+        );
         let m = metrics.clone();
         let router = aop_mcp::router(
-            move || AgentServer::new(agents.clone(), conversations.clone(), m.clone()),
+            move || {
+                AgentServer::new(
+                    agents.clone(),
+                    conversations.clone(),
+                    feedback.clone(),
+                    m.clone(),
+                )
+            },
             options,
             metrics,
             store,
@@ -147,6 +161,7 @@ async fn every_tool_is_listed_with_input_and_output_schemas() {
             "create_agent",
             "end_session",
             "get_agent",
+            "get_feedback_metrics",
             "get_messages",
             "list_agent_versions",
             "list_agents",
@@ -154,6 +169,7 @@ async fn every_tool_is_listed_with_input_and_output_schemas() {
             "run_agent",
             "send_message",
             "start_session",
+            "submit_feedback",
             "update_agent"
         ]
     );

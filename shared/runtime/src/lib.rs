@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod platform;
+pub mod relay;
 pub mod telemetry;
 
 pub use config::{Config, ConfigError, Overrides};

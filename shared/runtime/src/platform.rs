@@ -4,14 +4,17 @@
 use std::sync::Arc;
 
 use aop_core::conversation::ConversationService;
+use aop_core::feedback::{FeedbackService, FeedbackStore};
 use aop_core::llm::{ChatModel, UnconfiguredModel};
-use aop_core::{AgentService, AgentStore, SessionStore, SystemClock};
+use aop_core::processor::EventProcessor;
+use aop_core::{AgentService, AgentStore, Outbox, SessionStore, SystemClock};
 use aop_llm::{OpenAiChatModel, OpenAiSettings};
 use aop_mcp::{AgentServer, HttpOptions, Metrics};
 use aop_store_sqlite::SqliteStore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::relay::{InProcessSink, NotifySignal, OutboxRelay};
 
 /// Why the platform could not start.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +41,11 @@ pub enum StartupError {
 pub struct Platform {
     pub agents: AgentService,
     pub conversations: ConversationService,
+    pub feedback: FeedbackService,
+    pub processor: EventProcessor,
+    pub outbox: Arc<dyn Outbox>,
+    /// Woken after every commit that wrote events.
+    pub outbox_signal: NotifySignal,
     pub store: Arc<dyn AgentStore>,
     pub metrics: Arc<Metrics>,
     store_description: String,
@@ -65,9 +73,20 @@ impl Platform {
         let store_description = format!("sqlite at {}", store.path().display());
         let store = Arc::new(store);
         let sessions: Arc<dyn SessionStore> = store.clone();
+        let outbox: Arc<dyn Outbox> = store.clone();
+        let feedback_store: Arc<dyn FeedbackStore> = store.clone();
         let store: Arc<dyn AgentStore> = store;
         let clock = Arc::new(SystemClock);
-        let agents = AgentService::new(store.clone(), clock.clone(), config.openai.model.clone());
+        let signal = NotifySignal::default();
+        let agents = AgentService::new(store.clone(), clock.clone(), config.openai.model.clone())
+            .with_signal(Arc::new(signal.clone()));
+        let feedback = FeedbackService::new(
+            store.clone(),
+            sessions.clone(),
+            feedback_store.clone(),
+            clock.clone(),
+        )
+        .with_signal(Arc::new(signal.clone()));
         let metrics = Arc::new(Metrics::new());
         let conversations = ConversationService::new(
             store.clone(),
@@ -77,10 +96,15 @@ impl Platform {
             config.openai.prices.clone(),
             config.agents.limits,
             metrics.clone(),
-        );
+        )
+        .with_signal(Arc::new(signal.clone()));
         Ok(Self {
             agents,
             conversations,
+            feedback,
+            processor: EventProcessor::new(feedback_store),
+            outbox,
+            outbox_signal: signal,
             store,
             metrics,
             store_description,
@@ -89,6 +113,15 @@ impl Platform {
 
     pub fn store_description(&self) -> &str {
         &self.store_description
+    }
+
+    /// The relay that feeds this process's event processor from the outbox (no broker).
+    pub fn in_process_relay(&self) -> OutboxRelay {
+        OutboxRelay::new(
+            self.outbox.clone(),
+            Arc::new(InProcessSink::new(self.processor.clone())),
+            self.outbox_signal.0.clone(),
+        )
     }
 
     /// HTTP options from configuration.
@@ -109,6 +142,7 @@ impl Platform {
         AgentServer::new(
             self.agents.clone(),
             self.conversations.clone(),
+            self.feedback.clone(),
             self.metrics.clone(),
         )
     }

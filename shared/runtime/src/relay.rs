@@ -1,0 +1,132 @@
+//! The outbox relay: takes committed events from the outbox, oldest first, hands them to a sink
+//! (Kafka, or the event processor in process when no Kafka is configured) and removes them once
+//! the sink has them. At least once: a crash between delivery and removal delivers again, and
+//! consumers are idempotent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aop_core::processor::{EventProcessor, HandleError};
+use aop_core::{DomainEvent, Outbox, OutboxSignal, StoreError};
+use async_trait::async_trait;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// How often the relay looks at the outbox when nobody wakes it.
+const POLL: Duration = Duration::from_secs(1);
+/// Events per batch.
+const BATCH: u32 = 500;
+
+/// Why a delivery stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// Retry later; the undelivered events stay in the outbox.
+    #[error("delivery failed, will retry: {0}")]
+    Transient(String),
+}
+
+/// Where relayed events go.
+#[async_trait]
+pub trait EventSink: Send + Sync {
+    /// Delivers events in order; returns how many of them were delivered (a prefix).
+    async fn deliver(&self, events: &[DomainEvent]) -> (usize, Option<DeliveryError>);
+}
+
+/// Wakes the relay after a commit.
+#[derive(Clone, Default)]
+pub struct NotifySignal(pub Arc<Notify>);
+
+impl OutboxSignal for NotifySignal {
+    fn notify(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// With no broker, events go straight to the event processor in this process.
+pub struct InProcessSink {
+    processor: EventProcessor,
+}
+
+impl InProcessSink {
+    pub fn new(processor: EventProcessor) -> Self {
+        Self { processor }
+    }
+}
+
+#[async_trait]
+impl EventSink for InProcessSink {
+    async fn deliver(&self, events: &[DomainEvent]) -> (usize, Option<DeliveryError>) {
+        for (done, event) in events.iter().enumerate() {
+            match self.processor.handle(event).await {
+                Ok(_) => {}
+                Err(HandleError::Poison {
+                    event_id,
+                    event_type,
+                    reason,
+                }) => {
+                    // Nothing will make it usable; keep it in the log rather than the outbox.
+                    tracing::error!(%event_id, %event_type, %reason, "dropping an unusable event");
+                }
+                Err(e @ HandleError::Transient { .. }) => {
+                    return (done, Some(DeliveryError::Transient(e.to_string())));
+                }
+            }
+        }
+        (events.len(), None)
+    }
+}
+
+/// Moves events from the outbox to a sink.
+#[derive(Clone)]
+pub struct OutboxRelay {
+    outbox: Arc<dyn Outbox>,
+    sink: Arc<dyn EventSink>,
+    wake: Arc<Notify>,
+}
+
+impl OutboxRelay {
+    pub fn new(outbox: Arc<dyn Outbox>, sink: Arc<dyn EventSink>, wake: Arc<Notify>) -> Self {
+        Self { outbox, sink, wake }
+    }
+
+    /// Relays until the outbox is empty or a delivery fails; returns how many were relayed.
+    ///
+    /// # Errors
+    /// The store error when the outbox cannot be read or updated.
+    pub async fn drain(&self) -> Result<usize, StoreError> {
+        let mut relayed = 0;
+        loop {
+            let batch = self.outbox.pending(BATCH).await?;
+            if batch.is_empty() {
+                return Ok(relayed);
+            }
+            let (delivered, error) = self.sink.deliver(&batch).await;
+            let ids: Vec<String> = batch[..delivered].iter().map(|e| e.id.clone()).collect();
+            if !ids.is_empty() {
+                self.outbox.mark_published(&ids).await?;
+            }
+            relayed += delivered;
+            if let Some(e) = error {
+                tracing::warn!(error = %e, relayed, "outbox relay paused");
+                return Ok(relayed);
+            }
+        }
+    }
+
+    /// Runs until `shutdown`: drains at once when woken, and every second regardless.
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            if let Err(e) = self.drain().await {
+                tracing::error!(error = %e, "outbox relay cannot read the outbox");
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(POLL) => {}
+            }
+        }
+        if let Err(e) = self.drain().await {
+            tracing::warn!(error = %e, "outbox relay stopped with events left");
+        }
+    }
+}
