@@ -13,7 +13,7 @@ use tracing::{Instrument, instrument};
 use crate::agent::{Agent, AgentId, AgentStatus, AgentVersion, PROD_ALIAS};
 use crate::clock::Clock;
 use crate::error::ServiceError;
-use crate::events::{DomainEvent, EventType};
+use crate::events::{DomainEvent, EventType, payload};
 use crate::llm::{ChatMessage, ChatModel, ChatRequest, LlmError, ToolCall, ToolSpec};
 use crate::page::{Page, PageRequest};
 use crate::ports::{AgentStore, NoSignal, OutboxSignal, SessionStore, StoreError};
@@ -258,11 +258,13 @@ impl ConversationService {
             created_at: self.clock.now_ms(),
             ended_at: None,
         };
-        let events = [DomainEvent::new(
+        let events = [DomainEvent::with_payload(
             EventType::SessionStarted,
             &session.agent_id,
             session.created_at,
-            serde_json::json!({"session": &session}),
+            &payload::SessionChanged {
+                session: session.clone(),
+            },
         )];
         self.sessions.insert_session(&session, &events).await?;
         self.signal.notify();
@@ -442,11 +444,13 @@ impl ConversationService {
         session.status = SessionStatus::Ended;
         session.summary.clone_from(&summary);
         session.ended_at = Some(now);
-        let events = [DomainEvent::new(
+        let events = [DomainEvent::with_payload(
             EventType::SessionEnded,
             &session.agent_id,
             now,
-            serde_json::json!({"session": &session}),
+            &payload::SessionChanged {
+                session: session.clone(),
+            },
         )];
         self.sessions
             .end_session(session_id, summary.as_deref(), now, &events)

@@ -129,6 +129,17 @@ pub struct DomainEvent {
 }
 
 impl DomainEvent {
+    /// An event whose data is one of the [`payload`] types.
+    pub fn with_payload<T: Serialize>(
+        event_type: EventType,
+        subject: &AgentId,
+        time: i64,
+        payload: &T,
+    ) -> Self {
+        let data = serde_json::to_value(payload).unwrap_or(serde_json::Value::Null);
+        Self::new(event_type, subject, time, data)
+    }
+
     pub fn new(
         event_type: EventType,
         subject: &AgentId,
@@ -169,4 +180,56 @@ mod tests {
         );
         assert_eq!(EventType::parse("agent.deleted"), None);
     }
+}
+
+/// The `data` of each event type, for consumers and for the published JSON schemas.
+pub mod payload {
+    use schemars::JsonSchema;
+    use serde::{Deserialize, Serialize};
+
+    use crate::agent::{Agent, AgentVersion, Alias};
+    use crate::feedback::Feedback;
+    use crate::session::{Interaction, Session};
+
+    /// `agent.created`
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    pub struct AgentCreated {
+        pub agent: Agent,
+        pub version: AgentVersion,
+    }
+
+    /// `agent.version.created`
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    pub struct AgentVersionCreated {
+        pub version: AgentVersion,
+        pub aliases: Vec<Alias>,
+    }
+
+    /// `agent.archived` (and `agent.deployed`, which carries the agent with its moved aliases)
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    pub struct AgentChanged {
+        pub agent: Agent,
+    }
+
+    /// `session.started`, `session.ended`
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    pub struct SessionChanged {
+        pub session: Session,
+    }
+
+    /// `interaction.completed`, `interaction.failed`
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    pub struct InteractionRecorded {
+        pub interaction: Interaction,
+    }
+
+    /// `feedback.submitted`
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    pub struct FeedbackSubmitted {
+        pub feedback: Feedback,
+    }
+
+    /// Events whose payload is not fixed yet (feedback analysis, evolution).
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    pub struct Open(pub serde_json::Map<String, serde_json::Value>);
 }

@@ -312,11 +312,13 @@ impl FeedbackService {
             user_id,
             created_at: now,
         };
-        let events = [DomainEvent::new(
+        let events = [DomainEvent::with_payload(
             EventType::FeedbackSubmitted,
             &feedback.agent_id,
             now,
-            serde_json::json!({"feedback": &feedback}),
+            &crate::events::payload::FeedbackSubmitted {
+                feedback: feedback.clone(),
+            },
         )];
         self.feedback.insert_feedback(&feedback, &events).await?;
         self.signal.notify();

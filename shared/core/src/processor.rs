@@ -98,7 +98,7 @@ fn decode<T: serde::de::DeserializeOwned>(event: &DomainEvent, key: &str) -> Res
 fn updates_for(event: &DomainEvent) -> Result<Option<Vec<FitnessUpdate>>, String> {
     match event.event_type {
         EventType::InteractionCompleted | EventType::InteractionFailed => {
-            let i: Interaction = decode(event, "interaction")?;
+            let i: Interaction = decode(event, "interaction")?; // payload::InteractionRecorded
             let failed = i.status == InteractionStatus::Failed;
             let point = |metric: &str, value: f64| FitnessUpdate {
                 agent_id: i.agent_id.clone(),
@@ -119,7 +119,7 @@ fn updates_for(event: &DomainEvent) -> Result<Option<Vec<FitnessUpdate>>, String
             Ok(Some(updates))
         }
         EventType::FeedbackSubmitted => {
-            let f: Feedback = decode(event, "feedback")?;
+            let f: Feedback = decode(event, "feedback")?; // payload::FeedbackSubmitted
             Ok(Some(
                 f.ratings
                     .iter()

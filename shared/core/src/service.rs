@@ -12,7 +12,7 @@ use crate::agent::{
 };
 use crate::clock::Clock;
 use crate::error::ServiceError;
-use crate::events::{DomainEvent, EventType};
+use crate::events::{DomainEvent, EventType, payload};
 use crate::page::{Cursor, Page, PageRequest};
 use crate::ports::{AgentFilter, AgentStore, NoSignal, OutboxSignal, StatusFilter, StoreError};
 use crate::validate::{self, Problems};
@@ -217,11 +217,14 @@ impl AgentService {
             change_summary: "created".into(),
         };
         let events = [
-            DomainEvent::new(
+            DomainEvent::with_payload(
                 EventType::AgentCreated,
                 &agent.agent_id,
                 now,
-                serde_json::json!({"agent": &agent, "version": &version}),
+                &payload::AgentCreated {
+                    agent: agent.clone(),
+                    version: version.clone(),
+                },
             ),
             version_created(&agent, &version, now),
         ];
@@ -463,11 +466,13 @@ impl AgentService {
         let now = self.clock.now_ms();
         agent.status = AgentStatus::Archived;
         agent.updated_at = now;
-        let events = [DomainEvent::new(
+        let events = [DomainEvent::with_payload(
             EventType::AgentArchived,
             agent_id,
             now,
-            serde_json::json!({"agent": &agent}),
+            &payload::AgentChanged {
+                agent: agent.clone(),
+            },
         )];
         self.store
             .set_status(agent_id, AgentStatus::Archived, now, &events)
@@ -600,11 +605,14 @@ impl AgentService {
 }
 
 fn version_created(agent: &Agent, version: &AgentVersion, now: i64) -> DomainEvent {
-    DomainEvent::new(
+    DomainEvent::with_payload(
         EventType::AgentVersionCreated,
         &agent.agent_id,
         now,
-        serde_json::json!({"version": version, "aliases": &agent.aliases}),
+        &payload::AgentVersionCreated {
+            version: version.clone(),
+            aliases: agent.aliases.clone(),
+        },
     )
 }
 

@@ -1,0 +1,204 @@
+//! The CloudEvents 1.0 envelope in structured JSON mode, with the `correlationid` and
+//! `traceparent` extensions. Decoding ignores unknown attributes, so producers can add some.
+
+use aop_core::{AgentId, DomainEvent, EventType};
+use serde::{Deserialize, Serialize};
+
+pub const SPEC_VERSION: &str = "1.0";
+/// `source` of every event the platform produces.
+pub const SOURCE: &str = "urn:aop:platform";
+
+/// A CloudEvent as it travels as a Kafka record value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct CloudEvent {
+    pub specversion: String,
+    pub id: String,
+    pub source: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// RFC 3339 UTC with milliseconds.
+    pub time: String,
+    /// The agent id: also the record key, so an agent's events stay in order.
+    pub subject: String,
+    pub datacontenttype: String,
+    pub data: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlationid: Option<String>,
+    /// W3C trace context of the request that caused the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}
+
+/// Why bytes are not one of our events.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not a CloudEvent in JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("unsupported specversion '{0}'")]
+    SpecVersion(String),
+    #[error("unknown event type '{0}'")]
+    UnknownType(String),
+    #[error("bad subject: {0}")]
+    Subject(String),
+    #[error("bad time '{0}': expected RFC 3339 UTC")]
+    Time(String),
+}
+
+impl CloudEvent {
+    pub fn from_domain(event: &DomainEvent, traceparent: Option<String>) -> Self {
+        Self {
+            specversion: SPEC_VERSION.to_owned(),
+            id: event.id.clone(),
+            source: SOURCE.to_owned(),
+            event_type: event.event_type.as_str().to_owned(),
+            time: rfc3339(event.time),
+            subject: event.subject.to_string(),
+            datacontenttype: "application/json".to_owned(),
+            data: event.data.clone(),
+            correlationid: event.correlation_id.clone(),
+            traceparent,
+        }
+    }
+
+    /// The record value.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses a record value.
+    ///
+    /// # Errors
+    /// `DecodeError` saying what is wrong with it.
+    pub fn decode(bytes: &[u8]) -> Result<DomainEvent, DecodeError> {
+        let ce: Self = serde_json::from_slice(bytes)?;
+        ce.into_domain()
+    }
+
+    /// # Errors
+    /// As [`CloudEvent::decode`].
+    pub fn into_domain(self) -> Result<DomainEvent, DecodeError> {
+        if self.specversion != SPEC_VERSION {
+            return Err(DecodeError::SpecVersion(self.specversion));
+        }
+        let event_type =
+            EventType::parse(&self.event_type).ok_or(DecodeError::UnknownType(self.event_type))?;
+        let subject = AgentId::try_from(self.subject).map_err(DecodeError::Subject)?;
+        let time = parse_rfc3339(&self.time).ok_or(DecodeError::Time(self.time))?;
+        Ok(DomainEvent {
+            id: self.id,
+            event_type,
+            subject,
+            time,
+            data: self.data,
+            correlation_id: self.correlationid,
+        })
+    }
+}
+
+fn rfc3339(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Parses `YYYY-MM-DDTHH:MM:SS[.fff]Z` into epoch milliseconds.
+fn parse_rfc3339(text: &str) -> Option<i64> {
+    let text = text.strip_suffix('Z')?;
+    let (date, time) = text.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, mo, da) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.split(':').map(|p| p.parse::<i64>().ok());
+    let (h, mi, s) = (t.next()??, t.next()??, t.next()??);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&da) || h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    let digits: String = frac.chars().take(3).collect();
+    let millis = format!("{digits:0<3}").parse::<i64>().ok()?;
+    Some((days_from_civil(y, mo, da) * 86_400 + h * 3600 + mi * 60 + s) * 1000 + millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> DomainEvent {
+        let mut e = DomainEvent::new(
+            EventType::FeedbackSubmitted,
+            &AgentId::parse("agent_id", "agt_1").unwrap(),
+            1_795_759_698_123,
+            serde_json::json!({"feedback": {"x": 1}}),
+        );
+        e.correlation_id = Some("req-9".into());
+        e
+    }
+
+    #[test]
+    fn a_domain_event_round_trips_through_the_envelope() {
+        let e = event();
+        let ce = CloudEvent::from_domain(&e, Some("00-abc-def-01".into()));
+        assert_eq!(ce.time, "2026-11-27T06:08:18.123Z");
+        assert_eq!(ce.event_type, "feedback.submitted");
+        assert_eq!(ce.subject, "agt_1");
+        let back = CloudEvent::decode(&ce.to_bytes()).unwrap();
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn unknown_attributes_are_ignored_and_bad_ones_named() {
+        let mut v = serde_json::to_value(CloudEvent::from_domain(&event(), None)).unwrap();
+        v["newattribute"] = serde_json::json!("ignored");
+        assert!(CloudEvent::decode(v.to_string().as_bytes()).is_ok());
+        v["type"] = serde_json::json!("agent.exploded");
+        let err = CloudEvent::decode(v.to_string().as_bytes()).unwrap_err();
+        assert_eq!(err.to_string(), "unknown event type 'agent.exploded'");
+        assert!(CloudEvent::decode(b"not json").is_err());
+        v["type"] = serde_json::json!("agent.created");
+        v["time"] = serde_json::json!("yesterday");
+        assert!(matches!(
+            CloudEvent::decode(v.to_string().as_bytes()),
+            Err(DecodeError::Time(_))
+        ));
+    }
+
+    #[test]
+    fn times_parse_back_exactly() {
+        for ms in [0, 951_782_400_000, 1_795_759_698_123, 4_102_444_800_999] {
+            assert_eq!(parse_rfc3339(&rfc3339(ms)), Some(ms), "{ms}");
+        }
+        assert_eq!(
+            parse_rfc3339("2026-11-27T06:08:18Z"),
+            Some(1_795_759_698_000)
+        );
+    }
+}

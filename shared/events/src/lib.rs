@@ -1,0 +1,9 @@
+//! Events on the wire: the CloudEvents 1.0 envelope (structured JSON mode, the Kafka record
+//! value), topic routing with dead-letter topics, and the JSON schema of every event type.
+
+mod envelope;
+pub mod schema;
+mod topics;
+
+pub use envelope::{CloudEvent, DecodeError, SPEC_VERSION};
+pub use topics::Topics;
