@@ -17,6 +17,7 @@ pub mod pricing;
 pub mod processor;
 pub mod service;
 pub mod session;
+pub mod time;
 pub mod validate;
 
 pub use agent::{

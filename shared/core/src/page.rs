@@ -76,6 +76,16 @@ impl PageRequest {
     }
 }
 
+impl PageRequest {
+    /// The cursor's key as a number (version or message number); 0 without a cursor.
+    pub fn after_number(&self) -> u32 {
+        self.after
+            .as_ref()
+            .and_then(|c| c.key().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
 impl Default for PageRequest {
     fn default() -> Self {
         Self {

@@ -299,11 +299,7 @@ impl AgentStore for SqliteStore {
         page: &PageRequest,
     ) -> Result<Vec<AgentVersion>, StoreError> {
         let id = agent_id.clone();
-        let after: u32 = page
-            .after
-            .as_ref()
-            .and_then(|c| c.key().parse().ok())
-            .unwrap_or(0);
+        let after = page.after_number();
         let limit = page.limit + 1;
         self.with(move |conn| {
             let mut stmt = conn

@@ -349,11 +349,7 @@ impl SessionStore for SqliteStore {
         page: &PageRequest,
     ) -> Result<Vec<Message>, StoreError> {
         let id = id.clone();
-        let after: u32 = page
-            .after
-            .as_ref()
-            .and_then(|c| c.key().parse().ok())
-            .unwrap_or(0);
+        let after = page.after_number();
         let limit = page.limit + 1;
         self.with(move |conn| {
             let mut stmt = conn
