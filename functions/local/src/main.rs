@@ -30,6 +30,16 @@ enum Command {
     Serve(ServeArgs),
     /// Apply store schema migrations and exit.
     Migrate(CommonArgs),
+    /// Kafka topics.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    /// Create the event topics and their dead-letter topics (kafka section of the config);
+    /// existing topics are left alone and any partition-count drift is reported.
+    Apply(CommonArgs),
 }
 
 #[derive(Args, Clone, Default)]
@@ -102,6 +112,7 @@ fn main() -> ExitCode {
         Some(Command::Serve(args)) => serve(&args),
         None => serve(&cli.serve),
         Some(Command::Migrate(args)) => migrate(&args),
+        Some(Command::Topics(TopicsCommand::Apply(args))) => topics_apply(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -132,6 +143,54 @@ fn migrate(args: &CommonArgs) -> Result<(), BoxError> {
         store = platform.store_description(),
         "store schema is up to date"
     );
+    Ok(())
+}
+
+fn topics_apply(args: &CommonArgs) -> Result<(), BoxError> {
+    use aop_events::Topics;
+    use aop_events::kafka::{KafkaSettings, TopicOutcome, TopicSpec, apply_topics};
+    let config = load(args, &args.overrides())?;
+    let kafka = &config.kafka;
+    let servers = kafka
+        .bootstrap_servers
+        .clone()
+        .ok_or("kafka.bootstrap_servers (KAFKA_BOOTSTRAP_SERVERS) is not set")?;
+    let topics = Topics {
+        agent_events: kafka.agent_events_topic.clone(),
+        feedback_events: kafka.feedback_events_topic.clone(),
+        evolution_events: kafka.evolution_events_topic.clone(),
+    };
+    let specs: Vec<TopicSpec> = topics
+        .all()
+        .into_iter()
+        .map(|name| TopicSpec {
+            name,
+            partitions: kafka.partitions,
+            replication: kafka.replication_factor,
+            retention_ms: kafka.retention_hours * 3_600_000,
+        })
+        .collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let outcomes = runtime.block_on(apply_topics(&KafkaSettings::new(servers), &specs))?;
+    let mut drift = false;
+    for (name, outcome) in outcomes {
+        match outcome {
+            TopicOutcome::Created => println!("created   {name}"),
+            TopicOutcome::Unchanged => println!("unchanged {name}"),
+            TopicOutcome::Drift { partitions } => {
+                drift = true;
+                println!(
+                    "drift     {name}: {partitions} partitions, configured {}",
+                    kafka.partitions
+                );
+            }
+        }
+    }
+    if drift {
+        return Err("some topics differ from the configuration (partitions are never changed automatically)".into());
+    }
     Ok(())
 }
 

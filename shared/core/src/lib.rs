@@ -29,7 +29,7 @@ pub use error::{FieldError, ServiceError};
 pub use events::{DomainEvent, EventType, Stream};
 pub use page::{Cursor, Page, PageRequest};
 pub use ports::{
-    AgentFilter, AgentStore, NoSignal, Outbox, OutboxSignal, SessionStore, StatusFilter,
+    AgentFilter, AgentStore, EventSink, NoSignal, Outbox, OutboxSignal, SessionStore, StatusFilter,
     StoreError, StoreHealth,
 };
 pub use service::{AgentDetail, AgentService, CreateAgent, ListAgents, UpdateAgent};

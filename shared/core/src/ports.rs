@@ -271,3 +271,11 @@ pub struct NoSignal;
 impl OutboxSignal for NoSignal {
     fn notify(&self) {}
 }
+
+/// Where the outbox relay hands events: a broker, or the event processor in process.
+#[async_trait]
+pub trait EventSink: Send + Sync {
+    /// Delivers events in order. Returns how many were delivered (always a prefix of
+    /// `events`) and, when not all were, why the rest was not.
+    async fn deliver(&self, events: &[DomainEvent]) -> (usize, Option<String>);
+}

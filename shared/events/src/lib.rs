@@ -2,6 +2,8 @@
 //! value), topic routing with dead-letter topics, and the JSON schema of every event type.
 
 mod envelope;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod schema;
 mod topics;
 

@@ -68,6 +68,9 @@ const SETTINGS: &[(&str, &str, &str)] = &[
         "KAFKA_TOPIC_EVOLUTION_EVENTS",
         "evolution_events",
     ),
+    ("kafka.partitions", "KAFKA_TOPIC_PARTITIONS", "4"),
+    ("kafka.replication_factor", "KAFKA_REPLICATION_FACTOR", "1"),
+    ("kafka.retention_hours", "KAFKA_RETENTION_HOURS", "168"),
     ("openai.api_key", "OPENAI_API_KEY", ""),
     ("openai.base_url", "OPENAI_BASE_URL", ""),
     ("openai.model", "OPENAI_MODEL", "gpt-4o-mini"),
@@ -148,6 +151,9 @@ pub struct KafkaConfig {
     pub agent_events_topic: String,
     pub feedback_events_topic: String,
     pub evolution_events_topic: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    pub retention_hours: i64,
 }
 
 /// `openai` section.
@@ -415,6 +421,19 @@ impl Layers {
                 }
             }
         }
+        let mut at_least_one = |key: &str| {
+            let n = self
+                .number::<i64>(key, "a whole number", errors)
+                .unwrap_or(1);
+            if n < 1 {
+                errors.push(self.problem(key, "must be at least 1"));
+            }
+            n
+        };
+        let partitions = i32::try_from(at_least_one("kafka.partitions")).unwrap_or(i32::MAX);
+        let replication_factor =
+            i32::try_from(at_least_one("kafka.replication_factor")).unwrap_or(i32::MAX);
+        let retention_hours = at_least_one("kafka.retention_hours");
         let base_url = self.optional("openai.base_url");
         if let Some(url) = &base_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -488,6 +507,9 @@ impl Layers {
                 agent_events_topic: self.text("kafka.topics.agent_events"),
                 feedback_events_topic: self.text("kafka.topics.feedback_events"),
                 evolution_events_topic: self.text("kafka.topics.evolution_events"),
+                partitions,
+                replication_factor,
+                retention_hours,
             },
             openai: OpenAiConfig {
                 api_key: self.optional("openai.api_key").map(SecretString::from),

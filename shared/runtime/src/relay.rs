@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aop_core::processor::{EventProcessor, HandleError};
-use aop_core::{DomainEvent, Outbox, OutboxSignal, StoreError};
+use aop_core::{DomainEvent, EventSink, Outbox, OutboxSignal, StoreError};
 use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -16,21 +16,6 @@ use tokio_util::sync::CancellationToken;
 const POLL: Duration = Duration::from_secs(1);
 /// Events per batch.
 const BATCH: u32 = 500;
-
-/// Why a delivery stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum DeliveryError {
-    /// Retry later; the undelivered events stay in the outbox.
-    #[error("delivery failed, will retry: {0}")]
-    Transient(String),
-}
-
-/// Where relayed events go.
-#[async_trait]
-pub trait EventSink: Send + Sync {
-    /// Delivers events in order; returns how many of them were delivered (a prefix).
-    async fn deliver(&self, events: &[DomainEvent]) -> (usize, Option<DeliveryError>);
-}
 
 /// Wakes the relay after a commit.
 #[derive(Clone, Default)]
@@ -55,7 +40,7 @@ impl InProcessSink {
 
 #[async_trait]
 impl EventSink for InProcessSink {
-    async fn deliver(&self, events: &[DomainEvent]) -> (usize, Option<DeliveryError>) {
+    async fn deliver(&self, events: &[DomainEvent]) -> (usize, Option<String>) {
         for (done, event) in events.iter().enumerate() {
             match self.processor.handle(event).await {
                 Ok(_) => {}
@@ -68,7 +53,7 @@ impl EventSink for InProcessSink {
                     tracing::error!(%event_id, %event_type, %reason, "dropping an unusable event");
                 }
                 Err(e @ HandleError::Transient { .. }) => {
-                    return (done, Some(DeliveryError::Transient(e.to_string())));
+                    return (done, Some(e.to_string()));
                 }
             }
         }
@@ -107,7 +92,7 @@ impl OutboxRelay {
             }
             relayed += delivered;
             if let Some(e) = error {
-                tracing::warn!(error = %e, relayed, "outbox relay paused");
+                tracing::warn!(error = %e, relayed, "outbox relay paused; the rest stays in the outbox");
                 return Ok(relayed);
             }
         }

@@ -1,0 +1,260 @@
+//! Kafka: an idempotent producer (`acks=all`, lz4, bounded delivery timeout) that publishes
+//! domain events as CloudEvents keyed by agent id, and topic administration.
+//!
+//! Plaintext listeners only for now; SASL/SCRAM and TLS need librdkafka built with OpenSSL,
+//! and MSK IAM auth needs a token provider: both are still to come.
+
+use std::time::Duration;
+
+use aop_core::{DomainEvent, EventSink};
+use async_trait::async_trait;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+use crate::{CloudEvent, Topics};
+
+/// How to reach the brokers.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    /// `host:port,host:port`
+    pub bootstrap_servers: String,
+    pub client_id: String,
+    /// How long the producer keeps trying one record before reporting it undelivered.
+    pub delivery_timeout: Duration,
+}
+
+impl KafkaSettings {
+    pub fn new(bootstrap_servers: impl Into<String>) -> Self {
+        Self {
+            bootstrap_servers: bootstrap_servers.into(),
+            client_id: "aop".into(),
+            delivery_timeout: Duration::from_secs(30),
+        }
+    }
+
+    fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap_servers)
+            .set("client.id", &self.client_id)
+            .set("socket.timeout.ms", "10000");
+        c
+    }
+}
+
+/// Why Kafka could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    #[error("cannot create the Kafka client for {servers}")]
+    Client {
+        servers: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("topic {topic}: {reason}")]
+    Topic { topic: String, reason: String },
+}
+
+/// Publishes events to their stream's topic, keyed by agent id.
+pub struct KafkaSink {
+    producer: FutureProducer,
+    topics: Topics,
+    settings: KafkaSettings,
+}
+
+impl KafkaSink {
+    /// # Errors
+    /// `Client` when the producer cannot be created (bad settings).
+    pub fn new(settings: KafkaSettings, topics: Topics) -> Result<Self, KafkaError> {
+        let producer = settings
+            .client_config()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", "lz4")
+            .set("linger.ms", "5")
+            .set(
+                "delivery.timeout.ms",
+                settings.delivery_timeout.as_millis().to_string(),
+            )
+            .create()
+            .map_err(|source| KafkaError::Client {
+                servers: settings.bootstrap_servers.clone(),
+                source,
+            })?;
+        Ok(Self {
+            producer,
+            topics,
+            settings,
+        })
+    }
+
+    /// Waits until every queued record is delivered or has failed.
+    pub fn flush(&self) {
+        let _ = self.producer.flush(self.settings.delivery_timeout);
+    }
+}
+
+#[async_trait]
+impl EventSink for KafkaSink {
+    async fn deliver(&self, events: &[DomainEvent]) -> (usize, Option<String>) {
+        // Queue every record first so they travel in one pipeline; the idempotent producer
+        // keeps each partition's (each agent's) order.
+        let mut pending = Vec::with_capacity(events.len());
+        for event in events {
+            let topic = self.topics.topic(event.event_type.stream());
+            let value = CloudEvent::from_domain(event, None).to_bytes();
+            let key = event.subject.to_string();
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "ce_type",
+                    value: Some(event.event_type.as_str()),
+                })
+                .insert(Header {
+                    key: "content-type",
+                    value: Some("application/cloudevents+json"),
+                });
+            let record = FutureRecord::to(topic)
+                .key(&key)
+                .payload(&value)
+                .headers(headers);
+            match self.producer.send_result(record) {
+                Ok(delivery) => pending.push(delivery),
+                Err((e, _)) => {
+                    // The local queue is full: deliver what is queued and stop here.
+                    let delivered = await_prefix(pending).await;
+                    return (
+                        delivered.0,
+                        Some(delivered.1.unwrap_or_else(|| e.to_string())),
+                    );
+                }
+            }
+        }
+        await_prefix(pending).await
+    }
+}
+
+/// Awaits deliveries in order; returns how many succeeded before the first failure.
+async fn await_prefix(pending: Vec<rdkafka::producer::DeliveryFuture>) -> (usize, Option<String>) {
+    let mut delivered = 0;
+    let mut failure = None;
+    for delivery in pending {
+        let outcome = match delivery.await {
+            Ok(Ok(_)) => None,
+            Ok(Err((e, _))) => Some(e.to_string()),
+            Err(_) => Some("the producer dropped the record".to_owned()),
+        };
+        match (outcome, &failure) {
+            (None, None) => delivered += 1,
+            (Some(e), None) => failure = Some(e),
+            _ => {}
+        }
+    }
+    if let Some(e) = &failure {
+        tracing::warn!(error = %e, delivered, "Kafka delivery failed");
+    }
+    (delivered, failure)
+}
+
+/// A topic as it should be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    pub replication: i32,
+    pub retention_ms: i64,
+}
+
+/// What applying a topic did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicOutcome {
+    Created,
+    Unchanged,
+    /// Exists with another partition count: partitions are never changed automatically.
+    Drift {
+        partitions: i32,
+    },
+}
+
+/// Creates missing topics and reports drift of existing ones. Idempotent.
+///
+/// # Errors
+/// `Client` or `Topic` when the brokers refuse.
+pub async fn apply_topics(
+    settings: &KafkaSettings,
+    specs: &[TopicSpec],
+) -> Result<Vec<(String, TopicOutcome)>, KafkaError> {
+    let admin: AdminClient<DefaultClientContext> =
+        settings
+            .client_config()
+            .create()
+            .map_err(|source| KafkaError::Client {
+                servers: settings.bootstrap_servers.clone(),
+                source,
+            })?;
+    let retention: Vec<String> = specs.iter().map(|s| s.retention_ms.to_string()).collect();
+    let new: Vec<NewTopic<'_>> = specs
+        .iter()
+        .zip(&retention)
+        .map(|(s, r)| {
+            NewTopic::new(
+                &s.name,
+                s.partitions,
+                TopicReplication::Fixed(s.replication),
+            )
+            .set("retention.ms", r)
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics(&new, &options)
+        .await
+        .map_err(|source| KafkaError::Client {
+            servers: settings.bootstrap_servers.clone(),
+            source,
+        })?;
+    let mut outcomes = Vec::with_capacity(specs.len());
+    for (spec, result) in specs.iter().zip(results) {
+        let outcome = match result {
+            Ok(_) => TopicOutcome::Created,
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                let partitions = partition_count(&admin, &spec.name)?;
+                if partitions == spec.partitions {
+                    TopicOutcome::Unchanged
+                } else {
+                    TopicOutcome::Drift { partitions }
+                }
+            }
+            Err((topic, code)) => {
+                return Err(KafkaError::Topic {
+                    topic,
+                    reason: code.to_string(),
+                });
+            }
+        };
+        outcomes.push((spec.name.clone(), outcome));
+    }
+    Ok(outcomes)
+}
+
+fn partition_count(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+) -> Result<i32, KafkaError> {
+    let metadata = admin
+        .inner()
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| KafkaError::Topic {
+            topic: topic.to_owned(),
+            reason: e.to_string(),
+        })?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map_or(0, |t| {
+            i32::try_from(t.partitions().len()).unwrap_or(i32::MAX)
+        }))
+}
