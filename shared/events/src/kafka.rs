@@ -258,3 +258,76 @@ fn partition_count(
             i32::try_from(t.partitions().len()).unwrap_or(i32::MAX)
         }))
 }
+
+/// Writes dead letters to `<topic>.dlq`: the original key and value, with the error, the attempt
+/// count and the record's origin in headers.
+pub struct KafkaDeadLetters {
+    producer: FutureProducer,
+    timeout: Duration,
+}
+
+impl KafkaDeadLetters {
+    /// # Errors
+    /// `Client` when the producer cannot be created.
+    pub fn new(settings: &KafkaSettings) -> Result<Self, KafkaError> {
+        let producer = settings
+            .client_config()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set(
+                "delivery.timeout.ms",
+                settings.delivery_timeout.as_millis().to_string(),
+            )
+            .create()
+            .map_err(|source| KafkaError::Client {
+                servers: settings.bootstrap_servers.clone(),
+                source,
+            })?;
+        Ok(Self {
+            producer,
+            timeout: settings.delivery_timeout,
+        })
+    }
+}
+
+#[async_trait]
+impl crate::msk::DeadLetters for KafkaDeadLetters {
+    async fn send(&self, letter: &crate::msk::DeadLetter) -> Result<(), String> {
+        let topic = Topics::dead_letter(&letter.topic);
+        let attempts = letter.attempts.to_string();
+        let partition = letter.partition.to_string();
+        let offset = letter.offset.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "aop_error",
+                value: Some(letter.error.as_str()),
+            })
+            .insert(Header {
+                key: "aop_attempts",
+                value: Some(attempts.as_str()),
+            })
+            .insert(Header {
+                key: "aop_source_topic",
+                value: Some(letter.topic.as_str()),
+            })
+            .insert(Header {
+                key: "aop_source_partition",
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: "aop_source_offset",
+                value: Some(offset.as_str()),
+            });
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic)
+            .payload(letter.value.as_slice())
+            .headers(headers);
+        if let Some(key) = &letter.key {
+            record = record.key(key.as_slice());
+        }
+        self.producer
+            .send(record, self.timeout)
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| format!("cannot write {topic}: {e}"))
+    }
+}

@@ -4,6 +4,8 @@
 mod envelope;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "msk")]
+pub mod msk;
 pub mod schema;
 mod topics;
 

@@ -76,6 +76,17 @@ impl SqliteStore {
         })
     }
 
+    /// How long a write waits for another writer's lock before failing as unavailable.
+    pub fn set_busy_timeout(&self, timeout: std::time::Duration) {
+        let conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Err(e) = conn.busy_timeout(timeout) {
+            tracing::warn!(error = %e, "cannot set the busy timeout");
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

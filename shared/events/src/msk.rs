@@ -1,0 +1,161 @@
+//! Batches from the Amazon MSK event source: records decoded (base64 value and headers),
+//! applied per partition in offset order, with partial batch failures.
+//!
+//! A record that cannot be decoded, or whose event is unusable, goes to the dead-letter topic
+//! with its error and counts as handled. A record that fails transiently is reported in
+//! `batchItemFailures` together with the rest of its partition, so the event source redelivers
+//! them in order. Handlers are idempotent, so redelivery changes nothing that was applied.
+
+use std::collections::BTreeMap;
+
+use aop_core::processor::{EventProcessor, HandleError};
+use async_trait::async_trait;
+use aws_lambda_events::event::kafka::{KafkaEvent, KafkaRecord};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::Serialize;
+
+use crate::CloudEvent;
+
+/// A record the event source should deliver again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RecordId {
+    pub partition: i64,
+    pub offset: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ItemFailure {
+    pub item_identifier: RecordId,
+}
+
+/// The function's answer to the event source.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchResponse {
+    pub batch_item_failures: Vec<ItemFailure>,
+}
+
+/// A record that will never be applied, with why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub topic: String,
+    pub partition: i64,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    /// The original record value, unchanged.
+    pub value: Vec<u8>,
+    pub error: String,
+    pub attempts: u32,
+}
+
+/// Where dead letters go: `<topic>.dlq`.
+#[async_trait]
+pub trait DeadLetters: Send + Sync {
+    /// # Errors
+    /// Why the letter could not be stored; the record is then retried instead.
+    async fn send(&self, letter: &DeadLetter) -> Result<(), String>;
+}
+
+fn decode_b64(field: Option<&String>) -> Result<Option<Vec<u8>>, String> {
+    field
+        .map(|text| {
+            STANDARD
+                .decode(text)
+                .map_err(|e| format!("not base64: {e}"))
+        })
+        .transpose()
+}
+
+/// What became of one record.
+enum Fate {
+    Done,
+    Retry,
+}
+
+async fn handle_record(
+    topic: &str,
+    record: &KafkaRecord,
+    processor: &EventProcessor,
+    dead: &dyn DeadLetters,
+) -> Fate {
+    let key = decode_b64(record.key.as_ref()).ok().flatten();
+    let raw = decode_b64(record.value.as_ref());
+    let error = match &raw {
+        Err(e) => Some(format!("record value {e}")),
+        Ok(None) => Some("record has no value".to_owned()),
+        Ok(Some(bytes)) => match CloudEvent::decode(bytes) {
+            Err(e) => Some(e.to_string()),
+            Ok(event) => match processor.handle(&event).await {
+                Ok(_) => None,
+                Err(e @ HandleError::Poison { .. }) => Some(e.to_string()),
+                Err(e @ HandleError::Transient { .. }) => {
+                    tracing::warn!(error = %e, partition = record.partition, offset = record.offset, "record will be retried");
+                    return Fate::Retry;
+                }
+            },
+        },
+    };
+    let Some(error) = error else {
+        return Fate::Done;
+    };
+    let letter = DeadLetter {
+        topic: topic.to_owned(),
+        partition: record.partition,
+        offset: record.offset,
+        key,
+        value: raw.ok().flatten().unwrap_or_default(),
+        error,
+        attempts: 1,
+    };
+    match dead.send(&letter).await {
+        Ok(()) => {
+            tracing::error!(topic, partition = letter.partition, offset = letter.offset, error = %letter.error, "record sent to the dead-letter topic");
+            Fate::Done
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot write the dead-letter topic; the record will be retried");
+            Fate::Retry
+        }
+    }
+}
+
+/// Applies a batch and says which records to deliver again.
+pub async fn process_batch(
+    event: &KafkaEvent,
+    processor: &EventProcessor,
+    dead: &dyn DeadLetters,
+) -> BatchResponse {
+    let mut failures = Vec::new();
+    for records in event.records.values() {
+        // One list per topic-partition; apply it in offset order.
+        let mut ordered: BTreeMap<i64, &KafkaRecord> = BTreeMap::new();
+        for r in records {
+            ordered.insert(r.offset, r);
+        }
+        let mut retrying = false;
+        for record in ordered.values() {
+            let id = RecordId {
+                partition: record.partition,
+                offset: record.offset,
+            };
+            if retrying {
+                failures.push(ItemFailure {
+                    item_identifier: id,
+                });
+                continue;
+            }
+            let topic = record.topic.clone().unwrap_or_default();
+            if let Fate::Retry = handle_record(&topic, record, processor, dead).await {
+                retrying = true;
+                failures.push(ItemFailure {
+                    item_identifier: id,
+                });
+            }
+        }
+    }
+    BatchResponse {
+        batch_item_failures: failures,
+    }
+}

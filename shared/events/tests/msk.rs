@@ -1,0 +1,284 @@
+//! MSK event-source batches through the event processor on the embedded store: idempotent
+//! redelivery, poison records to the dead-letter topic (real broker), transient failures
+//! reported in `batchItemFailures` with the rest of their partition.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aop_core::feedback::{FeedbackService, FeedbackStore, MetricsQuery, SubmitFeedback};
+use aop_core::processor::EventProcessor;
+use aop_core::{AgentId, AgentService, CreateAgent, DomainEvent, Outbox, SystemClock};
+use aop_events::kafka::{KafkaDeadLetters, KafkaSettings, TopicSpec, apply_topics};
+use aop_events::msk::{BatchResponse, process_batch};
+use aop_events::{CloudEvent, Topics};
+use aop_store_sqlite::SqliteStore;
+use aws_lambda_events::event::kafka::KafkaEvent;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use serde_json::{Value, json};
+
+struct World {
+    store: Arc<SqliteStore>,
+    agent: AgentId,
+    feedback: FeedbackService,
+    _dir: tempfile::TempDir,
+}
+
+async fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open_dir(dir.path()).unwrap());
+    let agents = AgentService::new(store.clone(), Arc::new(SystemClock), "m");
+    let agent = agents
+        .create(CreateAgent {
+            name: "rated".into(),
+            instructions: "x".into(),
+            ..CreateAgent::default()
+        })
+        .await
+        .unwrap()
+        .agent
+        .agent_id;
+    let feedback = FeedbackService::new(
+        store.clone(),
+        store.clone(),
+        store.clone(),
+        Arc::new(SystemClock),
+    );
+    World {
+        store,
+        agent,
+        feedback,
+        _dir: dir,
+    }
+}
+
+impl World {
+    async fn rate(&self, values: &[f64]) -> Vec<DomainEvent> {
+        for v in values {
+            self.feedback
+                .submit(SubmitFeedback {
+                    agent_id: self.agent.clone(),
+                    session_id: None,
+                    interaction_id: None,
+                    ratings: [("helpfulness".to_owned(), *v)].into_iter().collect(),
+                    scale: None,
+                    comments: None,
+                    categories: Vec::new(),
+                    user_id: None,
+                })
+                .await
+                .unwrap();
+        }
+        let events: Vec<DomainEvent> = self
+            .store
+            .pending(1_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.event_type == aop_core::EventType::FeedbackSubmitted)
+            .collect();
+        let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+        self.store.mark_published(&ids).await.unwrap();
+        events
+    }
+
+    fn processor(&self) -> EventProcessor {
+        let store: Arc<dyn FeedbackStore> = self.store.clone();
+        EventProcessor::new(store)
+    }
+
+    async fn helpfulness(&self) -> (u64, f64, f64) {
+        let report = self
+            .feedback
+            .metrics(MetricsQuery {
+                agent_id: self.agent.clone(),
+                version: None,
+                metric: Some("helpfulness".into()),
+                from: None,
+                to: None,
+            })
+            .await
+            .unwrap();
+        report
+            .metrics
+            .first()
+            .map_or((0, 0.0, 0.0), |m| (m.count, m.mean, m.variance))
+    }
+}
+
+/// An MSK event as the event source sends it: base64 keys and values, byte-array headers.
+fn msk_event(topic: &str, records: &[(i64, i64, Vec<u8>, &str)]) -> KafkaEvent {
+    let mut by_partition: serde_json::Map<String, Value> = serde_json::Map::new();
+    for (partition, offset, value, key) in records {
+        let header: Vec<i8> = b"feedback.submitted".iter().map(|b| *b as i8).collect();
+        let record = json!({
+            "topic": topic, "partition": partition, "offset": offset,
+            "timestamp": 1_795_759_200_000i64, "timestampType": "CREATE_TIME",
+            "key": STANDARD.encode(key), "value": STANDARD.encode(value),
+            "headers": [{"ce_type": header}]
+        });
+        by_partition
+            .entry(format!("{topic}-{partition}"))
+            .or_insert_with(|| json!([]))
+            .as_array_mut()
+            .unwrap()
+            .push(record);
+    }
+    serde_json::from_value(json!({
+        "eventSource": "aws:kafka",
+        "eventSourceArn": "arn:aws:kafka:eu-west-1:123456789012:cluster/aop/abc",
+        "bootstrapServers": "b-1.aop.kafka.eu-west-1.amazonaws.com:9092",
+        "records": by_partition
+    }))
+    .unwrap()
+}
+
+fn encode(e: &DomainEvent) -> Vec<u8> {
+    CloudEvent::from_domain(e, None).to_bytes()
+}
+
+fn unused_dead_letters() -> KafkaDeadLetters {
+    // Never written to in these tests: a batch without poison records.
+    KafkaDeadLetters::new(&KafkaSettings::new("127.0.0.1:1")).unwrap()
+}
+
+#[tokio::test]
+async fn the_same_batch_twice_changes_nothing() {
+    let w = world().await;
+    let events = w.rate(&[5.0, 3.0, 4.0, 1.0]).await;
+    let records: Vec<_> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| ((i % 2) as i64, i as i64, encode(e), w.agent.as_str()))
+        .collect();
+    let batch = msk_event("feedback_events", &records);
+    let dead = unused_dead_letters();
+    let first = process_batch(&batch, &w.processor(), &dead).await;
+    assert_eq!(first, BatchResponse::default());
+    let once = w.helpfulness().await;
+    assert_eq!(once.0, 4);
+    let second = process_batch(&batch, &w.processor(), &dead).await;
+    assert_eq!(second, BatchResponse::default());
+    assert_eq!(w.helpfulness().await, once, "redelivery changes nothing");
+}
+
+#[tokio::test]
+async fn a_transient_failure_is_retried_with_the_rest_of_its_partition() {
+    let w = world().await;
+    let events = w.rate(&[5.0, 1.0, 3.0]).await;
+    let records: Vec<_> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (0, 10 + i as i64, encode(e), w.agent.as_str()))
+        .collect();
+    let batch = msk_event("feedback_events", &records);
+    w.store.set_busy_timeout(Duration::from_millis(50));
+    let blocker = rusqlite::Connection::open(w.store.path()).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let response = process_batch(&batch, &w.processor(), &unused_dead_letters()).await;
+    let failed: Vec<(i64, i64)> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| (f.item_identifier.partition, f.item_identifier.offset))
+        .collect();
+    assert_eq!(
+        failed,
+        [(0, 10), (0, 11), (0, 12)],
+        "the failed record and all after it"
+    );
+    let wire = serde_json::to_value(&response).unwrap();
+    assert_eq!(
+        wire["batchItemFailures"][0],
+        json!({"itemIdentifier": {"partition": 0, "offset": 10}})
+    );
+    blocker.execute_batch("ROLLBACK").unwrap();
+    let retried = process_batch(&batch, &w.processor(), &unused_dead_letters()).await;
+    assert_eq!(retried, BatchResponse::default());
+    assert_eq!(w.helpfulness().await.0, 3);
+}
+
+#[tokio::test]
+async fn a_poison_record_goes_to_the_dead_letter_topic() {
+    let servers = match std::env::var("AOP_TEST_KAFKA") {
+        Ok(s) if !s.is_empty() => s,
+        _ => {
+            assert!(
+                std::env::var_os("AOP_REQUIRE_SERVICES").is_none(),
+                "AOP_TEST_KAFKA is not set, but AOP_REQUIRE_SERVICES requires the Kafka tests"
+            );
+            eprintln!("SKIPPED (service not configured): set AOP_TEST_KAFKA=host:port");
+            return;
+        }
+    };
+    let topic = format!(
+        "t{}.feedback_events",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    );
+    let settings = KafkaSettings::new(&servers);
+    let spec = |name: String| TopicSpec {
+        name,
+        partitions: 1,
+        replication: 1,
+        retention_ms: 3_600_000,
+    };
+    apply_topics(
+        &settings,
+        &[spec(topic.clone()), spec(Topics::dead_letter(&topic))],
+    )
+    .await
+    .unwrap();
+
+    let w = world().await;
+    let events = w.rate(&[5.0, 1.0]).await;
+    let poison = b"{\"this is\": \"not a CloudEvent\"}".to_vec();
+    let batch = msk_event(
+        &topic,
+        &[
+            (0, 0, encode(&events[0]), w.agent.as_str()),
+            (0, 1, poison.clone(), w.agent.as_str()),
+            (0, 2, encode(&events[1]), w.agent.as_str()),
+        ],
+    );
+    let dead = KafkaDeadLetters::new(&settings).unwrap();
+    let response = process_batch(&batch, &w.processor(), &dead).await;
+    assert_eq!(
+        response,
+        BatchResponse::default(),
+        "the poison record counts as handled"
+    );
+    assert_eq!(w.helpfulness().await.0, 2, "the other records were applied");
+
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &servers)
+        .set("group.id", format!("dlq-{}", uuid::Uuid::new_v4().simple()))
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&Topics::dead_letter(&topic)]).unwrap();
+    let letter = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+        .await
+        .expect("the dead letter arrives")
+        .unwrap();
+    assert_eq!(
+        letter.payload().unwrap(),
+        poison.as_slice(),
+        "the original value, unchanged"
+    );
+    let header = |name: &str| {
+        letter
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == name))
+            .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+    };
+    assert!(
+        header("aop_error").unwrap().contains("not a CloudEvent"),
+        "{:?}",
+        header("aop_error")
+    );
+    assert_eq!(header("aop_attempts").as_deref(), Some("1"));
+    assert_eq!(header("aop_source_offset").as_deref(), Some("1"));
+    consumer.unsubscribe();
+}
