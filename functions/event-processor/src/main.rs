@@ -1,0 +1,33 @@
+//! The event processor as an AWS Lambda function on the MSK event source: each batch goes
+//! through `aop_events::msk::process_batch`, poison records to `<topic>.dlq`, and the response
+//! lists the records to deliver again (`ReportBatchItemFailures`).
+
+use std::sync::Arc;
+
+use aop_events::kafka::{KafkaDeadLetters, KafkaSettings};
+use aop_events::msk::process_batch;
+use aop_runtime::{Config, Overrides, Platform, telemetry};
+use aws_lambda_events::event::kafka::KafkaEvent;
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let config = Config::load(None, &Overrides::default())?;
+    telemetry::init(&config.log_level)?;
+    let servers = config.kafka.bootstrap_servers.clone().ok_or(
+        "kafka.bootstrap_servers (KAFKA_BOOTSTRAP_SERVERS) must be set: dead letters go to Kafka",
+    )?;
+    let platform = Platform::build(&config)?;
+    let dead = Arc::new(KafkaDeadLetters::new(&KafkaSettings::new(servers))?);
+    let processor = platform.processor.clone();
+    tracing::info!(
+        store = platform.store_description(),
+        "event-processor function ready"
+    );
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<KafkaEvent>| {
+        let processor = processor.clone();
+        let dead = dead.clone();
+        async move { Ok::<_, Error>(process_batch(&event.payload, &processor, dead.as_ref()).await) }
+    }))
+    .await
+}
