@@ -225,8 +225,42 @@ async fn run(config: Config) -> Result<(), BoxError> {
         stateless = config.server.stateless,
         "listening"
     );
-    // No broker yet: the outbox feeds the event processor in this process.
-    let relay = tokio::spawn(platform.in_process_relay().run(shutdown.clone()));
+    let mut background = Vec::new();
+    if config.kafka.bootstrap_servers.is_some() {
+        // Events go to Kafka; this process also consumes the processor's topics, through the
+        // same batch code the MSK event source drives on Lambda.
+        let relay = platform.kafka_relay(&config)?;
+        background.push(tokio::spawn(relay.run(shutdown.clone())));
+        let settings = aop_runtime::platform::kafka_settings(&config)?;
+        let dead = aop_events::kafka::KafkaDeadLetters::new(&settings)?;
+        let topics = aop_runtime::platform::topics(&config);
+        let processor = platform.processor.clone();
+        let stop = shutdown.clone();
+        background.push(tokio::spawn(async move {
+            let subscribed = [
+                topics.agent_events.as_str(),
+                topics.feedback_events.as_str(),
+            ];
+            if let Err(e) = aop_events::consumer::run(
+                &settings,
+                "aop-event-processor",
+                &subscribed,
+                &processor,
+                &dead,
+                stop,
+            )
+            .await
+            {
+                tracing::error!(error = %e, "event consumer failed");
+            }
+        }));
+        tracing::info!(servers = ?config.kafka.bootstrap_servers, "events go through Kafka");
+    } else {
+        // No broker: the outbox feeds the event processor in this process.
+        background.push(tokio::spawn(
+            platform.in_process_relay().run(shutdown.clone()),
+        ));
+    }
     let stop = shutdown.clone();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -236,8 +270,10 @@ async fn run(config: Config) -> Result<(), BoxError> {
         })
         .await?;
     shutdown.cancel();
-    if let Err(e) = relay.await {
-        tracing::error!(error = %e, "outbox relay task failed");
+    for task in background {
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "background task failed");
+        }
     }
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! Events on the wire: the CloudEvents 1.0 envelope (structured JSON mode, the Kafka record
 //! value), topic routing with dead-letter topics, and the JSON schema of every event type.
 
+#[cfg(feature = "kafka")]
+pub mod consumer;
 mod envelope;
 #[cfg(feature = "kafka")]
 pub mod kafka;

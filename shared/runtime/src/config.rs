@@ -71,6 +71,11 @@ const SETTINGS: &[(&str, &str, &str)] = &[
     ("kafka.partitions", "KAFKA_TOPIC_PARTITIONS", "4"),
     ("kafka.replication_factor", "KAFKA_REPLICATION_FACTOR", "1"),
     ("kafka.retention_hours", "KAFKA_RETENTION_HOURS", "168"),
+    (
+        "kafka.delivery_timeout_ms",
+        "KAFKA_DELIVERY_TIMEOUT_MS",
+        "30000",
+    ),
     ("openai.api_key", "OPENAI_API_KEY", ""),
     ("openai.base_url", "OPENAI_BASE_URL", ""),
     ("openai.model", "OPENAI_MODEL", "gpt-4o-mini"),
@@ -154,6 +159,8 @@ pub struct KafkaConfig {
     pub partitions: i32,
     pub replication_factor: i32,
     pub retention_hours: i64,
+    /// How long the producer keeps trying a record before the relay pauses.
+    pub delivery_timeout_ms: u64,
 }
 
 /// `openai` section.
@@ -434,6 +441,8 @@ impl Layers {
         let replication_factor =
             i32::try_from(at_least_one("kafka.replication_factor")).unwrap_or(i32::MAX);
         let retention_hours = at_least_one("kafka.retention_hours");
+        let delivery_timeout_ms =
+            u64::try_from(at_least_one("kafka.delivery_timeout_ms")).unwrap_or(30_000);
         let base_url = self.optional("openai.base_url");
         if let Some(url) = &base_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -510,6 +519,7 @@ impl Layers {
                 partitions,
                 replication_factor,
                 retention_hours,
+                delivery_timeout_ms,
             },
             openai: OpenAiConfig {
                 api_key: self.optional("openai.api_key").map(SecretString::from),

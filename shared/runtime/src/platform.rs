@@ -26,6 +26,8 @@ pub enum StartupError {
         setting: &'static str,
         reason: String,
     },
+    #[error("kafka: {0}")]
+    Kafka(#[from] aop_events::kafka::KafkaError),
     #[error("openai: {0}")]
     Llm(#[from] aop_llm::SetupError),
     #[error("cannot open the embedded store in {dir}")]
@@ -124,6 +126,20 @@ impl Platform {
         )
     }
 
+    /// The relay that publishes the outbox to Kafka.
+    ///
+    /// # Errors
+    /// `Unsupported` naming `KAFKA_BOOTSTRAP_SERVERS` when no broker is configured; `Kafka` when
+    /// the producer cannot be created.
+    pub fn kafka_relay(&self, config: &Config) -> Result<OutboxRelay, StartupError> {
+        let sink = aop_events::kafka::KafkaSink::new(kafka_settings(config)?, topics(config))?;
+        Ok(OutboxRelay::new(
+            self.outbox.clone(),
+            Arc::new(sink),
+            self.outbox_signal.0.clone(),
+        ))
+    }
+
     /// HTTP options from configuration.
     pub fn http_options(config: &Config, shutdown: CancellationToken) -> HttpOptions {
         HttpOptions {
@@ -179,4 +195,31 @@ fn chat_model(config: &Config) -> Result<Arc<dyn ChatModel>, StartupError> {
     settings.max_attempts = openai.max_retries + 1;
     tracing::info!(base_url = %settings.base_url, model = %openai.model, "LLM endpoint configured");
     Ok(Arc::new(OpenAiChatModel::new(settings)?))
+}
+
+/// Kafka client settings from configuration.
+///
+/// # Errors
+/// `Unsupported` naming `KAFKA_BOOTSTRAP_SERVERS` when it is not set.
+pub fn kafka_settings(config: &Config) -> Result<aop_events::kafka::KafkaSettings, StartupError> {
+    let servers = config
+        .kafka
+        .bootstrap_servers
+        .clone()
+        .ok_or(StartupError::Unsupported {
+            setting: "kafka.bootstrap_servers (KAFKA_BOOTSTRAP_SERVERS)",
+            reason: "must be set to publish events to Kafka".into(),
+        })?;
+    let mut settings = aop_events::kafka::KafkaSettings::new(servers);
+    settings.delivery_timeout = std::time::Duration::from_millis(config.kafka.delivery_timeout_ms);
+    Ok(settings)
+}
+
+/// Topic names from configuration.
+pub fn topics(config: &Config) -> aop_events::Topics {
+    aop_events::Topics {
+        agent_events: config.kafka.agent_events_topic.clone(),
+        feedback_events: config.kafka.feedback_events_topic.clone(),
+        evolution_events: config.kafka.evolution_events_topic.clone(),
+    }
 }

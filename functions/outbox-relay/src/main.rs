@@ -1,0 +1,27 @@
+//! The outbox relay as an AWS Lambda function on a schedule (EventBridge): publishes every event
+//! still in the outbox to Kafka, oldest first, and answers how many it published and how many
+//! are left.
+
+use aop_runtime::{Config, Overrides, Platform, telemetry};
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use serde_json::{Value, json};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let config = Config::load(None, &Overrides::default())?;
+    telemetry::init(&config.log_level)?;
+    let platform = Platform::build(&config)?;
+    let relay = platform.kafka_relay(&config)?;
+    let outbox = platform.outbox.clone();
+    lambda_runtime::run(service_fn(move |_event: LambdaEvent<Value>| {
+        let relay = relay.clone();
+        let outbox = outbox.clone();
+        async move {
+            let published = relay.drain().await?;
+            let backlog = outbox.backlog().await?;
+            tracing::info!(published, backlog, "outbox relayed");
+            Ok::<_, Error>(json!({"published": published, "backlog": backlog}))
+        }
+    }))
+    .await
+}
