@@ -60,40 +60,61 @@ pub enum KafkaError {
 
 /// Publishes events to their stream's topic, keyed by agent id.
 pub struct KafkaSink {
-    producer: FutureProducer,
+    producer: std::sync::Mutex<FutureProducer>,
     topics: Topics,
     settings: KafkaSettings,
+}
+
+fn idempotent_producer(settings: &KafkaSettings) -> Result<FutureProducer, KafkaError> {
+    settings
+        .client_config()
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "5")
+        .set(
+            "delivery.timeout.ms",
+            settings.delivery_timeout.as_millis().to_string(),
+        )
+        .create()
+        .map_err(|source| KafkaError::Client {
+            servers: settings.bootstrap_servers.clone(),
+            source,
+        })
 }
 
 impl KafkaSink {
     /// # Errors
     /// `Client` when the producer cannot be created (bad settings).
     pub fn new(settings: KafkaSettings, topics: Topics) -> Result<Self, KafkaError> {
-        let producer = settings
-            .client_config()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("compression.type", "lz4")
-            .set("linger.ms", "5")
-            .set(
-                "delivery.timeout.ms",
-                settings.delivery_timeout.as_millis().to_string(),
-            )
-            .create()
-            .map_err(|source| KafkaError::Client {
-                servers: settings.bootstrap_servers.clone(),
-                source,
-            })?;
         Ok(Self {
-            producer,
+            producer: std::sync::Mutex::new(idempotent_producer(&settings)?),
             topics,
             settings,
         })
     }
 
+    /// The producer, replaced when the last one hit a fatal error. An idempotent producer goes
+    /// fatal when the cluster forgets its producer id (a broker that lost its state comes back);
+    /// a new one starts a new id, and the outbox re-sends what was not acknowledged.
+    fn producer(&self) -> FutureProducer {
+        let mut current = self
+            .producer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((code, reason)) = current.client().fatal_error() {
+            tracing::warn!(?code, %reason, "Kafka producer failed fatally; starting a new one");
+            match idempotent_producer(&self.settings) {
+                Ok(fresh) => *current = fresh,
+                Err(e) => tracing::error!(error = %e, "cannot start a new Kafka producer"),
+            }
+        }
+        current.clone()
+    }
+
     /// Waits until every queued record is delivered or has failed.
     pub fn flush(&self) {
-        let _ = self.producer.flush(self.settings.delivery_timeout);
+        let _ = self.producer().flush(self.settings.delivery_timeout);
     }
 }
 
@@ -102,6 +123,7 @@ impl EventSink for KafkaSink {
     async fn deliver(&self, events: &[DomainEvent]) -> (usize, Option<String>) {
         // Queue every record first so they travel in one pipeline; the idempotent producer
         // keeps each partition's (each agent's) order.
+        let producer = self.producer();
         let mut pending = Vec::with_capacity(events.len());
         for event in events {
             let topic = self.topics.topic(event.event_type.stream());
@@ -120,7 +142,7 @@ impl EventSink for KafkaSink {
                 .key(&key)
                 .payload(&value)
                 .headers(headers);
-            match self.producer.send_result(record) {
+            match producer.send_result(record) {
                 Ok(delivery) => pending.push(delivery),
                 Err((e, _)) => {
                     // The local queue is full: deliver what is queued and stop here.
