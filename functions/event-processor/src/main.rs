@@ -4,8 +4,9 @@
 
 use std::sync::Arc;
 
-use aop_events::kafka::{KafkaDeadLetters, KafkaSettings};
+use aop_events::kafka::KafkaDeadLetters;
 use aop_events::msk::process_batch;
+use aop_runtime::platform::kafka_settings;
 use aop_runtime::{Config, Overrides, Platform, telemetry};
 use aws_lambda_events::event::kafka::KafkaEvent;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
@@ -14,11 +15,14 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 async fn main() -> Result<(), Error> {
     let config = Config::load(None, &Overrides::default())?;
     telemetry::init(&config.log_level)?;
-    let servers = config.kafka.bootstrap_servers.clone().ok_or(
-        "kafka.bootstrap_servers (KAFKA_BOOTSTRAP_SERVERS) must be set: dead letters go to Kafka",
-    )?;
+    if config.kafka.bootstrap_servers.is_none() {
+        return Err(
+            "kafka.bootstrap_servers (KAFKA_BOOTSTRAP_SERVERS) must be set: dead letters go to Kafka"
+                .into(),
+        );
+    }
     let platform = Platform::build(&config)?;
-    let dead = Arc::new(KafkaDeadLetters::new(&KafkaSettings::new(servers))?);
+    let dead = Arc::new(KafkaDeadLetters::new(&kafka_settings(&config)?)?);
     let processor = platform.processor.clone();
     tracing::info!(
         store = platform.store_description(),

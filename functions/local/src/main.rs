@@ -147,19 +147,11 @@ fn migrate(args: &CommonArgs) -> Result<(), BoxError> {
 }
 
 fn topics_apply(args: &CommonArgs) -> Result<(), BoxError> {
-    use aop_events::Topics;
-    use aop_events::kafka::{KafkaSettings, TopicOutcome, TopicSpec, apply_topics};
+    use aop_events::kafka::{TopicOutcome, TopicSpec, apply_topics};
     let config = load(args, &args.overrides())?;
     let kafka = &config.kafka;
-    let servers = kafka
-        .bootstrap_servers
-        .clone()
-        .ok_or("kafka.bootstrap_servers (KAFKA_BOOTSTRAP_SERVERS) is not set")?;
-    let topics = Topics {
-        agent_events: kafka.agent_events_topic.clone(),
-        feedback_events: kafka.feedback_events_topic.clone(),
-        evolution_events: kafka.evolution_events_topic.clone(),
-    };
+    let settings = aop_runtime::platform::kafka_settings(&config)?;
+    let topics = aop_runtime::platform::topics(&config);
     let specs: Vec<TopicSpec> = topics
         .all()
         .into_iter()
@@ -173,7 +165,7 @@ fn topics_apply(args: &CommonArgs) -> Result<(), BoxError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let outcomes = runtime.block_on(apply_topics(&KafkaSettings::new(servers), &specs))?;
+    let outcomes = runtime.block_on(apply_topics(&settings, &specs))?;
     let mut drift = false;
     for (name, outcome) in outcomes {
         match outcome {

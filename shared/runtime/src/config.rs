@@ -76,6 +76,19 @@ const SETTINGS: &[(&str, &str, &str)] = &[
         "KAFKA_DELIVERY_TIMEOUT_MS",
         "30000",
     ),
+    (
+        "kafka.security_protocol",
+        "KAFKA_SECURITY_PROTOCOL",
+        "plaintext",
+    ),
+    (
+        "kafka.sasl_mechanism",
+        "KAFKA_SASL_MECHANISM",
+        "SCRAM-SHA-512",
+    ),
+    ("kafka.sasl_username", "KAFKA_SASL_USERNAME", ""),
+    ("kafka.sasl_password", "KAFKA_SASL_PASSWORD", ""),
+    ("kafka.ssl_ca_location", "KAFKA_SSL_CA_LOCATION", ""),
     ("openai.api_key", "OPENAI_API_KEY", ""),
     ("openai.base_url", "OPENAI_BASE_URL", ""),
     ("openai.model", "OPENAI_MODEL", "gpt-4o-mini"),
@@ -102,7 +115,12 @@ const SETTINGS: &[(&str, &str, &str)] = &[
 ];
 
 /// Settings whose values are secrets: never echoed in errors.
-const SECRET_SETTINGS: &[&str] = &["server.api_keys", "database.password", "openai.api_key"];
+const SECRET_SETTINGS: &[&str] = &[
+    "server.api_keys",
+    "database.password",
+    "openai.api_key",
+    "kafka.sasl_password",
+];
 
 /// Values given on the command line, by setting key. They win over everything else.
 #[derive(Debug, Default, Clone)]
@@ -161,6 +179,22 @@ pub struct KafkaConfig {
     pub retention_hours: i64,
     /// How long the producer keeps trying a record before the relay pauses.
     pub delivery_timeout_ms: u64,
+    pub security: KafkaSecurityConfig,
+}
+
+/// How Kafka clients authenticate and encrypt.
+#[derive(Debug, Clone)]
+pub enum KafkaSecurityConfig {
+    Plaintext,
+    Tls {
+        ca_location: Option<String>,
+    },
+    SaslScram {
+        mechanism: String,
+        username: String,
+        password: SecretString,
+        ca_location: Option<String>,
+    },
 }
 
 /// `openai` section.
@@ -443,6 +477,46 @@ impl Layers {
         let retention_hours = at_least_one("kafka.retention_hours");
         let delivery_timeout_ms =
             u64::try_from(at_least_one("kafka.delivery_timeout_ms")).unwrap_or(30_000);
+        let ca_location = self.optional("kafka.ssl_ca_location");
+        let security = match self
+            .raw("kafka.security_protocol")
+            .0
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "plaintext" => KafkaSecurityConfig::Plaintext,
+            "ssl" => KafkaSecurityConfig::Tls { ca_location },
+            "sasl_ssl" => {
+                let mechanism = self.text("kafka.sasl_mechanism");
+                if !["SCRAM-SHA-512", "SCRAM-SHA-256"].contains(&mechanism.as_str()) {
+                    errors.push(self.problem(
+                        "kafka.sasl_mechanism",
+                        "must be SCRAM-SHA-512 or SCRAM-SHA-256",
+                    ));
+                }
+                let username = self.text("kafka.sasl_username");
+                let password = self.text("kafka.sasl_password");
+                if username.is_empty() {
+                    errors.push(self.problem("kafka.sasl_username", "is required with sasl_ssl"));
+                }
+                if password.is_empty() {
+                    errors.push(self.problem("kafka.sasl_password", "is required with sasl_ssl"));
+                }
+                KafkaSecurityConfig::SaslScram {
+                    mechanism,
+                    username,
+                    password: SecretString::from(password),
+                    ca_location,
+                }
+            }
+            _ => {
+                errors.push(self.problem(
+                    "kafka.security_protocol",
+                    "must be plaintext, ssl or sasl_ssl (MSK IAM auth is not supported yet)",
+                ));
+                KafkaSecurityConfig::Plaintext
+            }
+        };
         let base_url = self.optional("openai.base_url");
         if let Some(url) = &base_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -520,6 +594,7 @@ impl Layers {
                 replication_factor,
                 retention_hours,
                 delivery_timeout_ms,
+                security,
             },
             openai: OpenAiConfig {
                 api_key: self.optional("openai.api_key").map(SecretString::from),
@@ -724,6 +799,48 @@ mod tests {
         assert_eq!(c.server.api_keys[1].expose_secret(), "sk-two");
         let debug = format!("{c:?}");
         assert!(!debug.contains("sk-one"), "{debug}");
+    }
+
+    #[test]
+    fn kafka_scram_needs_credentials_and_keeps_them_secret() {
+        let err = load(
+            None,
+            &[("KAFKA_SECURITY_PROTOCOL", "sasl_ssl")],
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("kafka.sasl_username (KAFKA_SASL_USERNAME"),
+            "{err}"
+        );
+        assert!(
+            err.contains("kafka.sasl_password (KAFKA_SASL_PASSWORD"),
+            "{err}"
+        );
+        let err = load(
+            None,
+            &[("KAFKA_SECURITY_PROTOCOL", "iam")],
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("IAM auth is not supported yet"), "{err}");
+        let c = load(
+            None,
+            &[
+                ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+                ("KAFKA_SASL_USERNAME", "aop"),
+                ("KAFKA_SASL_PASSWORD", "kafka-secret"),
+            ],
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(matches!(
+            c.kafka.security,
+            KafkaSecurityConfig::SaslScram { .. }
+        ));
+        assert!(!format!("{c:?}").contains("kafka-secret"));
     }
 
     #[test]

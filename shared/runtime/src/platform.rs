@@ -212,6 +212,27 @@ pub fn kafka_settings(config: &Config) -> Result<aop_events::kafka::KafkaSetting
         })?;
     let mut settings = aop_events::kafka::KafkaSettings::new(servers);
     settings.delivery_timeout = std::time::Duration::from_millis(config.kafka.delivery_timeout_ms);
+    settings.security = match &config.kafka.security {
+        crate::config::KafkaSecurityConfig::Plaintext => {
+            aop_events::kafka::KafkaSecurity::Plaintext
+        }
+        crate::config::KafkaSecurityConfig::Tls { ca_location } => {
+            aop_events::kafka::KafkaSecurity::Tls {
+                ca_location: ca_location.clone(),
+            }
+        }
+        crate::config::KafkaSecurityConfig::SaslScram {
+            mechanism,
+            username,
+            password,
+            ca_location,
+        } => aop_events::kafka::KafkaSecurity::SaslScram {
+            mechanism: mechanism.clone(),
+            username: username.clone(),
+            password: password.clone(),
+            ca_location: ca_location.clone(),
+        },
+    };
     Ok(settings)
 }
 
