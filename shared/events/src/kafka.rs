@@ -106,6 +106,8 @@ pub enum KafkaError {
 /// Publishes events to their stream's topic, keyed by agent id.
 pub struct KafkaSink {
     producer: std::sync::Mutex<FutureProducer>,
+    /// Set after a failed delivery: the next delivery starts from a fresh producer.
+    replace: std::sync::atomic::AtomicBool,
     topics: Topics,
     settings: KafkaSettings,
 }
@@ -134,21 +136,27 @@ impl KafkaSink {
     pub fn new(settings: KafkaSettings, topics: Topics) -> Result<Self, KafkaError> {
         Ok(Self {
             producer: std::sync::Mutex::new(idempotent_producer(&settings)?),
+            replace: std::sync::atomic::AtomicBool::new(false),
             topics,
             settings,
         })
     }
 
-    /// The producer, replaced when the last one hit a fatal error. An idempotent producer goes
-    /// fatal when the cluster forgets its producer id (a broker that lost its state comes back);
-    /// a new one starts a new id, and the outbox re-sends what was not acknowledged.
+    /// The producer, replaced after a failed delivery or a fatal error. An idempotent producer
+    /// can stay wedged (or go fatal) when the cluster forgets its producer id, as when a broker
+    /// that lost its state comes back; a new one starts with a new id, and the outbox re-sends
+    /// whatever was not acknowledged.
     fn producer(&self) -> FutureProducer {
         let mut current = self
             .producer
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((code, reason)) = current.client().fatal_error() {
-            tracing::warn!(?code, %reason, "Kafka producer failed fatally; starting a new one");
+        let fatal = current.client().fatal_error();
+        let failed = self
+            .replace
+            .swap(false, std::sync::atomic::Ordering::SeqCst);
+        if fatal.is_some() || failed {
+            tracing::info!(fatal = ?fatal, "starting a new Kafka producer after a failed delivery");
             match idempotent_producer(&self.settings) {
                 Ok(fresh) => *current = fresh,
                 Err(e) => tracing::error!(error = %e, "cannot start a new Kafka producer"),
@@ -199,7 +207,12 @@ impl EventSink for KafkaSink {
                 }
             }
         }
-        await_prefix(pending).await
+        let (delivered, failure) = await_prefix(pending).await;
+        if failure.is_some() {
+            self.replace
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        (delivered, failure)
     }
 }
 
