@@ -505,6 +505,22 @@ pub async fn archive_persists_and_hides_from_default_list(f: &Fixture) {
     );
     assert_eq!(svc.list(list(Some("all"))).await.unwrap().items.len(), 1);
 
+    // A version prepared before the archive committed does not revive the agent.
+    let mut stale = svc.get(&id, None).await.unwrap();
+    stale.agent.status = AgentStatus::Active;
+    stale.agent.latest_version = 2;
+    stale.version.version = 2;
+    let err = f
+        .store
+        .insert_version(&stale.agent, &stale.version, &[])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert_eq!(
+        svc.get(&id, None).await.unwrap().agent.status,
+        AgentStatus::Archived
+    );
+
     let err = svc.update(update(&id, "revive")).await.unwrap_err();
     assert!(
         matches!(&err, ServiceError::Conflict(m) if m.contains("archived")),

@@ -452,9 +452,19 @@ impl ConversationService {
                 session: session.clone(),
             },
         )];
-        self.sessions
+        match self
+            .sessions
             .end_session(session_id, summary.as_deref(), now, &events)
-            .await?;
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::Conflict(_)) => {
+                return Err(ServiceError::Conflict(format!(
+                    "session '{session_id}' has already ended"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
         self.signal.notify();
         Ok(session)
     }

@@ -278,8 +278,13 @@ impl FeedbackService {
                 ),
                 Some(i) => {
                     version = i.version;
-                    if session_id.is_none() {
-                        session_id.clone_from(&i.session_id);
+                    match (&session_id, &i.session_id) {
+                        (None, _) => session_id.clone_from(&i.session_id),
+                        (Some(given), Some(own)) if given == own => {}
+                        (Some(given), _) => p.push(
+                            "session_id",
+                            format!("interaction '{id}' is not part of session '{given}'"),
+                        ),
                     }
                 }
             }

@@ -70,14 +70,11 @@ impl EventProcessor {
                 });
             }
         };
+        // Only an event that does not decode is poison; a store failure of any kind is retried,
+        // so a sick database delays events instead of discarding them.
         match self.store.apply_once(&event.id, &updates).await {
             Ok(true) => Ok(Handled::Applied),
             Ok(false) => Ok(Handled::Duplicate),
-            Err(StoreError::Permanent { message, .. }) => Err(HandleError::Poison {
-                event_id: event.id.clone(),
-                event_type: event.event_type.as_str().to_owned(),
-                reason: message,
-            }),
             Err(source) => Err(HandleError::Transient {
                 event_id: event.id.clone(),
                 source,

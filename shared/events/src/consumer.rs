@@ -126,14 +126,16 @@ pub async fn run(
         let response = process_batch(&event, processor, dead).await;
         let mut retry: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for failure in &response.batch_item_failures {
-            let id = failure.item_identifier;
-            for (topic, partition) in next_offsets.keys() {
-                if i64::from(*partition) == id.partition {
-                    let first_failed = retry
-                        .entry((topic.clone(), *partition))
-                        .or_insert(id.offset);
-                    *first_failed = (*first_failed).min(id.offset);
-                }
+            let id = &failure.item_identifier;
+            // The failure names its topic-partition key exactly as the batch did.
+            if let Some((topic, partition)) = next_offsets
+                .keys()
+                .find(|(t, p)| format!("{t}-{p}") == id.partition)
+            {
+                let first_failed = retry
+                    .entry((topic.clone(), *partition))
+                    .or_insert(id.offset);
+                *first_failed = (*first_failed).min(id.offset);
             }
         }
         let mut commit = TopicPartitionList::new();

@@ -17,10 +17,11 @@ use serde::Serialize;
 
 use crate::CloudEvent;
 
-/// A record the event source should deliver again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// A record the event source should deliver again: `partition` is the batch's topic-partition
+/// key (`<topic>-<partition>`), as the event source names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RecordId {
-    pub partition: i64,
+    pub partition: String,
     pub offset: i64,
 }
 
@@ -128,7 +129,7 @@ pub async fn process_batch(
     dead: &dyn DeadLetters,
 ) -> BatchResponse {
     let mut failures = Vec::new();
-    for records in event.records.values() {
+    for (key, records) in &event.records {
         // One list per topic-partition; apply it in offset order.
         let mut ordered: BTreeMap<i64, &KafkaRecord> = BTreeMap::new();
         for r in records {
@@ -137,7 +138,7 @@ pub async fn process_batch(
         let mut retrying = false;
         for record in ordered.values() {
             let id = RecordId {
-                partition: record.partition,
+                partition: key.clone(),
                 offset: record.offset,
             };
             if retrying {

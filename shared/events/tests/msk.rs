@@ -178,20 +178,26 @@ async fn a_transient_failure_is_retried_with_the_rest_of_its_partition() {
     let blocker = rusqlite::Connection::open(w.store.path()).unwrap();
     blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let response = process_batch(&batch, &w.processor(), &unused_dead_letters()).await;
-    let failed: Vec<(i64, i64)> = response
+    let failed: Vec<(String, i64)> = response
         .batch_item_failures
         .iter()
-        .map(|f| (f.item_identifier.partition, f.item_identifier.offset))
+        .map(|f| {
+            (
+                f.item_identifier.partition.clone(),
+                f.item_identifier.offset,
+            )
+        })
         .collect();
+    let key = || "feedback_events-0".to_owned();
     assert_eq!(
         failed,
-        [(0, 10), (0, 11), (0, 12)],
+        [(key(), 10), (key(), 11), (key(), 12)],
         "the failed record and all after it"
     );
     let wire = serde_json::to_value(&response).unwrap();
     assert_eq!(
         wire["batchItemFailures"][0],
-        json!({"itemIdentifier": {"partition": 0, "offset": 10}})
+        json!({"itemIdentifier": {"partition": "feedback_events-0", "offset": 10}})
     );
     blocker.execute_batch("ROLLBACK").unwrap();
     let retried = process_batch(&batch, &w.processor(), &unused_dead_letters()).await;

@@ -40,9 +40,12 @@ pub(crate) fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<
             .and_then(|s| s.trim().parse::<f64>().ok())
             .filter(|n| n.is_finite() && *n >= 0.0)
     };
+    // Bounded: a gateway that asks for years must not make us wait (or overflow a Duration).
+    const MAX: Duration = Duration::from_secs(3_600);
+    let seconds = |s: f64| Duration::try_from_secs_f64(s).map_or(MAX, |d| d.min(MAX));
     number("retry-after-ms")
-        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
-        .or_else(|| number("retry-after").map(Duration::from_secs_f64))
+        .map(|ms| seconds(ms / 1000.0))
+        .or_else(|| number("retry-after").map(seconds))
 }
 
 /// The human message in an error body of any OpenAI-compatible server.
@@ -158,6 +161,9 @@ mod tests {
         assert_eq!(parse_retry_after(&h), Some(Duration::from_secs(2)));
         h.insert("retry-after-ms", "150".parse().unwrap());
         assert_eq!(parse_retry_after(&h), Some(Duration::from_millis(150)));
+        let mut huge = reqwest::header::HeaderMap::new();
+        huge.insert("retry-after", "1e20".parse().unwrap());
+        assert_eq!(parse_retry_after(&huge), Some(Duration::from_secs(3_600)));
         let mut date = reqwest::header::HeaderMap::new();
         date.insert(
             "retry-after",

@@ -101,7 +101,12 @@ where
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let mut app = Router::new().route("/health", get(health));
     if options.expose_metrics {
-        app = app.route("/metrics", get(metrics_text));
+        // Metrics name every agent and its spend: behind the same keys as /mcp.
+        app = app.merge(
+            Router::new()
+                .route("/metrics", get(metrics_text))
+                .layer(middleware::from_fn_with_state(state.clone(), authenticate)),
+        );
     }
     app.merge(mcp_routes)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
@@ -140,7 +145,7 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
     response
 }
 
-/// Requires a configured bearer key on `/mcp` when keys are configured.
+/// Requires a configured bearer key on `/mcp` and `/metrics` when keys are configured.
 async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if !state.keys.enabled() {
         return next.run(request).await;

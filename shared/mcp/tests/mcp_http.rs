@@ -386,6 +386,24 @@ async fn api_keys_gate_mcp_but_not_health() {
     assert_eq!(right.status, StatusCode::OK, "{:?}", right.body);
     assert!(right.body["result"]["tools"].is_array());
 
+    let metrics = app
+        .send(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(
+        metrics.status,
+        StatusCode::UNAUTHORIZED,
+        "metrics name agents and spend"
+    );
+    let metrics = app
+        .send(
+            Request::get("/metrics")
+                .header("authorization", "Bearer sk-test-key")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(metrics.status, StatusCode::OK);
+
     let health = app
         .send(Request::get("/health").body(Body::empty()).unwrap())
         .await;

@@ -9,6 +9,15 @@ pub(crate) fn map_err(e: rusqlite::Error) -> StoreError {
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
             StoreError::unavailable("the database is busy", e)
         }
+        // Conditions that can clear up: a full disk, an I/O hiccup, memory pressure.
+        Some(
+            ErrorCode::DiskFull
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::OutOfMemory
+            | ErrorCode::OperationInterrupted
+            | ErrorCode::ReadOnly
+            | ErrorCode::CannotOpen,
+        ) => StoreError::unavailable("the database cannot be written right now", e),
         _ => StoreError::permanent("SQLite query failed", e),
     }
 }

@@ -145,15 +145,23 @@ impl AgentStore for SqliteStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(map_err)?;
-            let latest: Option<u32> = tx
+            let current: Option<(u32, String)> = tx
                 .query_row(
-                    "SELECT latest_version FROM agents WHERE agent_id = ?1",
+                    "SELECT latest_version, status FROM agents WHERE agent_id = ?1",
                     [agent.agent_id.as_str()],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()
                 .map_err(map_err)?;
-            match latest {
+            if let Some((_, status)) = &current
+                && status != "active"
+            {
+                return Err(StoreError::Conflict(format!(
+                    "agent '{}' was archived meanwhile",
+                    agent.agent_id
+                )));
+            }
+            match current.map(|(latest, _)| latest) {
                 None => {
                     return Err(StoreError::Permanent {
                         message: format!("agent '{}' does not exist", agent.agent_id),
