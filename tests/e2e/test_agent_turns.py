@@ -20,7 +20,10 @@ def tool_call(name, arguments):
 
 
 def metrics(server) -> str:
-    with urllib.request.urlopen(server.url.removesuffix("/mcp") + "/metrics", timeout=5) as r:
+    request = urllib.request.Request(
+        server.url.removesuffix("/mcp") + "/metrics", headers={"Authorization": f"Bearer {KEY}"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as r:
         return r.read().decode()
 
 
