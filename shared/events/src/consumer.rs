@@ -67,6 +67,28 @@ pub async fn run(
     dead: &dyn DeadLetters,
     shutdown: CancellationToken,
 ) -> Result<(), KafkaError> {
+    // A consumer that could not rewind for a retry is replaced: the new one resumes from the
+    // committed offsets, which already point at the records to retry.
+    while consume(settings, group, topics, processor, dead, &shutdown).await? {
+        tracing::warn!(
+            group,
+            "restarting the event consumer to retry from committed offsets"
+        );
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+    Ok(())
+}
+
+/// One consumer's life. Returns `true` when it must be replaced, `false` at shutdown.
+async fn consume(
+    settings: &KafkaSettings,
+    group: &str,
+    topics: &[&str],
+    processor: &EventProcessor,
+    dead: &dyn DeadLetters,
+    shutdown: &CancellationToken,
+) -> Result<bool, KafkaError> {
+    let mut restart = false;
     let client_error = |source| KafkaError::Client {
         servers: settings.bootstrap_servers.clone(),
         source,
@@ -147,6 +169,7 @@ pub async fn run(
             let _ = commit.add_partition_offset(topic, *partition, Offset::Offset(offset));
         }
         if let Err(e) = consumer.commit(&commit, CommitMode::Async) {
+            // Uncommitted offsets only mean the batch may come again; handlers are idempotent.
             tracing::warn!(error = %e, "cannot commit offsets; the batch may come again");
         }
         for ((topic, partition), offset) in &retry {
@@ -157,7 +180,11 @@ pub async fn run(
                 Duration::from_secs(5),
             ) {
                 tracing::warn!(error = %e, topic, partition, "cannot seek back for a retry");
+                restart = true;
             }
+        }
+        if restart {
+            break;
         }
         if !retry.is_empty() {
             tokio::time::sleep(RETRY_PAUSE).await;
@@ -165,5 +192,5 @@ pub async fn run(
     }
     consumer.unsubscribe();
     tracing::info!(group, "event consumer stopped");
-    Ok(())
+    Ok(restart)
 }

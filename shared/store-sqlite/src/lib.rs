@@ -369,18 +369,51 @@ impl AgentStore for SqliteStore {
 impl Outbox for SqliteStore {
     async fn pending(&self, limit: u32) -> Result<Vec<DomainEvent>, StoreError> {
         self.with(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT event_id, event_type, subject, time, data, correlation_id \
-                     FROM outbox ORDER BY seq LIMIT ?1",
-                )
-                .map_err(map_err)?;
-            let raws = stmt
-                .query_map([limit], rows::read_event)
-                .map_err(map_err)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(map_err)?;
-            raws.into_iter().map(rows::decode_event).collect()
+            let raws = {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT event_id, event_type, subject, time, data, correlation_id \
+                         FROM outbox ORDER BY seq LIMIT ?1",
+                    )
+                    .map_err(map_err)?;
+                stmt.query_map([limit], rows::read_event)
+                    .map_err(map_err)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(map_err)?
+            };
+            // A row this build cannot read (written by a newer build, say) must not stop the
+            // rest: it moves to the quarantine table, where an operator can look at it.
+            let mut events = Vec::with_capacity(raws.len());
+            for raw in raws {
+                let (id, event_type, subject, _, data, _) = raw.clone();
+                match rows::decode_event(raw) {
+                    Ok(event) => events.push(event),
+                    Err(e) => {
+                        tracing::error!(event_id = %id, error = %e, "quarantining an unreadable outbox event");
+                        let tx = conn
+                            .transaction_with_behavior(TransactionBehavior::Immediate)
+                            .map_err(map_err)?;
+                        tx.execute(
+                            "INSERT OR REPLACE INTO outbox_quarantine \
+                             (event_id, event_type, subject, data, error, quarantined_at) \
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                            params![
+                                id,
+                                event_type,
+                                subject,
+                                data,
+                                e.to_string(),
+                                aop_core::Clock::now_ms(&aop_core::SystemClock)
+                            ],
+                        )
+                        .map_err(map_err)?;
+                        tx.execute("DELETE FROM outbox WHERE event_id = ?1", [&id])
+                            .map_err(map_err)?;
+                        tx.commit().map_err(map_err)?;
+                    }
+                }
+            }
+            Ok(events)
         })
         .await
     }

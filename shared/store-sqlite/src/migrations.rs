@@ -137,6 +137,17 @@ const MIGRATIONS: &[(&str, &str)] = &[
         processed_at INTEGER NOT NULL
     ) WITHOUT ROWID;",
     ),
+    (
+        "outbox quarantine",
+        "CREATE TABLE outbox_quarantine (
+        event_id       TEXT PRIMARY KEY,
+        event_type     TEXT NOT NULL,
+        subject        TEXT NOT NULL,
+        data           TEXT NOT NULL,
+        error          TEXT NOT NULL,
+        quarantined_at INTEGER NOT NULL
+    );",
+    ),
 ];
 
 pub(crate) fn apply(conn: &mut Connection) -> Result<(), StoreError> {

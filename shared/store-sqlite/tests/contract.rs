@@ -60,3 +60,36 @@ fn a_file_that_is_not_a_database_is_named() {
     let err = SqliteStore::open(&path).err().expect("refused").to_string();
     assert!(err.contains("junk.sqlite3"), "{err}");
 }
+
+#[tokio::test]
+async fn an_unreadable_outbox_row_is_quarantined_and_the_rest_flows() {
+    use aop_core::Outbox;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open_dir(dir.path()).unwrap();
+    let svc = AgentService::new(Arc::new(store.clone()), Arc::new(SystemClock), "m");
+    svc.create(CreateAgent {
+        name: "fine".into(),
+        instructions: "x".into(),
+        ..CreateAgent::default()
+    })
+    .await
+    .unwrap();
+    let conn = rusqlite::Connection::open(store.path()).unwrap();
+    conn.execute(
+        "INSERT INTO outbox (event_id, event_type, subject, time, data) \
+         VALUES ('bad-1', 'agent.teleported', 'agt_x', 0, '{}')",
+        [],
+    )
+    .unwrap();
+    let pending = store.pending(100).await.unwrap();
+    assert_eq!(pending.len(), 2, "the readable events still come out");
+    let quarantined: String = conn
+        .query_row(
+            "SELECT error FROM outbox_quarantine WHERE event_id = 'bad-1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(quarantined.contains("agent.teleported"), "{quarantined}");
+    assert_eq!(store.backlog().await.unwrap(), 2);
+}
