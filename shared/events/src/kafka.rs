@@ -180,7 +180,7 @@ impl EventSink for KafkaSink {
         let mut pending = Vec::with_capacity(events.len());
         for event in events {
             let topic = self.topics.topic(event.event_type.stream());
-            let value = CloudEvent::from_domain(event, None).to_bytes();
+            let (value, truncated) = record_value(event);
             let key = event.subject.to_string();
             let headers = OwnedHeaders::new()
                 .insert(Header {
@@ -190,6 +190,10 @@ impl EventSink for KafkaSink {
                 .insert(Header {
                     key: "content-type",
                     value: Some("application/cloudevents+json"),
+                })
+                .insert(Header {
+                    key: "aop_truncated",
+                    value: Some(if truncated { "true" } else { "false" }),
                 });
             let record = FutureRecord::to(topic)
                 .key(&key)
@@ -214,6 +218,28 @@ impl EventSink for KafkaSink {
         }
         (delivered, failure)
     }
+}
+
+/// Largest record value we send: under the 1 MB `message.max.bytes` brokers (MSK included) use
+/// by default, with room for the key and headers.
+pub const MAX_VALUE_BYTES: usize = 900 * 1024;
+
+/// The record value for an event. An event too large for the broker (an agent version with very
+/// long instructions, say) travels without its data, marked `truncated`, so the stream keeps
+/// flowing: consumers that need the data read it from the store by the subject and ids left in.
+pub fn record_value(event: &DomainEvent) -> (Vec<u8>, bool) {
+    let full = CloudEvent::from_domain(event, None).to_bytes();
+    if full.len() <= MAX_VALUE_BYTES {
+        return (full, false);
+    }
+    let mut slim = event.clone();
+    slim.data = serde_json::json!({
+        "truncated": true,
+        "original_bytes": full.len(),
+        "reason": "the event data exceeds the record size limit; read it from the store"
+    });
+    tracing::warn!(event_id = %event.id, bytes = full.len(), "publishing an oversized event without its data");
+    (CloudEvent::from_domain(&slim, None).to_bytes(), true)
 }
 
 /// Awaits deliveries in order; returns how many succeeded before the first failure.
@@ -415,6 +441,37 @@ impl crate::msk::DeadLetters for KafkaDeadLetters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oversized_events_travel_without_their_data() {
+        let agent = aop_core::AgentId::parse("agent_id", "agt_big").unwrap();
+        let small = DomainEvent::new(
+            aop_core::EventType::AgentCreated,
+            &agent,
+            0,
+            serde_json::json!({"x": 1}),
+        );
+        let (value, truncated) = record_value(&small);
+        assert!(!truncated);
+        assert_eq!(CloudEvent::decode(&value).unwrap(), small);
+
+        let big = DomainEvent::new(
+            aop_core::EventType::AgentVersionCreated,
+            &agent,
+            0,
+            serde_json::json!({"instructions": "x".repeat(2 * MAX_VALUE_BYTES)}),
+        );
+        let (value, truncated) = record_value(&big);
+        assert!(truncated);
+        assert!(value.len() <= MAX_VALUE_BYTES);
+        let decoded = CloudEvent::decode(&value).unwrap();
+        assert_eq!(
+            decoded.id, big.id,
+            "the same event, so consumers still de-duplicate it"
+        );
+        assert_eq!(decoded.subject, agent);
+        assert_eq!(decoded.data["truncated"], true);
+    }
 
     #[test]
     fn security_settings_map_to_librdkafka_properties() {
