@@ -147,21 +147,11 @@ fn migrate(args: &CommonArgs) -> Result<(), BoxError> {
 }
 
 fn topics_apply(args: &CommonArgs) -> Result<(), BoxError> {
-    use aop_events::kafka::{TopicOutcome, TopicSpec, apply_topics};
+    use aop_events::kafka::{TopicOutcome, apply_topics};
     let config = load(args, &args.overrides())?;
     let kafka = &config.kafka;
     let settings = aop_runtime::platform::kafka_settings(&config)?;
-    let topics = aop_runtime::platform::topics(&config);
-    let specs: Vec<TopicSpec> = topics
-        .all()
-        .into_iter()
-        .map(|name| TopicSpec {
-            name,
-            partitions: kafka.partitions,
-            replication: kafka.replication_factor,
-            retention_ms: kafka.retention_hours * 3_600_000,
-        })
-        .collect();
+    let specs = aop_runtime::platform::topic_specs(&config);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

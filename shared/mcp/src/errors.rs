@@ -30,8 +30,11 @@ pub fn client_message(error: &ServiceError) -> String {
         ServiceError::Store(store) => {
             tracing::error!(error = %store, source = ?std::error::Error::source(store), "store failure");
             match store {
-                StoreError::Unavailable { .. } | StoreError::Conflict(_) => {
+                StoreError::Unavailable { .. } => {
                     "the store is temporarily unavailable; retry shortly".to_owned()
+                }
+                StoreError::Conflict(_) => {
+                    "the change conflicted with a concurrent one; read again and retry".to_owned()
                 }
                 StoreError::Permanent { .. } => {
                     "internal error while accessing the store; see the server log".to_owned()

@@ -126,16 +126,7 @@ async fn kafka_latency(servers: String) {
     );
     let settings = aop_runtime::platform::kafka_settings(&config).expect("kafka settings");
     let topics = aop_runtime::platform::topics(&config);
-    let specs: Vec<_> = topics
-        .all()
-        .into_iter()
-        .map(|name| aop_events::kafka::TopicSpec {
-            name,
-            partitions: 4,
-            replication: 1,
-            retention_ms: 3_600_000,
-        })
-        .collect();
+    let specs = aop_runtime::platform::topic_specs(&config);
     aop_events::kafka::apply_topics(&settings, &specs)
         .await
         .expect("topics");

@@ -236,6 +236,22 @@ pub fn kafka_settings(config: &Config) -> Result<aop_events::kafka::KafkaSetting
     Ok(settings)
 }
 
+/// Every event topic and its dead-letter topic, as configured (partitions, replication,
+/// retention): what `aop topics apply` creates.
+pub fn topic_specs(config: &Config) -> Vec<aop_events::kafka::TopicSpec> {
+    let kafka = &config.kafka;
+    topics(config)
+        .all()
+        .into_iter()
+        .map(|name| aop_events::kafka::TopicSpec {
+            name,
+            partitions: kafka.partitions,
+            replication: kafka.replication_factor,
+            retention_ms: kafka.retention_hours * 3_600_000,
+        })
+        .collect()
+}
+
 /// Topic names from configuration.
 pub fn topics(config: &Config) -> aop_events::Topics {
     aop_events::Topics {

@@ -79,16 +79,7 @@ fn kafka_env(servers: &str, prefix: &str, dir: &std::path::Path) -> BTreeMap<Str
 
 async fn apply(config: &Config) {
     let settings = aop_runtime::platform::kafka_settings(config).unwrap();
-    let specs: Vec<_> = aop_runtime::platform::topics(config)
-        .all()
-        .into_iter()
-        .map(|name| aop_events::kafka::TopicSpec {
-            name,
-            partitions: 4,
-            replication: 1,
-            retention_ms: 3_600_000,
-        })
-        .collect();
+    let specs = aop_runtime::platform::topic_specs(config);
     aop_events::kafka::apply_topics(&settings, &specs)
         .await
         .unwrap();

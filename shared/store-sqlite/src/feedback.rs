@@ -132,35 +132,12 @@ impl FeedbackStore for SqliteStore {
         version: Option<u32>,
         metric: Option<&str>,
     ) -> Result<Vec<MetricStats>, StoreError> {
-        let mut sql =
-            String::from("SELECT version, metric, count, mean, m2 FROM fitness WHERE agent_id = ?");
-        let mut args: Vec<String> = vec![agent_id.to_string()];
-        if let Some(v) = version {
-            sql.push_str(" AND version = ?");
-            args.push(v.to_string());
-        }
-        if let Some(m) = metric {
-            sql.push_str(" AND metric = ?");
-            args.push(m.to_owned());
-        }
-        sql.push_str(" ORDER BY version, metric");
-        self.with(move |conn| {
-            let mut stmt = conn.prepare_cached(&sql).map_err(map_err)?;
-            stmt.query_map(params_from_iter(args.iter()), |r| {
-                let count = u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0);
-                Ok(MetricStats {
-                    version: r.get(0)?,
-                    metric: r.get(1)?,
-                    count,
-                    mean: r.get(3)?,
-                    variance: variance(count, r.get(4)?),
-                })
-            })
-            .map_err(map_err)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(map_err)
-        })
-        .await
+        let query = StatsQuery::new(
+            "SELECT version, metric, count, mean, m2 FROM fitness WHERE agent_id = ?",
+            vec![agent_id.to_string()],
+        )
+        .filtered(version, metric, " ORDER BY version, metric");
+        self.with(move |conn| query.run(conn, "")).await
     }
 
     async fn rating_stats(
@@ -171,37 +148,68 @@ impl FeedbackStore for SqliteStore {
         from: i64,
         to: i64,
     ) -> Result<Vec<MetricStats>, StoreError> {
-        let mut sql = String::from(
+        // The fourth column is the running sum of squared differences, as `fitness.m2` is.
+        let query = StatsQuery::new(
             "SELECT version, metric, count(*), avg(normalized), \
              sum(normalized * normalized) - sum(normalized) * sum(normalized) / count(*) \
              FROM feedback_ratings WHERE agent_id = ? AND created_at >= ? AND created_at < ?",
+            vec![agent_id.to_string(), from.to_string(), to.to_string()],
+        )
+        .filtered(
+            version,
+            metric,
+            " GROUP BY version, metric ORDER BY version, metric",
         );
-        let mut args: Vec<String> = vec![agent_id.to_string(), from.to_string(), to.to_string()];
+        self.with(move |conn| query.run(conn, "feedback.")).await
+    }
+}
+
+/// A statistics query: `version, metric, count, mean, m2` rows, optionally filtered.
+struct StatsQuery {
+    sql: String,
+    args: Vec<String>,
+}
+
+impl StatsQuery {
+    fn new(select: &str, args: Vec<String>) -> Self {
+        Self {
+            sql: select.to_owned(),
+            args,
+        }
+    }
+
+    fn filtered(mut self, version: Option<u32>, metric: Option<&str>, tail: &str) -> Self {
         if let Some(v) = version {
-            sql.push_str(" AND version = ?");
-            args.push(v.to_string());
+            self.sql.push_str(" AND version = ?");
+            self.args.push(v.to_string());
         }
         if let Some(m) = metric {
-            sql.push_str(" AND metric = ?");
-            args.push(m.to_owned());
+            self.sql.push_str(" AND metric = ?");
+            self.args.push(m.to_owned());
         }
-        sql.push_str(" GROUP BY version, metric ORDER BY version, metric");
-        self.with(move |conn| {
-            let mut stmt = conn.prepare_cached(&sql).map_err(map_err)?;
-            stmt.query_map(params_from_iter(args.iter()), |r| {
-                let count = u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0);
-                Ok(MetricStats {
-                    version: r.get(0)?,
-                    metric: format!("feedback.{}", r.get::<_, String>(1)?),
-                    count,
-                    mean: r.get(3)?,
-                    variance: variance(count, r.get(4)?),
-                })
+        self.sql.push_str(tail);
+        self
+    }
+
+    /// Runs the query; `prefix` goes before each metric name.
+    fn run(
+        &self,
+        conn: &mut rusqlite::Connection,
+        prefix: &str,
+    ) -> Result<Vec<MetricStats>, StoreError> {
+        let mut stmt = conn.prepare_cached(&self.sql).map_err(map_err)?;
+        stmt.query_map(params_from_iter(self.args.iter()), |r| {
+            let count = u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0);
+            Ok(MetricStats {
+                version: r.get(0)?,
+                metric: format!("{prefix}{}", r.get::<_, String>(1)?),
+                count,
+                mean: r.get(3)?,
+                variance: variance(count, r.get(4)?),
             })
-            .map_err(map_err)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(map_err)
         })
-        .await
+        .map_err(map_err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(map_err)
     }
 }

@@ -302,12 +302,12 @@ impl AgentStore for SqliteStore {
         );
         self.with(move |conn| {
             let mut stmt = conn.prepare_cached(&sql).map_err(map_err)?;
-            let raws = stmt
-                .query_map(params_from_iter(args.iter()), rows::RawAgent::read)
-                .map_err(map_err)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(map_err)?;
-            raws.into_iter().map(rows::RawAgent::into_agent).collect()
+            rows::decode_all(
+                &mut stmt,
+                params_from_iter(args.iter()),
+                rows::RawAgent::read,
+                rows::RawAgent::into_agent,
+            )
         })
         .await
     }
@@ -328,14 +328,12 @@ impl AgentStore for SqliteStore {
                     rows::VERSION_COLUMNS
                 ))
                 .map_err(map_err)?;
-            let raws = stmt
-                .query_map(params![id.as_str(), after, limit], rows::RawVersion::read)
-                .map_err(map_err)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(map_err)?;
-            raws.into_iter()
-                .map(rows::RawVersion::into_version)
-                .collect()
+            rows::decode_all(
+                &mut stmt,
+                params![id.as_str(), after, limit],
+                rows::RawVersion::read,
+                rows::RawVersion::into_version,
+            )
         })
         .await
     }

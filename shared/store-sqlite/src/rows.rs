@@ -1,7 +1,7 @@
 //! Rows to domain types and back. Lists and nested values are stored as JSON text.
 
 use aop_core::{Agent, AgentId, AgentStatus, AgentVersion, DomainEvent, EventType, StoreError};
-use rusqlite::{Row, Transaction, params};
+use rusqlite::{Params, Row, Statement, Transaction, params};
 
 use crate::error::{corrupt, map_err};
 
@@ -248,4 +248,20 @@ pub(crate) fn decode_event(
         correlation_id,
         id,
     })
+}
+
+/// Runs a prepared query and decodes every row; a read error or a row that does not decode fails
+/// the call.
+pub(crate) fn decode_all<P: Params, R, T>(
+    stmt: &mut Statement<'_>,
+    params: P,
+    read: impl FnMut(&Row<'_>) -> rusqlite::Result<R>,
+    decode: impl FnMut(R) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let raws = stmt
+        .query_map(params, read)
+        .map_err(map_err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(map_err)?;
+    raws.into_iter().map(decode).collect()
 }

@@ -358,12 +358,12 @@ impl SessionStore for SqliteStore {
                      ORDER BY seq LIMIT ?3"
                 ))
                 .map_err(map_err)?;
-            let raws = stmt
-                .query_map(params![id.as_str(), after, limit], read_message)
-                .map_err(map_err)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(map_err)?;
-            raws.into_iter().map(decode_message).collect()
+            rows::decode_all(
+                &mut stmt,
+                params![id.as_str(), after, limit],
+                read_message,
+                decode_message,
+            )
         })
         .await
     }
@@ -427,12 +427,12 @@ impl SessionStore for SqliteStore {
                      WHERE agent_id = ?1 AND interaction_id > ?2 ORDER BY interaction_id LIMIT ?3"
                 ))
                 .map_err(map_err)?;
-            let raws = stmt
-                .query_map(params![id.as_str(), after, limit], read_interaction)
-                .map_err(map_err)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(map_err)?;
-            raws.into_iter().map(decode_interaction).collect()
+            rows::decode_all(
+                &mut stmt,
+                params![id.as_str(), after, limit],
+                read_interaction,
+                decode_interaction,
+            )
         })
         .await
     }
