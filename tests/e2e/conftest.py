@@ -8,7 +8,9 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
+import uuid
 
 import pytest
 
@@ -126,12 +128,42 @@ def data_dir():
         yield d
 
 
+def neo4j_database() -> dict:
+    """A fresh database on the Bolt server of AOP_TEST_NEO4J, and the settings that use it."""
+    uri = os.environ.get("AOP_TEST_NEO4J")
+    if not uri:
+        if os.environ.get("AOP_REQUIRE_SERVICES"):
+            pytest.fail("AOP_TEST_NEO4J is not set, but AOP_REQUIRE_SERVICES requires the Neo4j runs")
+        pytest.skip("SKIPPED (service not configured): set AOP_TEST_NEO4J=bolt://host:port")
+    port = urllib.parse.urlsplit(uri).port
+    database = f"e2e_{uuid.uuid4().hex[:12]}"
+    # One database per test keeps tests apart; ArcadeDB makes one in milliseconds.
+    subprocess.run(
+        [str(ROOT / "infra/neo4j/arcadedb"), "create", str(port), database],
+        check=True,
+        capture_output=True,
+    )
+    return {
+        "NEO4J_URI": uri,
+        "NEO4J_USERNAME": os.environ.get("AOP_TEST_NEO4J_USER", "root"),
+        "NEO4J_PASSWORD": os.environ.get("AOP_TEST_NEO4J_PASSWORD", "aop-test-password"),
+        "NEO4J_DATABASE": database,
+        "AOP_MIGRATE_ON_START": "true",
+    }
+
+
+@pytest.fixture(params=["embedded", "neo4j"])
+def store_env(request) -> dict:
+    """Every end-to-end test runs once on the embedded store and once on Neo4j."""
+    return neo4j_database() if request.param == "neo4j" else {}
+
+
 @pytest.fixture
-def start_server(data_dir):
+def start_server(data_dir, store_env):
     started: list[Server] = []
 
     def start(api_key: str | None = "e2e-secret-key", **env) -> Server:
-        server = Server(data_dir, api_key, env)
+        server = Server(data_dir, api_key, {**store_env, **env})
         started.append(server)
         return server
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use aop_events::kafka::KafkaDeadLetters;
 use aop_events::msk::process_batch;
 use aop_runtime::platform::kafka_settings;
-use aop_runtime::{Config, Overrides, Platform, telemetry};
+use aop_runtime::{Config, Overrides, telemetry};
 use aws_lambda_events::event::kafka::KafkaEvent;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 
@@ -21,7 +21,7 @@ async fn main() -> Result<(), Error> {
                 .into(),
         );
     }
-    let platform = Platform::build(&config)?;
+    let (config, platform) = aop_runtime::start(config).await?;
     let dead = Arc::new(KafkaDeadLetters::new(&kafka_settings(&config)?)?);
     let processor = platform.processor.clone();
     tracing::info!(

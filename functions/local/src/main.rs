@@ -30,6 +30,9 @@ enum Command {
     Serve(ServeArgs),
     /// Apply store schema migrations and exit.
     Migrate(CommonArgs),
+    /// Check every configured dependency (secrets, store, Kafka, LLM) and say how to fix what
+    /// fails. Exits non-zero when a check fails.
+    Doctor(CommonArgs),
     /// Kafka topics.
     #[command(subcommand)]
     Topics(TopicsCommand),
@@ -112,6 +115,7 @@ fn main() -> ExitCode {
         Some(Command::Serve(args)) => serve(&args),
         None => serve(&cli.serve),
         Some(Command::Migrate(args)) => migrate(&args),
+        Some(Command::Doctor(args)) => doctor(&args),
         Some(Command::Topics(TopicsCommand::Apply(args))) => topics_apply(&args),
     };
     match result {
@@ -138,11 +142,53 @@ fn load(common: &CommonArgs, overrides: &Overrides) -> Result<Config, BoxError> 
 
 fn migrate(args: &CommonArgs) -> Result<(), BoxError> {
     let config = load(args, &args.overrides())?;
-    let platform = Platform::build(&config)?;
-    tracing::info!(
-        store = platform.store_description(),
-        "store schema is up to date"
-    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        // Opening the embedded store migrates it; the graph is migrated explicitly.
+        let platform = Platform::build(&config)?;
+        if let Some(store) = platform.neo4j() {
+            let applied = aop_store_neo4j::migrations::migrate(store).await?;
+            for version in &applied {
+                let name = aop_store_neo4j::migrations::MIGRATIONS[*version as usize - 1].name;
+                println!("applied   {version} {name}");
+            }
+        }
+        println!(
+            "store schema is up to date: {} (version {})",
+            platform.store_description(),
+            if platform.neo4j().is_some() {
+                aop_store_neo4j::SCHEMA_VERSION
+            } else {
+                aop_store_sqlite::SCHEMA_VERSION
+            }
+        );
+        Ok(())
+    })
+}
+
+fn doctor(args: &CommonArgs) -> Result<(), BoxError> {
+    // Warnings only: the checks speak for themselves, and log lines would interleave.
+    let mut overrides = args.overrides();
+    if args.log_level.is_none() {
+        overrides.set("logging.level", "--log-level", "warn");
+    }
+    let config = load(args, &overrides)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let checks = runtime.block_on(aop_runtime::doctor::run(&config));
+    for check in &checks {
+        println!("{}", check.render());
+    }
+    let failed = checks
+        .iter()
+        .filter(|c| c.status == aop_runtime::doctor::Status::Failed)
+        .count();
+    if failed > 0 {
+        return Err(format!("{failed} check(s) failed").into());
+    }
     Ok(())
 }
 
@@ -185,7 +231,7 @@ fn serve(args: &ServeArgs) -> Result<(), BoxError> {
 }
 
 async fn run(config: Config) -> Result<(), BoxError> {
-    let platform = Platform::build(&config)?;
+    let (config, platform) = aop_runtime::start(config).await?;
     let shutdown = CancellationToken::new();
     let app = platform.router(Platform::http_options(&config, shutdown.clone()));
     let addr = SocketAddr::new(config.server.host, config.server.port);

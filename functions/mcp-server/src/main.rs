@@ -16,7 +16,7 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(1_500);
 async fn main() -> Result<(), lambda_http::Error> {
     let config = Config::load(None, &Overrides::default())?;
     telemetry::init(&config.log_level)?;
-    let platform = Platform::build(&config)?;
+    let (config, platform) = aop_runtime::start(config).await?;
     let mut options = Platform::http_options(&config, CancellationToken::new());
     // A Lambda instance keeps no MCP sessions: any instance must answer any request.
     options.stateless = true;

@@ -2,7 +2,7 @@
 //! still in the outbox to Kafka, oldest first, and answers how many it published and how many
 //! are left.
 
-use aop_runtime::{Config, Overrides, Platform, telemetry};
+use aop_runtime::{Config, Overrides, telemetry};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::{Value, json};
 
@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 async fn main() -> Result<(), Error> {
     let config = Config::load(None, &Overrides::default())?;
     telemetry::init(&config.log_level)?;
-    let platform = Platform::build(&config)?;
+    let (config, platform) = aop_runtime::start(config).await?;
     let relay = platform.kafka_relay(&config)?;
     let outbox = platform.outbox.clone();
     lambda_runtime::run(service_fn(move |_event: LambdaEvent<Value>| {

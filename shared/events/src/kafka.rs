@@ -101,6 +101,12 @@ pub enum KafkaError {
     },
     #[error("topic {topic}: {reason}")]
     Topic { topic: String, reason: String },
+    #[error("the Kafka brokers at {servers} did not answer")]
+    Unreachable {
+        servers: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
 }
 
 /// Publishes events to their stream's topic, keyed by agent id.
@@ -343,6 +349,40 @@ pub async fn apply_topics(
         outcomes.push((spec.name.clone(), outcome));
     }
     Ok(outcomes)
+}
+
+/// Which of `topics` the brokers do not have. Blocks up to `timeout` (call it off the async
+/// threads).
+///
+/// # Errors
+/// `Client` when the brokers cannot be reached within `timeout`.
+pub fn missing_topics(
+    settings: &KafkaSettings,
+    topics: &[String],
+    timeout: Duration,
+) -> Result<Vec<String>, KafkaError> {
+    let admin: AdminClient<DefaultClientContext> =
+        settings
+            .client_config()
+            .create()
+            .map_err(|source| KafkaError::Client {
+                servers: settings.bootstrap_servers.clone(),
+                source,
+            })?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, timeout)
+        .map_err(|source| KafkaError::Unreachable {
+            servers: settings.bootstrap_servers.clone(),
+            source,
+        })?;
+    let present: std::collections::HashSet<&str> =
+        metadata.topics().iter().map(|t| t.name()).collect();
+    Ok(topics
+        .iter()
+        .filter(|t| !present.contains(t.as_str()))
+        .cloned()
+        .collect())
 }
 
 fn partition_count(

@@ -65,6 +65,7 @@ pub struct SetupError(String);
 pub struct OpenAiChatModel {
     client: Client<OpenAIConfig>,
     settings: OpenAiSettings,
+    http: reqwest::Client,
 }
 
 impl OpenAiChatModel {
@@ -91,6 +92,7 @@ impl OpenAiChatModel {
             .with_api_key(key)
             .with_org_id(settings.organization.clone().unwrap_or_default())
             .with_project_id("");
+        let probe = http.clone();
         let service = tower::service_fn(move |factory: HttpRequestFactory| {
             let http = http.clone();
             async move {
@@ -112,7 +114,49 @@ impl OpenAiChatModel {
         Ok(Self {
             client: Client::with_config(config).with_http_service(service),
             settings,
+            http: probe,
         })
+    }
+
+    /// Checks the endpoint answers, accepts the key and offers `model` (`GET /models`, which
+    /// costs nothing). Returns a line for an operator; errors say what to fix.
+    ///
+    /// # Errors
+    /// A message naming the endpoint and what is wrong; never the key.
+    pub async fn check_model(&self, model: &str, timeout: Duration) -> Result<String, String> {
+        let base = self.settings.base_url.trim_end_matches('/');
+        let mut request = self.http.get(format!("{base}/models")).timeout(timeout);
+        if let Some(key) = &self.settings.api_key {
+            request = request.bearer_auth(key.expose_secret());
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| self.scrub(format!("{base} did not answer: {e}")))?;
+        match response.status().as_u16() {
+            200 => {}
+            401 | 403 => {
+                return Err(format!(
+                    "{base} refused the API key (HTTP {})",
+                    response.status().as_u16()
+                ));
+            }
+            status => return Err(format!("{base}/models answered HTTP {status}")),
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| format!("{base}/models did not answer in time: {e}"))?;
+        let body: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| format!("{base}/models did not answer JSON: {e}"))?;
+        let offered = body["data"]
+            .as_array()
+            .is_some_and(|models| models.iter().any(|m| m["id"] == model));
+        if offered {
+            Ok(format!("{base} offers {model}"))
+        } else {
+            Err(format!("{base} does not offer the model {model}"))
+        }
     }
 
     /// Removes the API key from text that may echo it.

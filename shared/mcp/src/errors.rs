@@ -30,8 +30,10 @@ pub fn client_message(error: &ServiceError) -> String {
         ServiceError::Store(store) => {
             tracing::error!(error = %store, source = ?std::error::Error::source(store), "store failure");
             match store {
-                StoreError::Unavailable { .. } => {
-                    "the store is temporarily unavailable; retry shortly".to_owned()
+                // Adapters word this message for operators and keep credentials out of it: it
+                // names the backend and where it is, which is what the caller needs to report.
+                StoreError::Unavailable { message, .. } => {
+                    format!("the store is temporarily unavailable ({message}); retry shortly")
                 }
                 StoreError::Conflict(_) => {
                     "the change conflicted with a concurrent one; read again and retry".to_owned()

@@ -52,6 +52,29 @@ const SETTINGS: &[(&str, &str, &str)] = &[
     ("database.username", "NEO4J_USERNAME", "neo4j"),
     ("database.password", "NEO4J_PASSWORD", ""),
     ("database.name", "NEO4J_DATABASE", "neo4j"),
+    ("database.max_connections", "NEO4J_MAX_CONNECTIONS", "10"),
+    (
+        "database.connection_timeout_ms",
+        "NEO4J_CONNECTION_TIMEOUT_MS",
+        "5000",
+    ),
+    ("database.fetch_size", "NEO4J_FETCH_SIZE", "500"),
+    (
+        "database.max_connection_lifetime_seconds",
+        "NEO4J_MAX_CONNECTION_LIFETIME_SECONDS",
+        "600",
+    ),
+    (
+        "database.operation_timeout_ms",
+        "NEO4J_OPERATION_TIMEOUT_MS",
+        "10000",
+    ),
+    ("database.migrate_on_start", "AOP_MIGRATE_ON_START", "false"),
+    ("secrets.openai_arn", "OPENAI_SECRET_ARN", ""),
+    ("secrets.neo4j_arn", "NEO4J_SECRET_ARN", ""),
+    ("secrets.kafka_arn", "KAFKA_SECRET_ARN", ""),
+    ("secrets.ttl_seconds", "AOP_SECRETS_TTL_SECONDS", "300"),
+    ("kafka.cluster_arn", "MSK_CLUSTER_ARN", ""),
     ("kafka.bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS", ""),
     (
         "kafka.topics.agent_events",
@@ -161,10 +184,37 @@ pub struct DatabaseConfig {
 
 #[derive(Debug, Clone)]
 pub struct Neo4jConfig {
+    /// Empty until the Neo4j secret supplies it, when only `NEO4J_SECRET_ARN` is set.
     pub uri: String,
     pub username: String,
     pub password: SecretString,
     pub database: String,
+    pub max_connections: usize,
+    pub connection_timeout: std::time::Duration,
+    pub fetch_size: usize,
+    pub max_connection_lifetime: std::time::Duration,
+    /// Budget of one store operation, retries included.
+    pub operation_timeout: std::time::Duration,
+    /// Apply pending graph migrations at start (else start refuses an old schema).
+    pub migrate_on_start: bool,
+}
+
+/// `secrets` section: AWS Secrets Manager secrets by ARN, each a JSON object.
+#[derive(Debug, Clone, Default)]
+pub struct SecretsConfig {
+    /// `{"api_key": ...}`
+    pub openai_arn: Option<String>,
+    /// `{"username": ..., "password": ..., "uri": ...}` (`uri` optional)
+    pub neo4j_arn: Option<String>,
+    /// `{"username": ..., "password": ...}` for SASL/SCRAM
+    pub kafka_arn: Option<String>,
+    pub ttl: std::time::Duration,
+}
+
+impl SecretsConfig {
+    pub fn any(&self) -> bool {
+        self.openai_arn.is_some() || self.neo4j_arn.is_some() || self.kafka_arn.is_some()
+    }
 }
 
 /// `kafka` section.
@@ -180,6 +230,8 @@ pub struct KafkaConfig {
     /// How long the producer keeps trying a record before the relay pauses.
     pub delivery_timeout_ms: u64,
     pub security: KafkaSecurityConfig,
+    /// MSK cluster whose brokers are looked up when no bootstrap servers are given.
+    pub cluster_arn: Option<String>,
 }
 
 /// How Kafka clients authenticate and encrypt.
@@ -228,6 +280,7 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub openai: OpenAiConfig,
     pub agents: AgentsConfig,
+    pub secrets: SecretsConfig,
 }
 
 /// Raw values by key, each with its origin.
@@ -386,6 +439,60 @@ impl Layers {
         }
     }
 
+    /// The Neo4j settings. `uri` may be empty when the Neo4j secret will supply it.
+    fn neo4j(&self, uri: String, errors: &mut Vec<String>) -> Neo4jConfig {
+        const SCHEMES: [&str; 6] = [
+            "bolt://",
+            "bolt+s://",
+            "bolt+ssc://",
+            "neo4j://",
+            "neo4j+s://",
+            "neo4j+ssc://",
+        ];
+        if !uri.is_empty() && !SCHEMES.iter().any(|s| uri.starts_with(s)) {
+            errors.push(self.problem(
+                "database.uri",
+                "must start with bolt://, bolt+s://, bolt+ssc://, neo4j://, neo4j+s:// or neo4j+ssc://",
+            ));
+        }
+        let mut at_least = |key: &str, min: u64, what: &str| {
+            let n = self.number::<u64>(key, what, errors).unwrap_or(min);
+            if n < min {
+                errors.push(self.problem(key, format!("must be at least {min}")));
+            }
+            n.max(min)
+        };
+        let max_connections = at_least("database.max_connections", 1, "a whole number");
+        let connection_timeout_ms = at_least(
+            "database.connection_timeout_ms",
+            1,
+            "a whole number of milliseconds",
+        );
+        let fetch_size = at_least("database.fetch_size", 1, "a whole number");
+        let lifetime = at_least(
+            "database.max_connection_lifetime_seconds",
+            1,
+            "a whole number of seconds",
+        );
+        let operation_timeout_ms = at_least(
+            "database.operation_timeout_ms",
+            1,
+            "a whole number of milliseconds",
+        );
+        Neo4jConfig {
+            uri,
+            username: self.text("database.username"),
+            password: SecretString::from(self.text("database.password")),
+            database: self.text("database.name"),
+            max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+            connection_timeout: std::time::Duration::from_millis(connection_timeout_ms),
+            fetch_size: usize::try_from(fetch_size).unwrap_or(usize::MAX),
+            max_connection_lifetime: std::time::Duration::from_secs(lifetime),
+            operation_timeout: std::time::Duration::from_millis(operation_timeout_ms),
+            migrate_on_start: self.boolean("database.migrate_on_start", errors),
+        }
+    }
+
     fn parse(&self, errors: &mut Vec<String>) -> Config {
         let host = match self.raw("server.host").0.parse::<IpAddr>() {
             Ok(ip) => ip,
@@ -423,30 +530,37 @@ impl Layers {
                 "must be a level (error, warn, info, debug, trace) or a filter such as aop=debug,info",
             ));
         }
-        let neo4j = self.optional("database.uri").map(|uri| {
-            if ![
-                "bolt://",
-                "bolt+s://",
-                "bolt+ssc://",
-                "neo4j://",
-                "neo4j+s://",
-                "neo4j+ssc://",
-            ]
-            .iter()
-            .any(|s| uri.starts_with(s))
-            {
-                errors.push(self.problem(
-                    "database.uri",
-                    "must start with bolt://, bolt+s://, neo4j:// or neo4j+s://",
-                ));
+        let secret_arn = |key: &str, errors: &mut Vec<String>| {
+            let arn = self.optional(key)?;
+            if !arn.starts_with("arn:") {
+                errors.push(self.problem(key, "must be a secret ARN (arn:aws:secretsmanager:...)"));
             }
-            Neo4jConfig {
-                uri,
-                username: self.text("database.username"),
-                password: SecretString::from(self.text("database.password")),
-                database: self.text("database.name"),
-            }
-        });
+            Some(arn)
+        };
+        let secrets = SecretsConfig {
+            openai_arn: secret_arn("secrets.openai_arn", errors),
+            neo4j_arn: secret_arn("secrets.neo4j_arn", errors),
+            kafka_arn: secret_arn("secrets.kafka_arn", errors),
+            ttl: std::time::Duration::from_secs(
+                self.number::<u64>("secrets.ttl_seconds", "a whole number of seconds", errors)
+                    .unwrap_or(300),
+            ),
+        };
+        let neo4j_uri = self.optional("database.uri");
+        let neo4j = if neo4j_uri.is_some() || secrets.neo4j_arn.is_some() {
+            Some(self.neo4j(neo4j_uri.unwrap_or_default(), errors))
+        } else {
+            None
+        };
+        let cluster_arn = self.optional("kafka.cluster_arn");
+        if let Some(arn) = &cluster_arn
+            && !arn.starts_with("arn:")
+        {
+            errors.push(self.problem(
+                "kafka.cluster_arn",
+                "must be an MSK cluster ARN (arn:aws:kafka:...)",
+            ));
+        }
         let bootstrap = self.optional("kafka.bootstrap_servers");
         if let Some(servers) = &bootstrap {
             for server in servers.split(',') {
@@ -496,11 +610,19 @@ impl Layers {
                 }
                 let username = self.text("kafka.sasl_username");
                 let password = self.text("kafka.sasl_password");
-                if username.is_empty() {
-                    errors.push(self.problem("kafka.sasl_username", "is required with sasl_ssl"));
+                // With a Kafka secret, the credentials come from Secrets Manager at start.
+                let from_secret = secrets.kafka_arn.is_some();
+                if username.is_empty() && !from_secret {
+                    errors.push(self.problem(
+                        "kafka.sasl_username",
+                        "is required with sasl_ssl (or set KAFKA_SECRET_ARN)",
+                    ));
                 }
-                if password.is_empty() {
-                    errors.push(self.problem("kafka.sasl_password", "is required with sasl_ssl"));
+                if password.is_empty() && !from_secret {
+                    errors.push(self.problem(
+                        "kafka.sasl_password",
+                        "is required with sasl_ssl (or set KAFKA_SECRET_ARN)",
+                    ));
                 }
                 KafkaSecurityConfig::SaslScram {
                     mechanism,
@@ -595,6 +717,7 @@ impl Layers {
                 retention_hours,
                 delivery_timeout_ms,
                 security,
+                cluster_arn,
             },
             openai: OpenAiConfig {
                 api_key: self.optional("openai.api_key").map(SecretString::from),
@@ -606,6 +729,7 @@ impl Layers {
                 prices,
             },
             agents: AgentsConfig { limits },
+            secrets,
         }
     }
 }

@@ -2,9 +2,10 @@
 //! builds adapters from configuration and hands them to the core services.
 
 pub mod config;
+pub mod doctor;
 pub mod platform;
 pub mod relay;
 pub mod telemetry;
 
 pub use config::{Config, ConfigError, Overrides};
-pub use platform::{Platform, StartupError};
+pub use platform::{Platform, StartupError, start};

@@ -10,6 +10,7 @@ use aop_core::processor::EventProcessor;
 use aop_core::{AgentService, AgentStore, Outbox, SessionStore, SystemClock};
 use aop_llm::{OpenAiChatModel, OpenAiSettings};
 use aop_mcp::{AgentServer, HttpOptions, Metrics};
+use aop_store_neo4j::Neo4jStore;
 use aop_store_sqlite::SqliteStore;
 use tokio_util::sync::CancellationToken;
 
@@ -30,7 +31,7 @@ pub enum StartupError {
     Kafka(#[from] aop_events::kafka::KafkaError),
     #[error("openai: {0}")]
     Llm(#[from] aop_llm::SetupError),
-    #[error("cannot open the embedded store in {dir}")]
+    #[error("cannot use the store at {dir}")]
     Store {
         dir: String,
         #[source]
@@ -51,6 +52,7 @@ pub struct Platform {
     pub store: Arc<dyn AgentStore>,
     pub metrics: Arc<Metrics>,
     store_description: String,
+    neo4j: Option<Neo4jStore>,
 }
 
 impl Platform {
@@ -59,21 +61,34 @@ impl Platform {
     /// # Errors
     /// `StartupError` naming the setting or the store that failed.
     pub fn build(config: &Config) -> Result<Self, StartupError> {
-        if config.database.neo4j.is_some() {
-            return Err(StartupError::Unsupported {
-                setting: "database.uri (NEO4J_URI)",
-                reason: "this build has no Neo4j store adapter yet; unset NEO4J_URI to use \
-                         the embedded store"
-                    .into(),
-            });
+        match &config.database.neo4j {
+            Some(neo4j) => {
+                let store = neo4j_store(neo4j, None)?;
+                let description = format!("neo4j at {}", store.target());
+                Self::wire(config, Arc::new(store.clone()), description, Some(store))
+            }
+            None => {
+                let dir = &config.database.data_dir;
+                let store = SqliteStore::open_dir(dir).map_err(|source| StartupError::Store {
+                    dir: dir.display().to_string(),
+                    source,
+                })?;
+                let description = format!("sqlite at {}", store.path().display());
+                Self::wire(config, Arc::new(store), description, None)
+            }
         }
-        let dir = &config.database.data_dir;
-        let store = SqliteStore::open_dir(dir).map_err(|source| StartupError::Store {
-            dir: dir.display().to_string(),
-            source,
-        })?;
-        let store_description = format!("sqlite at {}", store.path().display());
-        let store = Arc::new(store);
+    }
+
+    /// Builds the services on one store adapter.
+    fn wire<S>(
+        config: &Config,
+        store: Arc<S>,
+        store_description: String,
+        neo4j: Option<Neo4jStore>,
+    ) -> Result<Self, StartupError>
+    where
+        S: AgentStore + SessionStore + Outbox + FeedbackStore + 'static,
+    {
         let sessions: Arc<dyn SessionStore> = store.clone();
         let outbox: Arc<dyn Outbox> = store.clone();
         let feedback_store: Arc<dyn FeedbackStore> = store.clone();
@@ -110,7 +125,47 @@ impl Platform {
             store,
             metrics,
             store_description,
+            neo4j,
         })
+    }
+
+    /// Makes sure the store can serve this build: on Neo4j, applies pending migrations when
+    /// `AOP_MIGRATE_ON_START` is set, else refuses a graph whose schema is not this build's. A
+    /// server that cannot be reached is not fatal here: requests report it, and `/health` too.
+    ///
+    /// # Errors
+    /// `Store` when the schema is wrong or a migration fails.
+    pub async fn prepare_store(&self, config: &Config) -> Result<(), StartupError> {
+        let (Some(store), Some(settings)) = (&self.neo4j, &config.database.neo4j) else {
+            return Ok(());
+        };
+        let outcome = if settings.migrate_on_start {
+            aop_store_neo4j::migrations::migrate(store)
+                .await
+                .map(|applied| {
+                    if !applied.is_empty() {
+                        tracing::info!(?applied, "graph migrations applied at start");
+                    }
+                })
+        } else {
+            aop_store_neo4j::migrations::check(store).await
+        };
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(e @ aop_core::StoreError::Unavailable { .. }) => {
+                tracing::warn!(error = %e, "Neo4j is not reachable yet; requests will fail until it is");
+                Ok(())
+            }
+            Err(source) => Err(StartupError::Store {
+                dir: store.target().to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// The Neo4j store, when the platform runs on one.
+    pub fn neo4j(&self) -> Option<&Neo4jStore> {
+        self.neo4j.as_ref()
     }
 
     pub fn store_description(&self) -> &str {
@@ -178,12 +233,26 @@ impl Platform {
 /// The model endpoint from configuration: OpenAI when only a key is given, the configured base
 /// URL otherwise (a local server may need no key), and none at all when neither is set.
 fn chat_model(config: &Config) -> Result<Arc<dyn ChatModel>, StartupError> {
+    match openai_model(config)? {
+        Some(model) => Ok(Arc::new(model)),
+        None => {
+            tracing::info!(
+                "no LLM configured (OPENAI_API_KEY / OPENAI_BASE_URL): agent turns will fail until one is"
+            );
+            Ok(Arc::new(UnconfiguredModel))
+        }
+    }
+}
+
+/// The OpenAI-compatible client from configuration, or none when neither a key nor a base URL
+/// is set.
+///
+/// # Errors
+/// `Llm` when the HTTP client cannot be built.
+pub fn openai_model(config: &Config) -> Result<Option<OpenAiChatModel>, StartupError> {
     let openai = &config.openai;
     if openai.api_key.is_none() && openai.base_url.is_none() {
-        tracing::info!(
-            "no LLM configured (OPENAI_API_KEY / OPENAI_BASE_URL): agent turns will fail until one is"
-        );
-        return Ok(Arc::new(UnconfiguredModel));
+        return Ok(None);
     }
     let base_url = openai
         .base_url
@@ -194,7 +263,7 @@ fn chat_model(config: &Config) -> Result<Arc<dyn ChatModel>, StartupError> {
     settings.attempt_timeout = std::time::Duration::from_secs(openai.timeout_seconds);
     settings.max_attempts = openai.max_retries + 1;
     tracing::info!(base_url = %settings.base_url, model = %openai.model, "LLM endpoint configured");
-    Ok(Arc::new(OpenAiChatModel::new(settings)?))
+    Ok(Some(OpenAiChatModel::new(settings)?))
 }
 
 /// Kafka client settings from configuration.
@@ -259,4 +328,48 @@ pub fn topics(config: &Config) -> aop_events::Topics {
         feedback_events: config.kafka.feedback_events_topic.clone(),
         evolution_events: config.kafka.evolution_events_topic.clone(),
     }
+}
+
+/// Everything a process does before serving: settle the configuration (secrets, brokers), build
+/// the platform on it and make sure the store can serve this build. Every binary starts here.
+///
+/// # Errors
+/// As [`Platform::build`] and [`Platform::prepare_store`].
+pub async fn start(config: Config) -> Result<(Config, Platform), StartupError> {
+    let platform = Platform::build(&config)?;
+    platform.prepare_store(&config).await?;
+    Ok((config, platform))
+}
+
+/// The Neo4j store adapter from the `database` settings.
+///
+/// # Errors
+/// `Unsupported` naming `NEO4J_URI` when no URI is known; `Store` when the URI cannot be used.
+pub fn neo4j_store(
+    settings: &crate::config::Neo4jConfig,
+    credentials: Option<Arc<dyn aop_store_neo4j::CredentialSource>>,
+) -> Result<Neo4jStore, StartupError> {
+    if settings.uri.is_empty() {
+        return Err(StartupError::Unsupported {
+            setting: "database.uri (NEO4J_URI)",
+            reason:
+                "no Neo4j URI: set NEO4J_URI, or put \"uri\" in the secret NEO4J_SECRET_ARN names"
+                    .into(),
+        });
+    }
+    let mut config = aop_store_neo4j::Neo4jConfig::new(
+        settings.uri.clone(),
+        settings.username.clone(),
+        settings.password.clone(),
+    );
+    config.database = settings.database.clone();
+    config.max_connections = settings.max_connections;
+    config.connection_timeout = settings.connection_timeout;
+    config.fetch_size = settings.fetch_size;
+    config.max_connection_lifetime = settings.max_connection_lifetime;
+    config.operation_timeout = settings.operation_timeout;
+    Neo4jStore::with_credentials(config, credentials).map_err(|source| StartupError::Store {
+        dir: aop_store_neo4j::redact_uri(&settings.uri),
+        source,
+    })
 }

@@ -1,0 +1,169 @@
+//! Store latency on Neo4j (over Bolt) next to the embedded store, and bulk writes:
+//! - `get_agent` and `list_agents` (a page of 50) latency, p50 and p99, on 200 agents;
+//! - the time to write 10,000 interactions one by one (`record_turn`) and in batches of 500
+//!   (`record_interactions`, one `UNWIND` per batch).
+//!
+//! `AOP_BENCH_NEO4J=bolt://127.0.0.1:PORT cargo bench -p aop-store-neo4j --bench graph`
+//! (user `AOP_BENCH_NEO4J_USER`, default `root`; password `AOP_BENCH_NEO4J_PASSWORD`, default
+//! `aop-test-password`; database `AOP_BENCH_NEO4J_DATABASE`, default `neo4j`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aop_core::session::{Interaction, InteractionId, InteractionStatus, TokenUsage};
+use aop_core::{
+    AgentFilter, AgentId, AgentService, AgentStore, CreateAgent, PageRequest, SessionStore,
+    SystemClock,
+};
+use aop_store_neo4j::{Neo4jConfig, Neo4jStore, migrations};
+use aop_store_sqlite::SqliteStore;
+use secrecy::SecretString;
+
+const AGENTS: usize = 200;
+const GETS: usize = 2_000;
+const LISTS: usize = 500;
+const INTERACTIONS: usize = 10_000;
+const BATCH: usize = 500;
+
+fn percentile(samples: &mut [Duration], p: f64) -> f64 {
+    samples.sort();
+    let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[index].as_secs_f64() * 1_000.0
+}
+
+async fn seed(store: Arc<dyn AgentStore>) -> Vec<AgentId> {
+    let svc = AgentService::new(store, Arc::new(SystemClock), "bench-model");
+    let mut ids = Vec::with_capacity(AGENTS);
+    for i in 0..AGENTS {
+        let created = svc
+            .create(CreateAgent {
+                name: format!("bench agent {i}"),
+                domain: Some("bench".into()),
+                instructions: "answer briefly".into(),
+                ..CreateAgent::default()
+            })
+            .await
+            .expect("create");
+        ids.push(created.agent.agent_id);
+    }
+    ids
+}
+
+async fn reads(name: &str, store: Arc<dyn AgentStore>) {
+    let ids = seed(store.clone()).await;
+    let mut samples = Vec::with_capacity(GETS);
+    for i in 0..GETS {
+        let started = Instant::now();
+        store
+            .get_agent(&ids[i % ids.len()])
+            .await
+            .expect("get")
+            .expect("found");
+        samples.push(started.elapsed());
+    }
+    println!(
+        "{name:<8} get_agent   p50 {:.3} ms  p99 {:.3} ms  ({GETS} calls)",
+        percentile(&mut samples, 0.5),
+        percentile(&mut samples, 0.99)
+    );
+    let filter = AgentFilter {
+        domain: Some("bench".into()),
+        ..AgentFilter::default()
+    };
+    let page = PageRequest {
+        after: None,
+        limit: 50,
+    };
+    let mut samples = Vec::with_capacity(LISTS);
+    for _ in 0..LISTS {
+        let started = Instant::now();
+        let listed = store.list_agents(&filter, &page).await.expect("list");
+        assert!(listed.len() > 50);
+        samples.push(started.elapsed());
+    }
+    println!(
+        "{name:<8} list_agents p50 {:.3} ms  p99 {:.3} ms  ({LISTS} pages of 50)",
+        percentile(&mut samples, 0.5),
+        percentile(&mut samples, 0.99)
+    );
+}
+
+fn interaction(agent: &AgentId) -> Interaction {
+    Interaction {
+        interaction_id: InteractionId::generate(),
+        agent_id: agent.clone(),
+        version: 1,
+        session_id: None,
+        parent_interaction_id: None,
+        input: "What is the capital of France?".into(),
+        output: Some("Paris.".into()),
+        model: "bench-model".into(),
+        usage: TokenUsage {
+            prompt_tokens: 24,
+            completion_tokens: 3,
+        },
+        cost_usd: Some(0.000_01),
+        latency_ms: 420,
+        tool_calls: Vec::new(),
+        status: InteractionStatus::Completed,
+        error: None,
+        created_at: 1_790_000_000_000,
+    }
+}
+
+async fn one_by_one(name: &str, store: Arc<dyn SessionStore>, agent: &AgentId) {
+    let started = Instant::now();
+    for _ in 0..INTERACTIONS {
+        store
+            .record_turn(&interaction(agent), &[], &[])
+            .await
+            .expect("record");
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "{name:<8} {INTERACTIONS} interactions one by one: {:.2} s ({:.0}/s)",
+        elapsed.as_secs_f64(),
+        INTERACTIONS as f64 / elapsed.as_secs_f64()
+    );
+}
+
+fn main() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sqlite = Arc::new(SqliteStore::open_dir(dir.path()).expect("sqlite"));
+        reads("embedded", sqlite.clone()).await;
+        let agent = seed(sqlite.clone()).await.remove(0);
+        one_by_one("embedded", sqlite, &agent).await;
+
+        let Ok(uri) = std::env::var("AOP_BENCH_NEO4J") else {
+            println!("neo4j: skipped (set AOP_BENCH_NEO4J=bolt://host:port)");
+            return;
+        };
+        let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.into());
+        let mut config = Neo4jConfig::new(
+            uri,
+            env("AOP_BENCH_NEO4J_USER", "root"),
+            SecretString::from(env("AOP_BENCH_NEO4J_PASSWORD", "aop-test-password")),
+        );
+        config.database = env("AOP_BENCH_NEO4J_DATABASE", "neo4j");
+        config.operation_timeout = Duration::from_secs(60);
+        let neo4j = Neo4jStore::new(config).expect("neo4j");
+        migrations::migrate(&neo4j).await.expect("migrate");
+        let neo4j = Arc::new(neo4j);
+        reads("neo4j", neo4j.clone()).await;
+        let agent = seed(neo4j.clone()).await.remove(0);
+        one_by_one("neo4j", neo4j.clone(), &agent).await;
+        let started = Instant::now();
+        for _ in 0..INTERACTIONS / BATCH {
+            let batch: Vec<Interaction> = (0..BATCH).map(|_| interaction(&agent)).collect();
+            neo4j.record_interactions(&batch, &[]).await.expect("batch");
+        }
+        let elapsed = started.elapsed();
+        println!(
+            "neo4j    {INTERACTIONS} interactions in batches of {BATCH}: {:.2} s ({:.0}/s)",
+            elapsed.as_secs_f64(),
+            INTERACTIONS as f64 / elapsed.as_secs_f64()
+        );
+    });
+}

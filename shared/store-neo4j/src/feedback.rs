@@ -1,0 +1,301 @@
+//! Feedback, ratings and fitness: `(:User)-[:PROVIDED_FEEDBACK]->(:Feedback)`,
+//! `(:Feedback)-[:ABOUT]->(:Interaction|:Session)`, `(:Feedback)-[:RATES]->(:AgentVersion)`,
+//! `(:Feedback)-[:HAS_RATING]->(:Rating)`, `(:Fitness)-[:OF]->(:AgentVersion)` and
+//! `(:ProcessedEvent)` records that make event handling idempotent.
+
+use aop_core::feedback::{Feedback, FeedbackStore, FitnessUpdate, MetricStats};
+use aop_core::{AgentId, Clock, DomainEvent, StoreError, SystemClock};
+use async_trait::async_trait;
+use neo4rs::{BoltType, Row, query};
+use serde_json::{Value, json};
+
+use crate::params::{bolt, event_rows, version_key};
+use crate::{Neo4jStore, Work, column, outbox, rows, run};
+
+/// Sample variance from a running sum of squared differences.
+fn variance(count: u64, m2: f64) -> f64 {
+    if count > 1 {
+        (m2 / (count - 1) as f64).max(0.0)
+    } else {
+        0.0
+    }
+}
+
+fn decode_stats(row: &Row, prefix: &str) -> Result<MetricStats, StoreError> {
+    let count: i64 = column(row, "n", "statistics count")?;
+    let count = u64::try_from(count).unwrap_or(0);
+    let metric: String = column(row, "metric", "statistics metric")?;
+    Ok(MetricStats {
+        version: column(row, "version", "statistics version")?,
+        metric: format!("{prefix}{metric}"),
+        count,
+        mean: column(row, "mean", "statistics mean")?,
+        variance: variance(count, column(row, "m2", "statistics m2")?),
+    })
+}
+
+/// `AND` clauses for the optional version and metric filters, on node `x`.
+fn filters(version: Option<u32>, metric: Option<&str>) -> (String, Vec<(&'static str, BoltType)>) {
+    let mut sql = String::new();
+    let mut params = Vec::new();
+    if let Some(v) = version {
+        sql.push_str(" AND x.version = $version");
+        params.push(("version", i64::from(v).into()));
+    }
+    if let Some(m) = metric {
+        sql.push_str(" AND x.metric = $metric");
+        params.push(("metric", m.into()));
+    }
+    (sql, params)
+}
+
+#[async_trait]
+impl FeedbackStore for Neo4jStore {
+    async fn insert_feedback(
+        &self,
+        f: &Feedback,
+        events: &[DomainEvent],
+    ) -> Result<(), StoreError> {
+        let props = bolt(json!({
+            "feedback_id": f.feedback_id.as_str(),
+            "agent_id": f.agent_id.as_str(),
+            "version": f.version,
+            "session_id": f.session_id.as_ref().map(|s| s.as_str()),
+            "interaction_id": f.interaction_id.as_ref().map(|i| i.as_str()),
+            "comments": f.comments,
+            "categories": f.categories,
+            "user_id": f.user_id,
+            "created_at": f.created_at,
+        }))?;
+        let ratings = bolt(Value::Array(
+            f.ratings
+                .iter()
+                .map(|r| {
+                    json!({
+                        "feedback_id": f.feedback_id.as_str(),
+                        "agent_id": f.agent_id.as_str(),
+                        "version": f.version,
+                        "metric": r.metric,
+                        "value": r.value,
+                        "scale_min": r.scale_min,
+                        "scale_max": r.scale_max,
+                        "normalized": r.normalized,
+                        "created_at": f.created_at,
+                    })
+                })
+                .collect(),
+        ))?;
+        let id = f.feedback_id.to_string();
+        let user = f.user_id.clone();
+        let key = version_key(f.agent_id.as_str(), f.version);
+        let session = f.session_id.as_ref().map(ToString::to_string);
+        let interaction = f.interaction_id.as_ref().map(ToString::to_string);
+        let events = event_rows(events)?;
+        self.transact("insert_feedback", |txn| -> Work<'_, ()> {
+            let (props, ratings, id, user, key, session, interaction, events) = (
+                props.clone(),
+                ratings.clone(),
+                id.clone(),
+                user.clone(),
+                key.clone(),
+                session.clone(),
+                interaction.clone(),
+                events.clone(),
+            );
+            Box::pin(async move {
+                run(
+                    txn,
+                    query(
+                        "CREATE (f:Feedback {feedback_id: $id}) SET f += $props
+                         MERGE (u:User {user_id: $user_id})
+                         CREATE (u)-[:PROVIDED_FEEDBACK]->(f)
+                         WITH f
+                         MATCH (v:AgentVersion {key: $key})
+                         CREATE (f)-[:RATES]->(v)",
+                    )
+                    .param("id", id.as_str())
+                    .param("props", props)
+                    .param("user_id", user.as_str())
+                    .param("key", key.as_str()),
+                )
+                .await?;
+                // Feedback is about the most specific thing named: the turn, else the session.
+                let about = match (&interaction, &session) {
+                    (Some(i), _) => Some((
+                        "MATCH (f:Feedback {feedback_id: $id})
+                         MATCH (t:Interaction {interaction_id: $target})
+                         CREATE (f)-[:ABOUT]->(t)",
+                        i,
+                    )),
+                    (None, Some(s)) => Some((
+                        "MATCH (f:Feedback {feedback_id: $id})
+                         MATCH (t:Session {session_id: $target})
+                         CREATE (f)-[:ABOUT]->(t)",
+                        s,
+                    )),
+                    (None, None) => None,
+                };
+                if let Some((statement, target)) = about {
+                    run(
+                        txn,
+                        query(statement)
+                            .param("id", id.as_str())
+                            .param("target", target.as_str()),
+                    )
+                    .await?;
+                }
+                run(
+                    txn,
+                    query(
+                        "MATCH (f:Feedback {feedback_id: $id})
+                         UNWIND $ratings AS r
+                         CREATE (f)-[:HAS_RATING]->(x:Rating)
+                         SET x += r",
+                    )
+                    .param("id", id.as_str())
+                    .param("ratings", ratings),
+                )
+                .await?;
+                outbox::write_events(txn, events).await
+            })
+        })
+        .await
+    }
+
+    async fn apply_once(
+        &self,
+        event_id: &str,
+        updates: &[FitnessUpdate],
+    ) -> Result<bool, StoreError> {
+        let event_id = event_id.to_owned();
+        let updates = bolt(Value::Array(
+            updates
+                .iter()
+                .map(|u| {
+                    json!({
+                        "key": format!("{}:{}", version_key(u.agent_id.as_str(), u.version), u.metric),
+                        "version_key": version_key(u.agent_id.as_str(), u.version),
+                        "agent_id": u.agent_id.as_str(),
+                        "version": u.version,
+                        "metric": u.metric,
+                        "value": u.value,
+                    })
+                })
+                .collect(),
+        ))?;
+        self.transact("apply_once", |txn| -> Work<'_, bool> {
+            let (event_id, updates) = (event_id.clone(), updates.clone());
+            Box::pin(async move {
+                let seen = rows(
+                    txn,
+                    query("MATCH (p:ProcessedEvent {event_id: $event_id}) RETURN count(p) AS n")
+                        .param("event_id", event_id.as_str()),
+                )
+                .await?;
+                let n: i64 = seen.first().map_or(Ok(0), |r| column(r, "n", "count"))?;
+                if n > 0 {
+                    return Ok(false);
+                }
+                let now = SystemClock.now_ms();
+                // The unique event id makes a concurrent second delivery fail at commit.
+                run(
+                    txn,
+                    query("CREATE (:ProcessedEvent {event_id: $event_id, processed_at: $now})")
+                        .param("event_id", event_id.as_str())
+                        .param("now", now),
+                )
+                .await?;
+                // Welford's update, in the statement that locks the node, so concurrent
+                // updates of one metric never read a stale mean. Each SET sees the previous.
+                run(
+                    txn,
+                    query(
+                        "UNWIND $updates AS u
+                         MERGE (x:Fitness {key: u.key})
+                         ON CREATE SET x.agent_id = u.agent_id, x.version = u.version,
+                             x.metric = u.metric, x.samples = 0, x.mean = 0.0, x.m2 = 0.0
+                         SET x.samples = x.samples + 1
+                         SET x.m2 = x.m2 + (u.value - x.mean)
+                             * (u.value - (x.mean + (u.value - x.mean) / x.samples))
+                         SET x.mean = x.mean + (u.value - x.mean) / x.samples
+                         SET x.updated_at = $now",
+                    )
+                    .param("updates", updates.clone())
+                    .param("now", now),
+                )
+                .await?;
+                run(
+                    txn,
+                    query(
+                        "UNWIND $updates AS u
+                         MATCH (x:Fitness {key: u.key})
+                         MATCH (v:AgentVersion {key: u.version_key})
+                         MERGE (x)-[:OF]->(v)",
+                    )
+                    .param("updates", updates),
+                )
+                .await?;
+                Ok(true)
+            })
+        })
+        .await
+    }
+
+    async fn fitness(
+        &self,
+        agent_id: &AgentId,
+        version: Option<u32>,
+        metric: Option<&str>,
+    ) -> Result<Vec<MetricStats>, StoreError> {
+        let (and, params) = filters(version, metric);
+        let text = format!(
+            "MATCH (x:Fitness) WHERE x.agent_id = $agent_id{and}
+             RETURN x.version AS version, x.metric AS metric, x.samples AS n, x.mean AS mean,
+                 x.m2 AS m2
+             ORDER BY version, metric"
+        );
+        let id = agent_id.to_string();
+        let found = self
+            .transact("fitness", |txn| -> Work<'_, Vec<Row>> {
+                let q = query(&text)
+                    .param("agent_id", id.as_str())
+                    .params(params.iter().map(|(k, v)| (*k, v.clone())));
+                Box::pin(rows(txn, q))
+            })
+            .await?;
+        found.iter().map(|r| decode_stats(r, "")).collect()
+    }
+
+    async fn rating_stats(
+        &self,
+        agent_id: &AgentId,
+        version: Option<u32>,
+        metric: Option<&str>,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<MetricStats>, StoreError> {
+        let (and, params) = filters(version, metric);
+        // `m2` is the sum of squared differences from the mean, as `Fitness.m2` is.
+        let text = format!(
+            "MATCH (x:Rating) WHERE x.agent_id = $agent_id
+                 AND x.created_at >= $from AND x.created_at < $to{and}
+             WITH x.version AS version, x.metric AS metric, count(*) AS n,
+                 avg(x.normalized) AS mean, sum(x.normalized * x.normalized) AS squares,
+                 sum(x.normalized) AS total
+             RETURN version, metric, n, mean, squares - total * total / n AS m2
+             ORDER BY version, metric"
+        );
+        let id = agent_id.to_string();
+        let found = self
+            .transact("rating_stats", |txn| -> Work<'_, Vec<Row>> {
+                let q = query(&text)
+                    .param("agent_id", id.as_str())
+                    .param("from", from)
+                    .param("to", to)
+                    .params(params.iter().map(|(k, v)| (*k, v.clone())));
+                Box::pin(rows(txn, q))
+            })
+            .await?;
+        found.iter().map(|r| decode_stats(r, "feedback.")).collect()
+    }
+}

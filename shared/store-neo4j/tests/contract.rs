@@ -1,0 +1,274 @@
+//! The store contract suite against a real Bolt server, plus what only a networked graph store
+//! has to show: a failed use case leaves no partial nodes, an outage fails within the budget with
+//! an error that names Neo4j and the URI (never the password), and the store recovers without a
+//! restart.
+//!
+//! Needs `AOP_TEST_NEO4J=bolt://127.0.0.1:PORT` (`infra/neo4j/arcadedb start PORT` starts one);
+//! `AOP_TEST_NEO4J_USER` (default `root`), `AOP_TEST_NEO4J_PASSWORD` (default
+//! `aop-test-password`), `AOP_TEST_NEO4J_DATABASE` (default `neo4j`).
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use aop_core::contract::Fixture;
+use aop_core::{AgentService, AgentStore, CreateAgent, SystemClock};
+use aop_store_neo4j::{Neo4jConfig, Neo4jStore, migrations};
+use secrecy::SecretString;
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+fn config() -> Option<Neo4jConfig> {
+    let Ok(uri) = std::env::var("AOP_TEST_NEO4J") else {
+        assert!(
+            std::env::var_os("AOP_REQUIRE_SERVICES").is_none(),
+            "AOP_TEST_NEO4J is not set, but AOP_REQUIRE_SERVICES requires the Neo4j tests"
+        );
+        eprintln!("SKIPPED (service not configured): set AOP_TEST_NEO4J=bolt://host:port");
+        return None;
+    };
+    let env = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
+    let mut config = Neo4jConfig::new(
+        uri,
+        env("AOP_TEST_NEO4J_USER", "root"),
+        SecretString::from(env("AOP_TEST_NEO4J_PASSWORD", "aop-test-password")),
+    );
+    config.database = env("AOP_TEST_NEO4J_DATABASE", "neo4j");
+    Some(config)
+}
+
+/// The cases share one database and some count the whole outbox, so they take turns.
+fn turn() -> Arc<Mutex<()>> {
+    static TURN: OnceLock<Arc<Mutex<()>>> = OnceLock::new();
+    TURN.get_or_init(|| Arc::new(Mutex::new(()))).clone()
+}
+
+async fn store() -> Option<(Neo4jStore, OwnedMutexGuard<()>)> {
+    let config = config()?;
+    let guard = turn().lock_owned().await;
+    let store = Neo4jStore::new(config).expect("store");
+    migrations::migrate(&store).await.expect("migrate");
+    Some((store, guard))
+}
+
+async fn fixture() -> Option<Fixture> {
+    let (store, guard) = store().await?;
+    Some(Fixture::new(Arc::new(store), guard))
+}
+
+aop_core::store_contract_tests!(fixture());
+
+#[tokio::test]
+async fn migrations_are_idempotent_and_recorded() {
+    let Some((store, _turn)) = store().await else {
+        return;
+    };
+    assert!(
+        migrations::migrate(&store).await.unwrap().is_empty(),
+        "a second run applies nothing"
+    );
+    assert_eq!(
+        migrations::applied_version(&store).await.unwrap(),
+        migrations::SCHEMA_VERSION
+    );
+    migrations::check(&store).await.unwrap();
+    let health = store.health().await;
+    assert!(health.up, "{health:?}");
+    assert!(health.detail.contains("schema version"), "{health:?}");
+}
+
+#[tokio::test]
+async fn a_use_case_that_fails_half_way_leaves_no_partial_nodes() {
+    let Some((store, _turn)) = store().await else {
+        return;
+    };
+    let svc = AgentService::new(Arc::new(store.clone()), Arc::new(SystemClock), "m");
+    let created = svc
+        .create(CreateAgent {
+            name: "half-way".into(),
+            instructions: "v1".into(),
+            ..CreateAgent::default()
+        })
+        .await
+        .unwrap();
+    // A version whose parent does not exist fails after the version node and its capability
+    // were created in the transaction: all of it must roll back.
+    let mut agent = created.agent.clone();
+    agent.latest_version = 2;
+    let mut version = created.version.clone();
+    version.version = 2;
+    version.parents = vec![aop_core::VersionRef {
+        agent_id: agent.agent_id.clone(),
+        version: 99,
+    }];
+    version.capabilities = vec![aop_core::Capability {
+        name: "ghost".into(),
+        description: String::new(),
+        parameters: None,
+        effectiveness: None,
+        delegate_to: None,
+    }];
+    let event = aop_core::DomainEvent::new(
+        aop_core::EventType::AgentVersionCreated,
+        &agent.agent_id,
+        0,
+        serde_json::json!({"doomed": true}),
+    );
+    let err = store
+        .insert_version(&agent, &version, std::slice::from_ref(&event))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("parent"), "{err}");
+    assert!(
+        store
+            .get_version(&agent.agent_id, 2)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let stored = store.get_agent(&agent.agent_id).await.unwrap().unwrap();
+    assert_eq!(stored.latest_version, 1, "the agent node is untouched");
+    let pending = aop_core::Outbox::pending(&store, 10_000).await.unwrap();
+    assert!(pending.iter().all(|e| e.id != event.id), "no event either");
+    // A capability node of the rolled-back version would show up in a capability filter.
+    let ghosts = svc
+        .list(aop_core::ListAgents {
+            capability: Some("ghost".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(ghosts.items.iter().all(|a| a.agent_id != agent.agent_id));
+}
+
+#[tokio::test]
+async fn an_unreachable_server_fails_within_the_budget_naming_neo4j_and_not_the_password() {
+    let Some(mut config) = config() else {
+        return;
+    };
+    // A port nothing listens on: the outage as a client sees it.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    config.uri = format!("bolt://127.0.0.1:{port}");
+    config.password = SecretString::from("s3cr3t-never-printed".to_owned());
+    config.operation_timeout = Duration::from_millis(1_500);
+    config.connection_timeout = Duration::from_millis(500);
+    let store = Neo4jStore::new(config).unwrap();
+    let started = std::time::Instant::now();
+    let err = store
+        .get_agent(&aop_core::AgentId::parse("agent_id", "agt_x").unwrap())
+        .await
+        .unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(err.is_transient(), "{err:?}");
+    let text = format!("{err} {err:?}");
+    assert!(text.contains("Neo4j"), "{text}");
+    assert!(text.contains(&format!("bolt://127.0.0.1:{port}")), "{text}");
+    assert!(!text.contains("s3cr3t"), "{text}");
+    assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
+}
+
+/// A TCP relay to the real server that the test can cut and restore: an outage as the store's
+/// connections see it (refused connects, dead pooled connections), without stopping the server.
+struct Relay {
+    port: u16,
+    upstream: std::net::SocketAddr,
+    tasks: Option<tokio::task::JoinSet<()>>,
+}
+
+impl Relay {
+    async fn start(upstream: std::net::SocketAddr) -> Self {
+        let mut relay = Self {
+            port: 0,
+            upstream,
+            tasks: None,
+        };
+        relay.restore().await;
+        relay
+    }
+
+    /// Listens again, on the same port once one was chosen.
+    async fn restore(&mut self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .expect("bind relay");
+        self.port = listener.local_addr().unwrap().port();
+        let upstream = self.upstream;
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                connections.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        self.tasks = Some(tasks);
+    }
+
+    /// Closes the listener and every relayed connection.
+    async fn cut(&mut self) {
+        if let Some(mut tasks) = self.tasks.take() {
+            tasks.shutdown().await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_outage_fails_within_the_budget_and_the_store_recovers_without_a_restart() {
+    let Some(mut config) = config() else {
+        return;
+    };
+    let upstream = tokio::net::lookup_host(
+        config
+            .uri
+            .split_once("://")
+            .map_or(config.uri.as_str(), |(_, rest)| rest),
+    )
+    .await
+    .unwrap()
+    .next()
+    .unwrap();
+    let mut relay = Relay::start(upstream).await;
+    config.uri = format!("bolt://127.0.0.1:{}", relay.port);
+    config.operation_timeout = Duration::from_millis(2_000);
+    config.connection_timeout = Duration::from_millis(500);
+    let store = Neo4jStore::new(config).unwrap();
+    migrations::migrate(&store).await.unwrap();
+    let svc = AgentService::new(Arc::new(store.clone()), Arc::new(SystemClock), "m");
+    let created = svc
+        .create(CreateAgent {
+            name: "through an outage".into(),
+            instructions: "v1".into(),
+            ..CreateAgent::default()
+        })
+        .await
+        .unwrap();
+    let id = created.agent.agent_id;
+
+    relay.cut().await;
+    let started = std::time::Instant::now();
+    let err = svc.get(&id, None).await.unwrap_err();
+    let elapsed = started.elapsed();
+    let aop_core::ServiceError::Store(err) = err else {
+        panic!("expected a store failure, got {err}");
+    };
+    assert!(err.is_transient(), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("Neo4j"), "{text}");
+    assert!(
+        text.contains(&format!("bolt://127.0.0.1:{}", relay.port)),
+        "{text}"
+    );
+    assert!(!text.contains("aop-test-password"), "{text}");
+    assert!(elapsed < Duration::from_secs(4), "took {elapsed:?}");
+
+    relay.restore().await;
+    let back = svc
+        .get(&id, None)
+        .await
+        .expect("the same store works again");
+    assert_eq!(back.agent.agent_id, id);
+}
