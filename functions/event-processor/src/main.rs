@@ -15,12 +15,14 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 async fn main() -> Result<(), Error> {
     let config = Config::load(None, &Overrides::default())?;
     telemetry::init(&config.log_level)?;
-    if config.kafka.bootstrap_servers.is_none() {
+    if config.kafka.bootstrap_servers.is_none() && config.kafka.cluster_arn.is_none() {
         return Err(
-            "kafka.bootstrap_servers (KAFKA_BOOTSTRAP_SERVERS) must be set: dead letters go to Kafka"
+            "kafka.bootstrap_servers (KAFKA_BOOTSTRAP_SERVERS) or kafka.cluster_arn \
+             (MSK_CLUSTER_ARN) must be set: dead letters go to Kafka"
                 .into(),
         );
     }
+    // Looks the brokers up from the cluster ARN when no bootstrap servers are given.
     let (config, platform) = aop_runtime::start(config).await?;
     let dead = Arc::new(KafkaDeadLetters::new(&kafka_settings(&config)?)?);
     let processor = platform.processor.clone();

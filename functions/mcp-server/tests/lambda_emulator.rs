@@ -1,73 +1,11 @@
 //! Runs the real `mcp-server` binary against the Lambda Runtime API emulator and feeds it API
 //! Gateway HTTP API (payload 2.0) events, as Lambda would.
 
-use base64::Engine as _;
+mod api;
+
+use api::{API_HOST, Api, body_json};
 use lambda_emulator::LambdaEmulator;
-use serde_json::{Value, json};
-
-const FIXTURE: &str = include_str!("fixtures/apigw_http_v2_request.json");
-const API_HOST: &str = "abc123.execute-api.eu-west-1.amazonaws.com";
-
-struct Api {
-    lambda: LambdaEmulator,
-    next_id: u64,
-}
-
-impl Api {
-    /// Sends an API Gateway event for `method path` and returns the API Gateway response.
-    async fn request(
-        &mut self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Option<Value>,
-    ) -> Value {
-        self.next_id += 1;
-        let mut event: Value = serde_json::from_str(FIXTURE).unwrap();
-        event["requestContext"]["http"]["method"] = json!(method);
-        event["requestContext"]["http"]["path"] = json!(path);
-        event["requestContext"]["requestId"] = json!(format!("apigw-{}", self.next_id));
-        event["rawPath"] = json!(path);
-        for (k, v) in headers {
-            event["headers"][*k] = json!(v);
-        }
-        event["body"] = body.map_or(Value::Null, |b| json!(b.to_string()));
-        self.lambda
-            .invoke(event)
-            .await
-            .unwrap_or_else(|e| panic!("invocation failed: {e}"))
-    }
-
-    async fn rpc(&mut self, method: &str, params: Value) -> Value {
-        let body =
-            json!({"jsonrpc": "2.0", "id": self.next_id + 1, "method": method, "params": params});
-        let response = self
-            .request(
-                "POST",
-                "/mcp",
-                &[("mcp-protocol-version", "2025-11-25")],
-                Some(body),
-            )
-            .await;
-        assert_eq!(response["statusCode"], 200, "{response}");
-        body_json(&response)
-    }
-}
-
-fn body_json(response: &Value) -> Value {
-    let raw = response["body"].as_str().unwrap_or_default();
-    let text = if response["isBase64Encoded"] == true {
-        String::from_utf8(
-            base64::engine::general_purpose::STANDARD
-                .decode(raw)
-                .unwrap(),
-        )
-        .unwrap()
-    } else {
-        raw.to_owned()
-    };
-    serde_json::from_str(&text).unwrap_or_else(|_| panic!("JSON body expected: {text}"))
-}
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_gateway_events_round_trip_through_the_real_binary() {

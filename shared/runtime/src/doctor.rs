@@ -27,7 +27,7 @@ pub struct Check {
 }
 
 impl Check {
-    fn ok(name: &'static str, detail: impl Into<String>) -> Self {
+    pub(crate) fn ok(name: &'static str, detail: impl Into<String>) -> Self {
         Self {
             name,
             status: Status::Ok,
@@ -36,7 +36,7 @@ impl Check {
         }
     }
 
-    fn skipped(name: &'static str, detail: impl Into<String>) -> Self {
+    pub(crate) fn skipped(name: &'static str, detail: impl Into<String>) -> Self {
         Self {
             name,
             status: Status::Skipped,
@@ -45,7 +45,11 @@ impl Check {
         }
     }
 
-    fn failed(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
+    pub(crate) fn failed(
+        name: &'static str,
+        detail: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
         Self {
             name,
             status: Status::Failed,
@@ -72,7 +76,7 @@ impl Check {
 
 /// Runs every check, in the order a start-up needs them.
 pub async fn run(config: &Config) -> Vec<Check> {
-    let mut checks = Vec::new();
+    let mut checks = crate::secrets::doctor(config).await;
     checks.push(store(config).await);
     checks.push(kafka(config).await);
     checks.push(llm(config).await);

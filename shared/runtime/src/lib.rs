@@ -5,6 +5,7 @@ pub mod config;
 pub mod doctor;
 pub mod platform;
 pub mod relay;
+pub mod secrets;
 pub mod telemetry;
 
 pub use config::{Config, ConfigError, Overrides};

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::relay::{InProcessSink, NotifySignal, OutboxRelay};
+use crate::secrets::Secrets;
 
 /// Why the platform could not start.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +32,12 @@ pub enum StartupError {
     Kafka(#[from] aop_events::kafka::KafkaError),
     #[error("openai: {0}")]
     Llm(#[from] aop_llm::SetupError),
+    #[error("secrets: {0}")]
+    Secret(#[from] aop_aws::SecretsError),
+    #[error("aws: {0}")]
+    Aws(String),
+    #[error("msk: {0}")]
+    Msk(#[from] aop_aws::MskError),
     #[error("cannot use the store at {dir}")]
     Store {
         dir: String,
@@ -61,11 +68,34 @@ impl Platform {
     /// # Errors
     /// `StartupError` naming the setting or the store that failed.
     pub fn build(config: &Config) -> Result<Self, StartupError> {
+        Self::build_with(config, None)
+    }
+
+    /// As [`Platform::build`], with the secrets cache: a refused Neo4j login or OpenAI key then
+    /// reads its secret again before giving up.
+    ///
+    /// # Errors
+    /// As [`Platform::build`].
+    pub fn build_with(config: &Config, secrets: Option<&Secrets>) -> Result<Self, StartupError> {
         match &config.database.neo4j {
             Some(neo4j) => {
-                let store = neo4j_store(neo4j, None)?;
+                let credentials = match (secrets, &config.secrets.neo4j_arn) {
+                    (Some(secrets), Some(arn)) => Some(Arc::new(crate::secrets::Neo4jSecret {
+                        cache: secrets.cache.clone(),
+                        arn: arn.clone(),
+                    })
+                        as Arc<dyn aop_store_neo4j::CredentialSource>),
+                    _ => None,
+                };
+                let store = neo4j_store(neo4j, credentials)?;
                 let description = format!("neo4j at {}", store.target());
-                Self::wire(config, Arc::new(store.clone()), description, Some(store))
+                Self::wire(
+                    config,
+                    secrets,
+                    Arc::new(store.clone()),
+                    description,
+                    Some(store),
+                )
             }
             None => {
                 let dir = &config.database.data_dir;
@@ -74,7 +104,7 @@ impl Platform {
                     source,
                 })?;
                 let description = format!("sqlite at {}", store.path().display());
-                Self::wire(config, Arc::new(store), description, None)
+                Self::wire(config, secrets, Arc::new(store), description, None)
             }
         }
     }
@@ -82,6 +112,7 @@ impl Platform {
     /// Builds the services on one store adapter.
     fn wire<S>(
         config: &Config,
+        secrets: Option<&Secrets>,
         store: Arc<S>,
         store_description: String,
         neo4j: Option<Neo4jStore>,
@@ -108,7 +139,7 @@ impl Platform {
         let conversations = ConversationService::new(
             store.clone(),
             sessions,
-            chat_model(config)?,
+            chat_model(config, secrets)?,
             clock,
             config.openai.prices.clone(),
             config.agents.limits,
@@ -232,7 +263,15 @@ impl Platform {
 
 /// The model endpoint from configuration: OpenAI when only a key is given, the configured base
 /// URL otherwise (a local server may need no key), and none at all when neither is set.
-fn chat_model(config: &Config) -> Result<Arc<dyn ChatModel>, StartupError> {
+fn chat_model(
+    config: &Config,
+    secrets: Option<&Secrets>,
+) -> Result<Arc<dyn ChatModel>, StartupError> {
+    if let (Some(secrets), Some(arn)) = (secrets, &config.secrets.openai_arn) {
+        return Ok(Arc::new(crate::secrets::RotatingModel::new(
+            config, secrets, arn,
+        )?));
+    }
     match openai_model(config)? {
         Some(model) => Ok(Arc::new(model)),
         None => {
@@ -335,10 +374,35 @@ pub fn topics(config: &Config) -> aop_events::Topics {
 ///
 /// # Errors
 /// As [`Platform::build`] and [`Platform::prepare_store`].
-pub async fn start(config: Config) -> Result<(Config, Platform), StartupError> {
-    let platform = Platform::build(&config)?;
+pub async fn start(mut config: Config) -> Result<(Config, Platform), StartupError> {
+    let secrets = crate::secrets::resolve(&mut config).await?;
+    discover_brokers(&mut config).await?;
+    let platform = Platform::build_with(&config, secrets.as_ref())?;
     platform.prepare_store(&config).await?;
     Ok((config, platform))
+}
+
+/// Looks the MSK brokers up from the cluster ARN when no bootstrap servers are configured, once
+/// per process, choosing the listener that matches the configured security protocol.
+///
+/// # Errors
+/// `Aws` when the SDK cannot be configured; `Msk` naming the cluster when the lookup fails.
+pub async fn discover_brokers(config: &mut Config) -> Result<(), StartupError> {
+    let (None, Some(arn)) = (&config.kafka.bootstrap_servers, &config.kafka.cluster_arn) else {
+        return Ok(());
+    };
+    let auth = match config.kafka.security {
+        crate::config::KafkaSecurityConfig::Plaintext => aop_aws::MskAuth::Plaintext,
+        crate::config::KafkaSecurityConfig::Tls { .. } => aop_aws::MskAuth::Tls,
+        crate::config::KafkaSecurityConfig::SaslScram { .. } => aop_aws::MskAuth::SaslScram,
+    };
+    let client = aop_aws::MskClient::from_env()
+        .await
+        .map_err(|e| StartupError::Aws(e.to_string()))?;
+    let brokers = aop_aws::bootstrap_brokers(&client, arn, auth).await?;
+    tracing::info!(cluster = %arn, brokers = %brokers, "MSK brokers discovered");
+    config.kafka.bootstrap_servers = Some(brokers);
+    Ok(())
 }
 
 /// The Neo4j store adapter from the `database` settings.

@@ -86,6 +86,7 @@ pub struct LambdaEmulator {
     results: mpsc::UnboundedReceiver<Outcome>,
     child: Child,
     counter: usize,
+    output: Arc<std::sync::Mutex<String>>,
 }
 
 impl Drop for LambdaEmulator {
@@ -130,18 +131,50 @@ impl LambdaEmulator {
             .env("AWS_LAMBDA_LOG_STREAM_NAME", "2026/11/27/[$LATEST]0123")
             .env("AWS_REGION", "eu-west-1")
             .env("LOG_LEVEL", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         for (k, v) in env {
             command.env(k, v);
         }
-        let child = command.spawn().expect("start the function binary");
+        let mut child = command.spawn().expect("start the function binary");
+        // Everything the function prints is kept (tests scan it) and shown with the test.
+        let output = Arc::new(std::sync::Mutex::new(String::new()));
+        let streams: [Box<dyn std::io::Read + Send>; 2] = [
+            Box::new(child.stdout.take().expect("piped stdout")),
+            Box::new(child.stderr.take().expect("piped stderr")),
+        ];
+        for stream in streams {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead as _;
+                for line in std::io::BufReader::new(stream)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    eprintln!("{line}");
+                    let mut all = output
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    all.push_str(&line);
+                    all.push('\n');
+                }
+            });
+        }
         Self {
             shared,
             results: rx,
             child,
             counter: 0,
+            output,
         }
+    }
+
+    /// Everything the function printed so far (its logs), stdout and stderr.
+    pub fn output(&self) -> String {
+        self.output
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Invokes the function with `event`: `Ok` with its response, or `Err` with the error it

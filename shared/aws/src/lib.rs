@@ -1,0 +1,14 @@
+//! AWS integration: Secrets Manager (cached) and MSK bootstrap broker discovery.
+//!
+//! Both clients are built from [`load_sdk_config`] (or wrap an SDK client built elsewhere) and
+//! every call they make has a deadline ([`CALL_DEADLINE`], [`ATTEMPT_DEADLINE`] per attempt) and
+//! the SDK's standard retries, so a slow or unreachable AWS endpoint fails start-up in seconds
+//! with an error naming what was asked for.
+
+pub mod msk;
+mod sdk;
+pub mod secrets;
+
+pub use msk::{MskAuth, MskBootstrap, MskClient, MskError, bootstrap_brokers};
+pub use sdk::{ATTEMPT_DEADLINE, AwsConfigError, CALL_DEADLINE, https_client, load_sdk_config};
+pub use secrets::{Secret, SecretCache, SecretsClient, SecretsError};
