@@ -1,0 +1,97 @@
+//! Runs the real `outbox-relay` binary against the Lambda Runtime API emulator with an
+//! EventBridge scheduled event: what waits in the outbox reaches its Kafka topic, and the answer
+//! says how much was published and how much is left. Needs `AOP_TEST_KAFKA`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aop_core::{AgentService, CreateAgent, Outbox, SystemClock};
+use aop_store_sqlite::SqliteStore;
+use lambda_emulator::LambdaEmulator;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use serde_json::{Value, json};
+
+const FIXTURE: &str = include_str!("fixtures/scheduled_event.json");
+
+fn kafka() -> Option<String> {
+    match std::env::var("AOP_TEST_KAFKA") {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            assert!(
+                std::env::var_os("AOP_REQUIRE_SERVICES").is_none(),
+                "AOP_TEST_KAFKA is not set, but AOP_REQUIRE_SERVICES requires the Kafka tests"
+            );
+            eprintln!("SKIPPED (service not configured): set AOP_TEST_KAFKA=host:port");
+            None
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_event_publishes_the_outbox_to_kafka() {
+    let Some(servers) = kafka() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open_dir(dir.path()).unwrap());
+    let agent = AgentService::new(store.clone(), Arc::new(SystemClock), "m")
+        .create(CreateAgent {
+            name: "relayed".into(),
+            instructions: "x".into(),
+            ..CreateAgent::default()
+        })
+        .await
+        .unwrap()
+        .agent
+        .agent_id;
+    let waiting = store.backlog().await.unwrap();
+    assert_eq!(waiting, 2, "agent created and its first version");
+
+    let topic = format!(
+        "relay{}.agent_events",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let mut lambda = LambdaEmulator::start(
+        env!("CARGO_BIN_EXE_outbox-relay"),
+        &[
+            ("AOP_DATA_DIR", dir.path().display().to_string()),
+            ("KAFKA_BOOTSTRAP_SERVERS", servers.clone()),
+            ("KAFKA_TOPIC_AGENT_EVENTS", topic.clone()),
+        ],
+    )
+    .await;
+    let event: Value = serde_json::from_str(FIXTURE).unwrap();
+    let answer = lambda.invoke(event.clone()).await.unwrap();
+    assert_eq!(answer, json!({"published": 2, "backlog": 0}));
+    assert_eq!(store.backlog().await.unwrap(), 0);
+    let again = lambda.invoke(event).await.unwrap();
+    assert_eq!(
+        again,
+        json!({"published": 0, "backlog": 0}),
+        "nothing is published twice"
+    );
+
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &servers)
+        .set(
+            "group.id",
+            format!("check-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let mut types = Vec::new();
+    while types.len() < 2 {
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("the relayed events arrive")
+            .unwrap();
+        assert_eq!(message.key(), Some(agent.as_str().as_bytes()));
+        let body: Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+        types.push(body["type"].as_str().unwrap().to_owned());
+    }
+    consumer.unsubscribe();
+    assert_eq!(types.len(), 2);
+    assert!(types[0].ends_with("agent.created"), "{types:?}");
+}
