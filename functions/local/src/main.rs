@@ -146,8 +146,9 @@ fn migrate(args: &CommonArgs) -> Result<(), BoxError> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        let (config, secrets) = aop_runtime::settle(config).await?;
         // Opening the embedded store migrates it; the graph is migrated explicitly.
-        let platform = Platform::build(&config)?;
+        let platform = Platform::build_with(&config, secrets.as_ref())?;
         if let Some(store) = platform.neo4j() {
             let applied = aop_store_neo4j::migrations::migrate(store).await?;
             for version in &applied {
@@ -178,7 +179,18 @@ fn doctor(args: &CommonArgs) -> Result<(), BoxError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let checks = runtime.block_on(aop_runtime::doctor::run(&config));
+    let checks = runtime.block_on(async {
+        // With secrets and the MSK brokers filled in when they can be; when they cannot, the
+        // checks run on what is configured and the secrets check says what failed.
+        let config = match aop_runtime::settle(config.clone()).await {
+            Ok((settled, _)) => settled,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot complete the configuration from AWS");
+                config
+            }
+        };
+        aop_runtime::doctor::run(&config).await
+    });
     for check in &checks {
         println!("{}", check.render());
     }
@@ -195,12 +207,13 @@ fn doctor(args: &CommonArgs) -> Result<(), BoxError> {
 fn topics_apply(args: &CommonArgs) -> Result<(), BoxError> {
     use aop_events::kafka::{TopicOutcome, apply_topics};
     let config = load(args, &args.overrides())?;
-    let kafka = &config.kafka;
-    let settings = aop_runtime::platform::kafka_settings(&config)?;
-    let specs = aop_runtime::platform::topic_specs(&config);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let (config, _) = runtime.block_on(aop_runtime::settle(config))?;
+    let kafka = &config.kafka;
+    let settings = aop_runtime::platform::kafka_settings(&config)?;
+    let specs = aop_runtime::platform::topic_specs(&config);
     let outcomes = runtime.block_on(apply_topics(&settings, &specs))?;
     let mut drift = false;
     for (name, outcome) in outcomes {

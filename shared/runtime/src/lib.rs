@@ -9,4 +9,4 @@ pub mod secrets;
 pub mod telemetry;
 
 pub use config::{Config, ConfigError, Overrides};
-pub use platform::{Platform, StartupError, start};
+pub use platform::{Platform, StartupError, settle, start};

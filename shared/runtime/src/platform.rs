@@ -374,12 +374,22 @@ pub fn topics(config: &Config) -> aop_events::Topics {
 ///
 /// # Errors
 /// As [`Platform::build`] and [`Platform::prepare_store`].
-pub async fn start(mut config: Config) -> Result<(Config, Platform), StartupError> {
-    let secrets = crate::secrets::resolve(&mut config).await?;
-    discover_brokers(&mut config).await?;
+pub async fn start(config: Config) -> Result<(Config, Platform), StartupError> {
+    let (config, secrets) = settle(config).await?;
     let platform = Platform::build_with(&config, secrets.as_ref())?;
     platform.prepare_store(&config).await?;
     Ok((config, platform))
+}
+
+/// Completes the configuration from AWS: secret values by ARN, then the MSK brokers by cluster
+/// ARN. Operator commands (`aop migrate`, `aop topics apply`, `aop doctor`) start here too.
+///
+/// # Errors
+/// As [`crate::secrets::resolve`] and [`discover_brokers`].
+pub async fn settle(mut config: Config) -> Result<(Config, Option<Secrets>), StartupError> {
+    let secrets = crate::secrets::resolve(&mut config).await?;
+    discover_brokers(&mut config).await?;
+    Ok((config, secrets))
 }
 
 /// Looks the MSK brokers up from the cluster ARN when no bootstrap servers are configured, once

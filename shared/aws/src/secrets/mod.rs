@@ -5,7 +5,7 @@
 //! | secret | keys |
 //! | --- | --- |
 //! | OpenAI-compatible LLM | `api_key` |
-//! | Neo4j | `username`, `password`, optional `uri` (overrides `NEO4J_URI` when present) |
+//! | Neo4j | `username`, `password`, optional `uri` (used when `NEO4J_URI` is not set) |
 //! | Kafka SASL/SCRAM (MSK) | `username`, `password` (MSK requires the secret name to start with `AmazonMSK_`) |
 //!
 //! The key names are in [`keys`]. An OpenAI key may also be stored as the plain string itself
