@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use aop_events::kafka::KafkaDeadLetters;
-use aop_events::msk::process_batch;
+use aop_events::msk::process_batch_counted;
 use aop_runtime::platform::kafka_settings;
 use aop_runtime::{Config, Overrides, telemetry};
 use aws_lambda_events::event::kafka::KafkaEvent;
@@ -26,6 +26,7 @@ async fn main() -> Result<(), Error> {
     let (config, platform) = aop_runtime::start(config).await?;
     let dead = Arc::new(KafkaDeadLetters::new(&kafka_settings(&config)?)?);
     let processor = platform.processor.clone();
+    let environment = config.environment.clone();
     tracing::info!(
         store = platform.store_description(),
         "event-processor function ready"
@@ -33,7 +34,25 @@ async fn main() -> Result<(), Error> {
     lambda_runtime::run(service_fn(move |event: LambdaEvent<KafkaEvent>| {
         let processor = processor.clone();
         let dead = dead.clone();
-        async move { Ok::<_, Error>(process_batch(&event.payload, &processor, dead.as_ref()).await) }
+        let environment = environment.clone();
+        async move {
+            let (response, stats) =
+                process_batch_counted(&event.payload, &processor, dead.as_ref()).await;
+            // The template alarms on dead letters; the counts go to CloudWatch as EMF.
+            let totals = stats
+                .by_topic
+                .values()
+                .fold((0, 0, 0), |t, (c, f, d)| (t.0 + c, t.1 + f, t.2 + d));
+            telemetry::emit_emf(
+                &environment,
+                &[
+                    ("aop_events_consumed_total", totals.0 as f64),
+                    ("aop_events_failed_total", totals.1 as f64),
+                    ("aop_events_dead_lettered_total", totals.2 as f64),
+                ],
+            );
+            Ok::<_, Error>(response)
+        }
     }))
     .await
 }

@@ -276,18 +276,21 @@ async fn run(config: Config) -> Result<(), BoxError> {
         let dead = aop_events::kafka::KafkaDeadLetters::new(&settings)?;
         let topics = aop_runtime::platform::topics(&config);
         let processor = platform.processor.clone();
+        let observer = platform.clone();
         let stop = shutdown.clone();
         background.push(tokio::spawn(async move {
             let subscribed = [
                 topics.agent_events.as_str(),
                 topics.feedback_events.as_str(),
             ];
-            if let Err(e) = aop_events::consumer::run(
+            let observe = |stats: &aop_events::msk::BatchStats| observer.observe_batch(stats);
+            if let Err(e) = aop_events::consumer::run_observed(
                 &settings,
                 "aop-event-processor",
                 &subscribed,
                 &processor,
                 &dead,
+                &observe,
                 stop,
             )
             .await

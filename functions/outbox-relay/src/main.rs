@@ -13,12 +13,22 @@ async fn main() -> Result<(), Error> {
     let (config, platform) = aop_runtime::start(config).await?;
     let relay = platform.kafka_relay(&config)?;
     let outbox = platform.outbox.clone();
+    let environment = config.environment.clone();
     lambda_runtime::run(service_fn(move |_event: LambdaEvent<Value>| {
         let relay = relay.clone();
         let outbox = outbox.clone();
+        let environment = environment.clone();
         async move {
             let published = relay.drain().await?;
             let backlog = outbox.backlog().await?;
+            // The template alarms on the backlog; the counts go to CloudWatch as EMF.
+            telemetry::emit_emf(
+                &environment,
+                &[
+                    ("aop_events_published_total", published as f64),
+                    ("aop_outbox_backlog", backlog as f64),
+                ],
+            );
             tracing::info!(published, backlog, "outbox relayed");
             Ok::<_, Error>(json!({"published": published, "backlog": backlog}))
         }

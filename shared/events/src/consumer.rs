@@ -16,7 +16,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::kafka::{KafkaError, KafkaSettings};
-use crate::msk::{DeadLetters, process_batch};
+use crate::msk::{BatchStats, DeadLetters, process_batch_counted};
 
 /// Records per batch, as the event source's batch size.
 const BATCH: usize = 500;
@@ -67,9 +67,25 @@ pub async fn run(
     dead: &dyn DeadLetters,
     shutdown: CancellationToken,
 ) -> Result<(), KafkaError> {
+    run_observed(settings, group, topics, processor, dead, &|_| {}, shutdown).await
+}
+
+/// As [`run`], handing the counts of every batch to `observe` (for metrics).
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_observed(
+    settings: &KafkaSettings,
+    group: &str,
+    topics: &[&str],
+    processor: &EventProcessor,
+    dead: &dyn DeadLetters,
+    observe: &(dyn Fn(&BatchStats) + Send + Sync),
+    shutdown: CancellationToken,
+) -> Result<(), KafkaError> {
     // A consumer that could not rewind for a retry is replaced: the new one resumes from the
     // committed offsets, which already point at the records to retry.
-    while consume(settings, group, topics, processor, dead, &shutdown).await? {
+    while consume(settings, group, topics, processor, dead, observe, &shutdown).await? {
         tracing::warn!(
             group,
             "restarting the event consumer to retry from committed offsets"
@@ -86,6 +102,7 @@ async fn consume(
     topics: &[&str],
     processor: &EventProcessor,
     dead: &dyn DeadLetters,
+    observe: &(dyn Fn(&BatchStats) + Send + Sync),
     shutdown: &CancellationToken,
 ) -> Result<bool, KafkaError> {
     let mut restart = false;
@@ -145,7 +162,8 @@ async fn consume(
                 continue;
             }
         };
-        let response = process_batch(&event, processor, dead).await;
+        let (response, stats) = process_batch_counted(&event, processor, dead).await;
+        observe(&stats);
         let mut retry: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for failure in &response.batch_item_failures {
             let id = &failure.item_identifier;

@@ -72,7 +72,32 @@ fn decode_b64(field: Option<&String>) -> Result<Option<Vec<u8>>, String> {
 /// What became of one record.
 enum Fate {
     Done,
+    DeadLettered,
     Retry,
+}
+
+/// How many records of each topic a batch applied, left for redelivery and dead-lettered: what
+/// the caller reports as metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// `topic -> (consumed, failed, dead_lettered)`
+    pub by_topic: BTreeMap<String, (u64, u64, u64)>,
+}
+
+impl BatchStats {
+    fn count(&mut self, topic: &str, fate: &Fate) {
+        let entry = self.by_topic.entry(topic.to_owned()).or_default();
+        match fate {
+            Fate::Done => entry.0 += 1,
+            Fate::Retry => entry.1 += 1,
+            Fate::DeadLettered => entry.2 += 1,
+        }
+    }
+
+    /// Records dead-lettered in the batch, every topic together.
+    pub fn dead_lettered(&self) -> u64 {
+        self.by_topic.values().map(|(_, _, d)| d).sum()
+    }
 }
 
 async fn handle_record(
@@ -113,7 +138,7 @@ async fn handle_record(
     match dead.send(&letter).await {
         Ok(()) => {
             tracing::error!(topic, partition = letter.partition, offset = letter.offset, error = %letter.error, "record sent to the dead-letter topic");
-            Fate::Done
+            Fate::DeadLettered
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot write the dead-letter topic; the record will be retried");
@@ -128,6 +153,16 @@ pub async fn process_batch(
     processor: &EventProcessor,
     dead: &dyn DeadLetters,
 ) -> BatchResponse {
+    process_batch_counted(event, processor, dead).await.0
+}
+
+/// As [`process_batch`], also counting what happened to the records of each topic.
+pub async fn process_batch_counted(
+    event: &KafkaEvent,
+    processor: &EventProcessor,
+    dead: &dyn DeadLetters,
+) -> (BatchResponse, BatchStats) {
+    let mut stats = BatchStats::default();
     let mut failures = Vec::new();
     for (key, records) in &event.records {
         // One list per topic-partition; apply it in offset order.
@@ -141,14 +176,17 @@ pub async fn process_batch(
                 partition: key.clone(),
                 offset: record.offset,
             };
+            let topic = record.topic.clone().unwrap_or_default();
             if retrying {
+                stats.count(&topic, &Fate::Retry);
                 failures.push(ItemFailure {
                     item_identifier: id,
                 });
                 continue;
             }
-            let topic = record.topic.clone().unwrap_or_default();
-            if let Fate::Retry = handle_record(&topic, record, processor, dead).await {
+            let fate = handle_record(&topic, record, processor, dead).await;
+            stats.count(&topic, &fate);
+            if let Fate::Retry = fate {
                 retrying = true;
                 failures.push(ItemFailure {
                     item_identifier: id,
@@ -156,7 +194,8 @@ pub async fn process_batch(
             }
         }
     }
-    BatchResponse {
+    let response = BatchResponse {
         batch_item_failures: failures,
-    }
+    };
+    (response, stats)
 }

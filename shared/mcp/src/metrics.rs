@@ -1,10 +1,12 @@
-//! Prometheus metrics of the MCP endpoint: HTTP requests and tool calls, counted and timed.
+//! Prometheus metrics of the process: HTTP requests and tool calls, agent turns, and the event
+//! path (events published, consumed, failed, dead-lettered; the outbox backlog).
 
 use aop_core::conversation::InteractionObserver;
 use aop_core::session::{Interaction, InteractionStatus};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -30,6 +32,24 @@ struct AgentLabel {
 struct TokenLabels {
     agent_id: String,
     kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TopicLabel {
+    topic: String,
+}
+
+/// What happened to events on their way through a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventOutcome {
+    /// Handed to the broker (or, with no broker, to the processor in this process).
+    Published,
+    /// Applied by the event processor (a duplicate included).
+    Consumed,
+    /// Left for redelivery after a transient failure.
+    Failed,
+    /// Unusable: written to the topic's dead-letter topic.
+    DeadLettered,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -83,6 +103,11 @@ pub struct Metrics {
     tokens: Family<TokenLabels, Counter>,
     cost: Family<AgentLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
     turn_latency: Family<AgentLabel, Histogram, fn() -> Histogram>,
+    events_published: Family<TopicLabel, Counter>,
+    events_consumed: Family<TopicLabel, Counter>,
+    events_failed: Family<TopicLabel, Counter>,
+    events_dead_lettered: Family<TopicLabel, Counter>,
+    outbox_backlog: Gauge,
 }
 
 impl Default for Metrics {
@@ -157,8 +182,43 @@ impl Metrics {
             "MCP tool call latency by tool",
             tool_latency.clone(),
         );
+        let events_published = Family::<TopicLabel, Counter>::default();
+        let events_consumed = Family::<TopicLabel, Counter>::default();
+        let events_failed = Family::<TopicLabel, Counter>::default();
+        let events_dead_lettered = Family::<TopicLabel, Counter>::default();
+        let outbox_backlog = Gauge::default();
+        aop.register(
+            "events_published",
+            "Events relayed from the outbox, by topic",
+            events_published.clone(),
+        );
+        aop.register(
+            "events_consumed",
+            "Events the event processor applied, by topic",
+            events_consumed.clone(),
+        );
+        aop.register(
+            "events_failed",
+            "Events left for redelivery after a transient failure, by topic",
+            events_failed.clone(),
+        );
+        aop.register(
+            "events_dead_lettered",
+            "Unusable events written to the dead-letter topic, by topic",
+            events_dead_lettered.clone(),
+        );
+        aop.register(
+            "outbox_backlog",
+            "Events waiting in the outbox, as last seen by the relay",
+            outbox_backlog.clone(),
+        );
         Self {
             registry: root,
+            events_published,
+            events_consumed,
+            events_failed,
+            events_dead_lettered,
+            outbox_backlog,
             http_requests,
             http_latency,
             tool_calls,
@@ -195,6 +255,26 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// Counts `n` events of `topic` with `outcome`.
+    pub fn observe_events(&self, topic: &str, outcome: EventOutcome, n: u64) {
+        let family = match outcome {
+            EventOutcome::Published => &self.events_published,
+            EventOutcome::Consumed => &self.events_consumed,
+            EventOutcome::Failed => &self.events_failed,
+            EventOutcome::DeadLettered => &self.events_dead_lettered,
+        };
+        family
+            .get_or_create(&TopicLabel {
+                topic: topic.to_owned(),
+            })
+            .inc_by(n);
+    }
+
+    pub fn set_outbox_backlog(&self, n: u64) {
+        self.outbox_backlog
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
     /// The registry in the OpenMetrics text format.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -224,5 +304,23 @@ mod tests {
             text.contains(r#"aop_mcp_tool_call_duration_seconds_count{tool="get_agent"} 3"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn renders_events_by_topic_and_the_backlog() {
+        let m = Metrics::new();
+        m.observe_events("agent_events", EventOutcome::Published, 3);
+        m.observe_events("feedback_events", EventOutcome::DeadLettered, 1);
+        m.set_outbox_backlog(7);
+        let text = m.render();
+        assert!(
+            text.contains(r#"aop_events_published_total{topic="agent_events"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"aop_events_dead_lettered_total{topic="feedback_events"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("aop_outbox_backlog 7"), "{text}");
     }
 }

@@ -60,6 +60,26 @@ pub struct Platform {
     pub metrics: Arc<Metrics>,
     store_description: String,
     neo4j: Option<Neo4jStore>,
+    topics: aop_events::Topics,
+}
+
+struct RelayMetrics {
+    metrics: Arc<Metrics>,
+    topics: aop_events::Topics,
+}
+
+impl crate::relay::RelayObserver for RelayMetrics {
+    fn published(&self, events: &[aop_core::DomainEvent]) {
+        for event in events {
+            let topic = self.topics.topic(event.event_type.stream());
+            self.metrics
+                .observe_events(topic, aop_mcp::metrics::EventOutcome::Published, 1);
+        }
+    }
+
+    fn backlog(&self, n: u64) {
+        self.metrics.set_outbox_backlog(n);
+    }
 }
 
 impl Platform {
@@ -157,6 +177,7 @@ impl Platform {
             metrics,
             store_description,
             neo4j,
+            topics: topics(config),
         })
     }
 
@@ -210,6 +231,31 @@ impl Platform {
             Arc::new(InProcessSink::new(self.processor.clone())),
             self.outbox_signal.0.clone(),
         )
+        .with_observer(self.relay_metrics())
+    }
+
+    /// Counts what the relay publishes, by topic, and the outbox backlog.
+    fn relay_metrics(&self) -> Arc<dyn crate::relay::RelayObserver> {
+        Arc::new(RelayMetrics {
+            metrics: self.metrics.clone(),
+            topics: self.topics.clone(),
+        })
+    }
+
+    /// Counts one batch of the event processor, by topic.
+    pub fn observe_batch(&self, stats: &aop_events::msk::BatchStats) {
+        use aop_mcp::metrics::EventOutcome;
+        for (topic, (consumed, failed, dead)) in &stats.by_topic {
+            for (outcome, n) in [
+                (EventOutcome::Consumed, consumed),
+                (EventOutcome::Failed, failed),
+                (EventOutcome::DeadLettered, dead),
+            ] {
+                if *n > 0 {
+                    self.metrics.observe_events(topic, outcome, *n);
+                }
+            }
+        }
     }
 
     /// The relay that publishes the outbox to Kafka.
@@ -223,7 +269,8 @@ impl Platform {
             self.outbox.clone(),
             Arc::new(sink),
             self.outbox_signal.0.clone(),
-        ))
+        )
+        .with_observer(self.relay_metrics()))
     }
 
     /// HTTP options from configuration.

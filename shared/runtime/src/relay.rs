@@ -61,17 +61,36 @@ impl EventSink for InProcessSink {
     }
 }
 
+/// Told what the relay did: for metrics.
+pub trait RelayObserver: Send + Sync {
+    /// `events` were delivered to the sink.
+    fn published(&self, events: &[DomainEvent]);
+    /// The outbox held `n` events when last looked at.
+    fn backlog(&self, n: u64);
+}
+
 /// Moves events from the outbox to a sink.
 #[derive(Clone)]
 pub struct OutboxRelay {
     outbox: Arc<dyn Outbox>,
     sink: Arc<dyn EventSink>,
     wake: Arc<Notify>,
+    observer: Option<Arc<dyn RelayObserver>>,
 }
 
 impl OutboxRelay {
     pub fn new(outbox: Arc<dyn Outbox>, sink: Arc<dyn EventSink>, wake: Arc<Notify>) -> Self {
-        Self { outbox, sink, wake }
+        Self {
+            outbox,
+            sink,
+            wake,
+            observer: None,
+        }
+    }
+
+    pub fn with_observer(mut self, observer: Arc<dyn RelayObserver>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// Relays until the outbox is empty or a delivery fails; returns how many were relayed.
@@ -89,6 +108,9 @@ impl OutboxRelay {
             let ids: Vec<String> = batch[..delivered].iter().map(|e| e.id.clone()).collect();
             if !ids.is_empty() {
                 self.outbox.mark_published(&ids).await?;
+                if let Some(observer) = &self.observer {
+                    observer.published(&batch[..delivered]);
+                }
             }
             relayed += delivered;
             if let Some(e) = error {
@@ -103,6 +125,12 @@ impl OutboxRelay {
         loop {
             if let Err(e) = self.drain().await {
                 tracing::error!(error = %e, "outbox relay cannot read the outbox");
+            }
+            if let Some(observer) = &self.observer {
+                match self.outbox.backlog().await {
+                    Ok(n) => observer.backlog(n),
+                    Err(e) => tracing::warn!(error = %e, "cannot count the outbox"),
+                }
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,

@@ -246,3 +246,53 @@ mod tests {
         assert!(line["timestamp"].as_str().unwrap().ends_with('Z'));
     }
 }
+
+/// One CloudWatch Embedded Metric Format record: a JSON line on stdout that Lambda's log
+/// pipeline turns into metrics in namespace `AOP` with the dimension `Environment`, where the
+/// template's alarms read them. Metrics are counts.
+pub fn emf_line(environment: &str, timestamp_ms: i64, metrics: &[(&str, f64)]) -> String {
+    let definitions: Vec<serde_json::Value> = metrics
+        .iter()
+        .map(|(name, _)| serde_json::json!({"Name": name, "Unit": "Count"}))
+        .collect();
+    let mut record = serde_json::json!({
+        "_aws": {
+            "Timestamp": timestamp_ms,
+            "CloudWatchMetrics": [{
+                "Namespace": "AOP",
+                "Dimensions": [["Environment"]],
+                "Metrics": definitions,
+            }],
+        },
+        "Environment": environment,
+    });
+    for (name, value) in metrics {
+        record[*name] = serde_json::json!(value);
+    }
+    record.to_string()
+}
+
+/// Writes [`emf_line`] for now to stdout.
+pub fn emit_emf(environment: &str, metrics: &[(&str, f64)]) {
+    let now = aop_core::Clock::now_ms(&aop_core::SystemClock);
+    println!("{}", emf_line(environment, now, metrics));
+}
+
+#[cfg(test)]
+mod emf_tests {
+    use super::emf_line;
+
+    #[test]
+    fn an_emf_record_declares_each_metric_and_carries_its_value() {
+        let line = emf_line("prod", 1_795_770_000_000, &[("aop_outbox_backlog", 3.0)]);
+        let record: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(record["_aws"]["Timestamp"], 1_795_770_000_000_i64);
+        let directive = &record["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(directive["Namespace"], "AOP");
+        assert_eq!(directive["Dimensions"][0][0], "Environment");
+        assert_eq!(directive["Metrics"][0]["Name"], "aop_outbox_backlog");
+        assert_eq!(record["Environment"], "prod");
+        assert_eq!(record["aop_outbox_backlog"], 3.0);
+        assert!(!line.contains('\n'), "one line");
+    }
+}
