@@ -272,3 +272,46 @@ async fn an_outage_fails_within_the_budget_and_the_store_recovers_without_a_rest
         .expect("the same store works again");
     assert_eq!(back.agent.agent_id, id);
 }
+
+/// Hands out the right password only when asked again, as a rotated secret would.
+struct Rotated {
+    password: String,
+    asked: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl aop_store_neo4j::CredentialSource for Rotated {
+    async fn refresh(&self) -> Result<(String, SecretString), String> {
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(("root".to_owned(), SecretString::from(self.password.clone())))
+    }
+}
+
+#[tokio::test]
+async fn a_refused_login_reads_the_credentials_again_once() {
+    let Some(mut config) = config() else {
+        return;
+    };
+    let _turn = turn().lock_owned().await;
+    let right = std::env::var("AOP_TEST_NEO4J_PASSWORD").unwrap_or("aop-test-password".into());
+    config.password = SecretString::from("the-password-before-rotation".to_owned());
+    let source = Arc::new(Rotated {
+        password: right,
+        asked: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let store = Neo4jStore::with_credentials(config.clone(), Some(source.clone())).unwrap();
+    let version = migrations::applied_version(&store).await.unwrap();
+    assert_eq!(version, migrations::SCHEMA_VERSION);
+    assert_eq!(source.asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // Credentials that stay wrong fail after one refresh, naming the refusal, not looping.
+    let wrong = Arc::new(Rotated {
+        password: "still-wrong-after-rotation".into(),
+        asked: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let store = Neo4jStore::with_credentials(config, Some(wrong.clone())).unwrap();
+    let err = migrations::applied_version(&store).await.unwrap_err();
+    assert!(err.to_string().contains("refused the credentials"), "{err}");
+    assert!(!err.to_string().contains("still-wrong"), "{err}");
+    assert_eq!(wrong.asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
