@@ -24,6 +24,9 @@ use crate::session::{
 };
 use crate::validate::Problems;
 
+/// How often a turn tries again to record itself after losing a race with another turn of its
+/// session.
+const RECORD_ATTEMPTS: u32 = 5;
 const MAX_MESSAGE: usize = 100_000;
 const MAX_USER_ID: usize = 200;
 const MAX_CONTEXT_BYTES: usize = 16 * 1024;
@@ -314,7 +317,7 @@ impl ConversationService {
             interaction_id: InteractionId::generate(),
         };
         let interaction = self.run_turn(turn).await?;
-        let messages = match &interaction.output {
+        let mut messages = match &interaction.output {
             Some(output) if interaction.status == InteractionStatus::Completed => {
                 let now = self.clock.now_ms();
                 vec![
@@ -339,20 +342,52 @@ impl ConversationService {
             _ => Vec::new(),
         };
         let events = [interaction_event(&interaction)];
-        match self
-            .sessions
-            .record_turn(&interaction, &messages, &events)
-            .await
-        {
-            Ok(()) => self.signal.notify(),
-            Err(StoreError::Conflict(_)) => {
-                return Err(ServiceError::Conflict(format!(
-                    "another message was sent to session '{}' at the same time; send again",
-                    session.session_id
-                )));
+        // The model call was paid for: a turn that loses a race for its message numbers, or
+        // whose session ended while the model worked, is still recorded.
+        let mut attempts = 0;
+        loop {
+            match self
+                .sessions
+                .record_turn(&interaction, &messages, &events)
+                .await
+            {
+                Ok(()) => break,
+                Err(StoreError::Conflict(_)) if attempts < RECORD_ATTEMPTS => {
+                    attempts += 1;
+                    let current = self.session(&session.session_id).await?;
+                    if current.status != SessionStatus::Active {
+                        self.sessions
+                            .record_turn(&interaction, &[], &events)
+                            .await?;
+                        self.signal.notify();
+                        self.observer.recorded(&interaction);
+                        return Err(ServiceError::Conflict(format!(
+                            "session '{}' ended while the agent was answering; the turn is \
+                             recorded as interaction '{}' but not added to the session",
+                            session.session_id, interaction.interaction_id
+                        )));
+                    }
+                    // Another turn of the session committed first: this one goes after it.
+                    let last = self
+                        .sessions
+                        .recent_messages(&session.session_id, 1)
+                        .await?;
+                    let next = last.last().map_or(1, |m| m.seq + 1);
+                    for (offset, m) in (0u32..).zip(messages.iter_mut()) {
+                        m.seq = next + offset;
+                    }
+                }
+                Err(StoreError::Conflict(_)) => {
+                    return Err(ServiceError::Conflict(format!(
+                        "session '{}' is too busy: other messages kept arriving while this one \
+                         was recorded; send again",
+                        session.session_id
+                    )));
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
         }
+        self.signal.notify();
         self.observer.recorded(&interaction);
         finish(interaction)
     }

@@ -409,3 +409,108 @@ async fn delegation_is_bounded_in_depth_and_cycles_are_refused() {
         "{err}"
     );
 }
+
+async fn session_of(s: &Setup, agent_id: &AgentId) -> aop_core::session::Session {
+    s.platform
+        .conversations
+        .start_session(StartSession {
+            agent_id: agent_id.clone(),
+            alias: None,
+            user_id: None,
+            context: None,
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_turn_that_loses_the_race_for_its_message_numbers_goes_after_the_winner() {
+    let s = setup(&[]).await;
+    let id = agent(&s, "busy", "gpt-4o-mini", vec![]).await;
+    let session = session_of(&s, &id).await;
+    // The first message's model call is slow; a second message overtakes it and commits first.
+    s.llm.push([
+        Reply::Delay { millis: 600 },
+        Reply::text("quick answer"),
+        Reply::text("slow answer"),
+    ]);
+    let conv = s.platform.conversations.clone();
+    let send = |content: &str| {
+        let conv = conv.clone();
+        let input = SendMessage {
+            session_id: session.session_id.clone(),
+            content: content.into(),
+        };
+        tokio::spawn(async move { conv.send_message(input, None).await })
+    };
+    let slow = send("slow question");
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let quick = send("quick question");
+    let quick = quick.await.unwrap().unwrap();
+    let slow = slow.await.unwrap().expect("the slow turn is recorded too");
+    assert_eq!(quick.reply, "quick answer");
+    assert_eq!(slow.reply, "slow answer");
+    let messages = conv
+        .get_messages(&session.session_id, None, Some(10))
+        .await
+        .unwrap()
+        .items;
+    let said: Vec<(u32, &str)> = messages
+        .iter()
+        .map(|m| (m.seq, m.content.as_str()))
+        .collect();
+    assert_eq!(
+        said,
+        [
+            (1, "quick question"),
+            (2, "quick answer"),
+            (3, "slow question"),
+            (4, "slow answer")
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_session_ended_during_a_turn_still_records_the_paid_interaction() {
+    let s = setup(&[]).await;
+    let id = agent(&s, "late", "gpt-4o-mini", vec![]).await;
+    let session = session_of(&s, &id).await;
+    s.llm
+        .push([Reply::Delay { millis: 500 }, Reply::text("too late")]);
+    let conv = s.platform.conversations.clone();
+    let input = SendMessage {
+        session_id: session.session_id.clone(),
+        content: "are you there?".into(),
+    };
+    let pending = {
+        let conv = conv.clone();
+        tokio::spawn(async move { conv.send_message(input, None).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    conv.end_session(&session.session_id, None).await.unwrap();
+    let err = pending.await.unwrap().unwrap_err();
+    let ServiceError::Conflict(message) = err else {
+        panic!("expected a conflict, got {err}");
+    };
+    assert!(
+        message.contains("ended while the agent was answering"),
+        "{message}"
+    );
+    let interactions = conv
+        .list_interactions(&id, None, Some(10))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(interactions.len(), 1, "the turn's cost is kept");
+    assert_eq!(interactions[0].output.as_deref(), Some("too late"));
+    assert!(message.contains(interactions[0].interaction_id.as_str()));
+    let messages = conv
+        .get_messages(&session.session_id, None, Some(10))
+        .await
+        .unwrap()
+        .items;
+    assert!(
+        messages.is_empty(),
+        "nothing was added to the ended session"
+    );
+}
