@@ -5,10 +5,12 @@
 //! the SDK's standard retries, so a slow or unreachable AWS endpoint fails start-up in seconds
 //! with an error naming what was asked for.
 
+#[cfg(feature = "msk")]
 pub mod msk;
 mod sdk;
 pub mod secrets;
 
+#[cfg(feature = "msk")]
 pub use msk::{MskAuth, MskBootstrap, MskClient, MskError, bootstrap_brokers};
 pub use sdk::{ATTEMPT_DEADLINE, AwsConfigError, CALL_DEADLINE, https_client, load_sdk_config};
 pub use secrets::{Secret, SecretCache, SecretsClient, SecretsError};

@@ -37,7 +37,7 @@ pub enum StartupError {
     #[error("aws: {0}")]
     Aws(String),
     #[error("msk: {0}")]
-    Msk(#[from] aop_aws::MskError),
+    Msk(String),
     #[error("cannot use the store at {dir}")]
     Store {
         dir: String,
@@ -444,6 +444,7 @@ pub async fn settle(mut config: Config) -> Result<(Config, Option<Secrets>), Sta
 ///
 /// # Errors
 /// `Aws` when the SDK cannot be configured; `Msk` naming the cluster when the lookup fails.
+#[cfg(feature = "msk")]
 pub async fn discover_brokers(config: &mut Config) -> Result<(), StartupError> {
     let (None, Some(arn)) = (&config.kafka.bootstrap_servers, &config.kafka.cluster_arn) else {
         return Ok(());
@@ -456,9 +457,20 @@ pub async fn discover_brokers(config: &mut Config) -> Result<(), StartupError> {
     let client = aop_aws::MskClient::from_env()
         .await
         .map_err(|e| StartupError::Aws(e.to_string()))?;
-    let brokers = aop_aws::bootstrap_brokers(&client, arn, auth).await?;
+    let brokers = aop_aws::bootstrap_brokers(&client, arn, auth)
+        .await
+        .map_err(|e| StartupError::Msk(e.to_string()))?;
     tracing::info!(cluster = %arn, brokers = %brokers, "MSK brokers discovered");
     config.kafka.bootstrap_servers = Some(brokers);
+    Ok(())
+}
+
+/// Without the `msk` feature there is no lookup: this build does not use Kafka on its own.
+#[cfg(not(feature = "msk"))]
+pub async fn discover_brokers(config: &mut Config) -> Result<(), StartupError> {
+    if config.kafka.bootstrap_servers.is_none() && config.kafka.cluster_arn.is_some() {
+        tracing::debug!("MSK_CLUSTER_ARN is set; this function does not use Kafka");
+    }
     Ok(())
 }
 
