@@ -2,8 +2,9 @@
 //! of its first event through the Runtime API emulator (init, configuration, store, first
 //! invocation). Configuration comes from the environment, as with secrets already cached.
 //!
-//! `AOP_FUNCTIONS_DIR=target/release cargo bench -p lambda-emulator --bench start`
-//! (`scripts/bench` builds the release binaries and sets it).
+//! `cargo bench -p lambda-emulator --bench start` after `cargo build --release -p mcp-server -p
+//! event-processor -p outbox-relay`; `AOP_FUNCTIONS_DIR` points elsewhere (an absolute path; a
+//! `CARGO_TARGET_DIR`'s `release`, as `scripts/bench` sets it).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -64,7 +65,10 @@ async fn cold_start(binary: &Path, event: &Value) -> Duration {
 }
 
 fn main() {
-    let dir = PathBuf::from(std::env::var("AOP_FUNCTIONS_DIR").unwrap_or("target/release".into()));
+    let dir = std::env::var_os("AOP_FUNCTIONS_DIR").map_or_else(
+        || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/release")),
+        PathBuf::from,
+    );
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
         for (name, event) in [
