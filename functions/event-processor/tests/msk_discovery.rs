@@ -3,6 +3,7 @@
 //! record's dead letter to the broker it was given. moto does not implement that one API, so a
 //! small stub of it answers in its real REST-JSON shape; the broker is real (`AOP_TEST_KAFKA`).
 
+use aop_test_support::{Service, service};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -18,17 +19,7 @@ const FIXTURE: &str = include_str!("fixtures/msk_batch.json");
 const CLUSTER: &str = "arn:aws:kafka:eu-west-1:123456789012:cluster/aop/abcd1234-5678";
 
 fn kafka() -> Option<String> {
-    match std::env::var("AOP_TEST_KAFKA") {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ => {
-            assert!(
-                std::env::var_os("AOP_REQUIRE_SERVICES").is_none(),
-                "AOP_TEST_KAFKA is not set, but AOP_REQUIRE_SERVICES requires the Kafka tests"
-            );
-            eprintln!("SKIPPED (service not configured): set AOP_TEST_KAFKA=host:port");
-            None
-        }
-    }
+    service(Service::Kafka)
 }
 
 /// `GET /v1/clusters/{clusterArn}/bootstrap-brokers`, counting the calls.

@@ -5,6 +5,7 @@
 
 mod api;
 
+use aop_test_support::{Service, service};
 use api::{API_HOST, Api, body_json};
 use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
 use lambda_emulator::LambdaEmulator;
@@ -12,20 +13,6 @@ use openai_test_server::{Reply, TestLlm};
 use serde_json::json;
 
 const REGION: &str = "eu-west-1";
-
-fn service(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ => {
-            assert!(
-                std::env::var_os("AOP_REQUIRE_SERVICES").is_none(),
-                "{var} is not set, but AOP_REQUIRE_SERVICES requires the secrets test"
-            );
-            eprintln!("SKIPPED (service not configured): set {var}");
-            None
-        }
-    }
-}
 
 fn secrets_client(moto: &str) -> aws_sdk_secretsmanager::Client {
     let config = aws_sdk_secretsmanager::Config::builder()
@@ -53,7 +40,7 @@ async fn create_secret(client: &aws_sdk_secretsmanager::Client, name: &str, valu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_from_secret_arns_alone_picks_up_a_rotated_key_and_logs_no_secret() {
-    let (Some(moto), Some(neo4j)) = (service("AOP_TEST_MOTO"), service("AOP_TEST_NEO4J")) else {
+    let (Some(moto), Some(neo4j)) = (service(Service::Moto), service(Service::Neo4j)) else {
         return;
     };
     let tag = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();

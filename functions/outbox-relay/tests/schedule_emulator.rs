@@ -2,6 +2,7 @@
 //! EventBridge scheduled event: what waits in the outbox reaches its Kafka topic, and the answer
 //! says how much was published and how much is left. Needs `AOP_TEST_KAFKA`.
 
+use aop_test_support::{Service, service};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,17 +16,7 @@ use serde_json::{Value, json};
 const FIXTURE: &str = include_str!("fixtures/scheduled_event.json");
 
 fn kafka() -> Option<String> {
-    match std::env::var("AOP_TEST_KAFKA") {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ => {
-            assert!(
-                std::env::var_os("AOP_REQUIRE_SERVICES").is_none(),
-                "AOP_TEST_KAFKA is not set, but AOP_REQUIRE_SERVICES requires the Kafka tests"
-            );
-            eprintln!("SKIPPED (service not configured): set AOP_TEST_KAFKA=host:port");
-            None
-        }
-    }
+    service(Service::Kafka)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

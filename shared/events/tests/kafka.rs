@@ -1,6 +1,7 @@
 //! The producer and topic administration against a real Kafka-protocol broker
 //! (`AOP_TEST_KAFKA=127.0.0.1:PORT`; `scripts/test-all` runs these against noida-db and Tansu).
 
+use aop_test_support::{Service, service};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -12,17 +13,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 
 fn broker() -> Option<String> {
-    match std::env::var("AOP_TEST_KAFKA") {
-        Ok(servers) if !servers.is_empty() => Some(servers),
-        _ => {
-            assert!(
-                std::env::var_os("AOP_REQUIRE_SERVICES").is_none(),
-                "AOP_TEST_KAFKA is not set, but AOP_REQUIRE_SERVICES requires the Kafka tests"
-            );
-            eprintln!("SKIPPED (service not configured): set AOP_TEST_KAFKA=host:port");
-            None
-        }
-    }
+    service(Service::Kafka)
 }
 
 fn unique_topics() -> Topics {

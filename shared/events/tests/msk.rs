@@ -2,6 +2,7 @@
 //! redelivery, poison records to the dead-letter topic (real broker), transient failures
 //! reported in `batchItemFailures` with the rest of their partition.
 
+use aop_test_support::{Service, service};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -207,16 +208,8 @@ async fn a_transient_failure_is_retried_with_the_rest_of_its_partition() {
 
 #[tokio::test]
 async fn a_poison_record_goes_to_the_dead_letter_topic() {
-    let servers = match std::env::var("AOP_TEST_KAFKA") {
-        Ok(s) if !s.is_empty() => s,
-        _ => {
-            assert!(
-                std::env::var_os("AOP_REQUIRE_SERVICES").is_none(),
-                "AOP_TEST_KAFKA is not set, but AOP_REQUIRE_SERVICES requires the Kafka tests"
-            );
-            eprintln!("SKIPPED (service not configured): set AOP_TEST_KAFKA=host:port");
-            return;
-        }
+    let Some(servers) = service(Service::Kafka) else {
+        return;
     };
     let topic = format!(
         "t{}.feedback_events",

@@ -2,6 +2,7 @@
 //! one names the dependency and the fix. The Neo4j and Kafka cases need `AOP_TEST_NEO4J` and
 //! `AOP_TEST_KAFKA`.
 
+use aop_test_support::{Service, service};
 use std::collections::BTreeMap;
 
 use aop_runtime::doctor::{Check, Status, run};
@@ -28,20 +29,6 @@ fn unused_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn service(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ => {
-            assert!(
-                std::env::var_os("AOP_REQUIRE_SERVICES").is_none(),
-                "{var} is not set, but AOP_REQUIRE_SERVICES requires the doctor's service checks"
-            );
-            eprintln!("SKIPPED (service not configured): set {var}");
-            None
-        }
-    }
 }
 
 #[tokio::test]
@@ -98,7 +85,7 @@ async fn a_model_the_endpoint_does_not_offer_and_an_endpoint_that_is_down_are_na
 
 #[tokio::test]
 async fn neo4j_up_behind_and_down() {
-    let Some(uri) = service("AOP_TEST_NEO4J") else {
+    let Some(uri) = service(Service::Neo4j) else {
         return;
     };
     let password = std::env::var("AOP_TEST_NEO4J_PASSWORD").unwrap_or("aop-test-password".into());
@@ -155,7 +142,7 @@ async fn neo4j_up_behind_and_down() {
 
 #[tokio::test]
 async fn kafka_topics_missing_then_applied_and_brokers_down() {
-    let Some(servers) = service("AOP_TEST_KAFKA") else {
+    let Some(servers) = service(Service::Kafka) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -2,6 +2,7 @@
 //! agent, in per-agent order; and nothing lost when Kafka is down. Needs `AOP_TEST_KAFKA`; the
 //! outage test starts and stops its own noida-db broker with `infra/kafka/broker`.
 
+use aop_test_support::{Service, service};
 use std::collections::{BTreeMap, HashSet};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -44,17 +45,7 @@ impl Drop for Outage {
 }
 
 fn kafka() -> Option<String> {
-    match std::env::var("AOP_TEST_KAFKA") {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ => {
-            assert!(
-                std::env::var_os("AOP_REQUIRE_SERVICES").is_none(),
-                "AOP_TEST_KAFKA is not set, but AOP_REQUIRE_SERVICES requires the Kafka tests"
-            );
-            eprintln!("SKIPPED (service not configured): set AOP_TEST_KAFKA=host:port");
-            None
-        }
-    }
+    service(Service::Kafka)
 }
 
 fn kafka_env(servers: &str, prefix: &str, dir: &std::path::Path) -> BTreeMap<String, String> {

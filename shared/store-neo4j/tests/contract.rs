@@ -7,6 +7,7 @@
 //! `AOP_TEST_NEO4J_USER` (default `root`), `AOP_TEST_NEO4J_PASSWORD` (default
 //! `aop-test-password`), `AOP_TEST_NEO4J_DATABASE` (default `neo4j`).
 
+use aop_test_support::{Service, service};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -17,14 +18,7 @@ use secrecy::SecretString;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 fn config() -> Option<Neo4jConfig> {
-    let Ok(uri) = std::env::var("AOP_TEST_NEO4J") else {
-        assert!(
-            std::env::var_os("AOP_REQUIRE_SERVICES").is_none(),
-            "AOP_TEST_NEO4J is not set, but AOP_REQUIRE_SERVICES requires the Neo4j tests"
-        );
-        eprintln!("SKIPPED (service not configured): set AOP_TEST_NEO4J=bolt://host:port");
-        return None;
-    };
+    let uri = service(Service::Neo4j)?;
     let env = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
     let mut config = Neo4jConfig::new(
         uri,
@@ -300,8 +294,13 @@ async fn a_refused_login_reads_the_credentials_again_once() {
         asked: std::sync::atomic::AtomicUsize::new(0),
     });
     let store = Neo4jStore::with_credentials(config.clone(), Some(source.clone())).unwrap();
-    let version = migrations::applied_version(&store).await.unwrap();
-    assert_eq!(version, migrations::SCHEMA_VERSION);
+    // The first statement is refused, the credentials are read again, and all that follows
+    // works on them.
+    migrations::migrate(&store).await.unwrap();
+    assert_eq!(
+        migrations::applied_version(&store).await.unwrap(),
+        migrations::SCHEMA_VERSION
+    );
     assert_eq!(source.asked.load(std::sync::atomic::Ordering::SeqCst), 1);
 
     // Credentials that stay wrong fail after one refresh, naming the refusal, not looping.

@@ -14,20 +14,7 @@ use aws_sdk_secretsmanager::config::{BehaviorVersion, ConfigBag, Credentials, In
 /// When `AOP_REQUIRE_SERVICES` is set but `AOP_TEST_MOTO` is not: a run that promised real
 /// services must not pass by skipping.
 pub fn moto() -> Option<String> {
-    match std::env::var("AOP_TEST_MOTO") {
-        Ok(endpoint) if !endpoint.is_empty() => Some(endpoint),
-        _ => {
-            assert!(
-                std::env::var_os("AOP_REQUIRE_SERVICES").is_none(),
-                "AOP_TEST_MOTO is not set, but AOP_REQUIRE_SERVICES requires the moto tests"
-            );
-            eprintln!(
-                "SKIPPED (service not configured): set AOP_TEST_MOTO=http://127.0.0.1:PORT \
-                 (infra/aws/moto start PORT)"
-            );
-            None
-        }
-    }
+    aop_test_support::service(aop_test_support::Service::Moto)
 }
 
 /// Fake credentials: moto accepts any, and nothing here should read the developer's own.
