@@ -4,13 +4,10 @@
 
 use aop_test_support::{Service, service};
 use std::sync::Arc;
-use std::time::Duration;
 
 use aop_core::{AgentService, CreateAgent, Outbox, SystemClock};
 use aop_store_sqlite::SqliteStore;
 use lambda_emulator::LambdaEmulator;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
 use serde_json::{Value, json};
 
 const FIXTURE: &str = include_str!("fixtures/scheduled_event.json");
@@ -61,28 +58,13 @@ async fn a_scheduled_event_publishes_the_outbox_to_kafka() {
         "nothing is published twice"
     );
 
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &servers)
-        .set(
-            "group.id",
-            format!("check-{}", uuid::Uuid::new_v4().simple()),
-        )
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[&topic]).unwrap();
+    let records = aop_test_support::read_topic(&servers, &topic, 2).await;
     let mut types = Vec::new();
-    while types.len() < 2 {
-        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
-            .await
-            .expect("the relayed events arrive")
-            .unwrap();
-        assert_eq!(message.key(), Some(agent.as_str().as_bytes()));
-        let body: Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+    for record in records {
+        assert_eq!(record.key.as_deref(), Some(agent.as_str().as_bytes()));
+        let body: Value = serde_json::from_slice(&record.payload.unwrap()).unwrap();
         types.push(body["type"].as_str().unwrap().to_owned());
     }
-    consumer.unsubscribe();
     assert_eq!(types.len(), 2);
     assert!(types[0].ends_with("agent.created"), "{types:?}");
 }

@@ -54,3 +54,49 @@ pub fn service(service: Service) -> Option<String> {
         }
     }
 }
+
+/// One record read back from a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// Reads the first `count` records of `topic` (from the earliest offset, in a consumer group of
+/// its own), leaving the group before it returns.
+///
+/// # Panics
+/// When they do not all arrive within 30 s, or the broker refuses the consumer.
+pub async fn read_topic(servers: &str, topic: &str, count: usize) -> Vec<Record> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Message;
+
+    let group = format!(
+        "check-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("group.id", &group)
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .expect("a consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut records = Vec::with_capacity(count);
+    while records.len() < count {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(30), consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{} of {count} records of {topic} arrived", records.len()))
+            .expect("a record");
+        records.push(Record {
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+        });
+    }
+    // Leaving the group at once: some brokers hold a dead member's partitions until it times out.
+    consumer.unsubscribe();
+    records
+}
