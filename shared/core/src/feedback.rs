@@ -82,6 +82,16 @@ pub struct MetricStats {
     pub variance: f64,
 }
 
+/// Sample variance (n - 1 in the denominator) from a count and a running sum of squared
+/// differences from the mean, as stores keep them; 0 for fewer than two values.
+pub fn sample_variance(count: u64, m2: f64) -> f64 {
+    if count > 1 {
+        (m2 / (count - 1) as f64).max(0.0)
+    } else {
+        0.0
+    }
+}
+
 /// Input of `get_feedback_metrics`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -3,7 +3,7 @@
 //! `(:Feedback)-[:HAS_RATING]->(:Rating)`, `(:Fitness)-[:OF]->(:AgentVersion)` and
 //! `(:ProcessedEvent)` records that make event handling idempotent.
 
-use aop_core::feedback::{Feedback, FeedbackStore, FitnessUpdate, MetricStats};
+use aop_core::feedback::{Feedback, FeedbackStore, FitnessUpdate, MetricStats, sample_variance};
 use aop_core::{AgentId, Clock, DomainEvent, StoreError, SystemClock};
 use async_trait::async_trait;
 use neo4rs::{BoltType, Row, query};
@@ -11,15 +11,6 @@ use serde_json::{Value, json};
 
 use crate::params::{bolt, event_rows, version_key};
 use crate::{Neo4jStore, Work, column, outbox, rows, run};
-
-/// Sample variance from a running sum of squared differences.
-fn variance(count: u64, m2: f64) -> f64 {
-    if count > 1 {
-        (m2 / (count - 1) as f64).max(0.0)
-    } else {
-        0.0
-    }
-}
 
 fn decode_stats(row: &Row, prefix: &str) -> Result<MetricStats, StoreError> {
     let count: i64 = column(row, "n", "statistics count")?;
@@ -30,7 +21,7 @@ fn decode_stats(row: &Row, prefix: &str) -> Result<MetricStats, StoreError> {
         metric: format!("{prefix}{metric}"),
         count,
         mean: column(row, "mean", "statistics mean")?,
-        variance: variance(count, column(row, "m2", "statistics m2")?),
+        variance: sample_variance(count, column(row, "m2", "statistics m2")?),
     })
 }
 

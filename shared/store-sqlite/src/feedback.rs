@@ -1,21 +1,12 @@
 //! Feedback, fitness statistics and processed-event records in the embedded store.
 
-use aop_core::feedback::{Feedback, FeedbackStore, FitnessUpdate, MetricStats};
+use aop_core::feedback::{Feedback, FeedbackStore, FitnessUpdate, MetricStats, sample_variance};
 use aop_core::{AgentId, Clock, DomainEvent, StoreError, SystemClock};
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, TransactionBehavior, params, params_from_iter};
 
 use crate::error::map_err;
 use crate::{SqliteStore, rows};
-
-/// Sample variance from a running sum of squared differences.
-fn variance(count: u64, m2: f64) -> f64 {
-    if count > 1 {
-        (m2 / (count - 1) as f64).max(0.0)
-    } else {
-        0.0
-    }
-}
 
 #[async_trait]
 impl FeedbackStore for SqliteStore {
@@ -205,7 +196,7 @@ impl StatsQuery {
                 metric: format!("{prefix}{}", r.get::<_, String>(1)?),
                 count,
                 mean: r.get(3)?,
-                variance: variance(count, r.get(4)?),
+                variance: sample_variance(count, r.get(4)?),
             })
         })
         .map_err(map_err)?
