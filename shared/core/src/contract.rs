@@ -571,7 +571,7 @@ pub async fn concurrent_updates_never_lose_a_version(f: &Fixture) {
         match t.await.unwrap() {
             Ok(_) => ok += 1,
             Err(ServiceError::Conflict(m)) => assert!(m.contains("concurrently"), "{m}"),
-            Err(other) => panic!("unexpected error {other}"),
+            Err(other) => panic!("unexpected error {other}: {other:?}"),
         }
     }
     assert!(ok >= 1);

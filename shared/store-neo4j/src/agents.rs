@@ -324,10 +324,14 @@ async fn write_version(txn: &mut Txn, agent_id: &str, v: &VersionWrite) -> Resul
             .first()
             .map_or(Ok(0), |r| column(r, "n", "parent count"))?;
         if usize::try_from(n).ok() != Some(v.parent_count) {
-            return Err(StoreError::Permanent {
-                message: format!("a parent of version {} does not exist", v.key),
-                source: None,
-            }
+            // Parents come from versions the caller just read, so a missing one is most often
+            // a concurrent writer's version this transaction's snapshot does not see yet (an
+            // MVCC server reports that race here rather than at commit): a conflict.
+            return Err(StoreError::Conflict(format!(
+                "a parent of version {} is not in the store (a concurrent change, or a parent \
+                 that does not exist)",
+                v.key
+            ))
             .into());
         }
     }
