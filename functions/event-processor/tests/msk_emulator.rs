@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use aop_core::feedback::{FeedbackService, MetricsQuery, SubmitFeedback};
+use aop_core::FeedbackService;
+use aop_core::services::feedback::{MetricsQuery, SubmitFeedback};
 use aop_core::{AgentService, CreateAgent, EventType, Outbox, SystemClock};
 use aop_events::CloudEvent;
 use aop_store_sqlite::SqliteStore;
@@ -54,7 +55,7 @@ async fn msk_batches_are_applied_once_and_answered_with_batch_item_failures() {
         .await
         .unwrap()
         .into_iter()
-        .filter(|e| e.event_type == EventType::FeedbackSubmitted)
+        .filter(|e| e.event_type() == EventType::FeedbackSubmitted)
         .collect();
 
     // The fixture's record, repeated over two partitions with the real events in it.
@@ -67,7 +68,8 @@ async fn msk_batches_are_applied_once_and_answered_with_batch_item_failures() {
         record["partition"] = json!(partition);
         record["offset"] = json!(100 + i as i64);
         record["key"] = json!(STANDARD.encode(agent.as_str()));
-        record["value"] = json!(STANDARD.encode(CloudEvent::from_domain(event, None).to_bytes()));
+        record["value"] =
+            json!(STANDARD.encode(CloudEvent::from_domain(event, None).unwrap().to_bytes()));
         partitions
             .entry(format!("feedback_events-{partition}"))
             .or_insert_with(|| json!([]))

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use aop_runtime::config::settings_help;
-use aop_runtime::{Config, Overrides, Platform, telemetry};
+use aop_runtime::{Config, Overrides, Platform, Role, telemetry};
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -136,7 +136,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn load(common: &CommonArgs, overrides: &Overrides) -> Result<Config, BoxError> {
     let config = Config::load(common.config.as_deref(), overrides)?;
-    telemetry::init(&config.log_level)?;
+    telemetry::init(config.log_level())?;
     Ok(config)
 }
 
@@ -146,10 +146,10 @@ fn migrate(args: &CommonArgs) -> Result<(), BoxError> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let (config, secrets) = aop_runtime::settle(config).await?;
+        let (config, secrets) = aop_runtime::settle(config, Role::Local).await?;
         // Opening the embedded store migrates it; the graph is migrated explicitly.
-        let platform = Platform::build_with(&config, secrets.as_ref())?;
-        if let Some(store) = platform.neo4j() {
+        let stores = aop_runtime::roles::open_stores(&config, secrets.as_ref())?;
+        if let Some(store) = stores.neo4j() {
             let applied = aop_store_neo4j::migrations::migrate(store).await?;
             for version in &applied {
                 let name = aop_store_neo4j::migrations::MIGRATIONS[*version as usize - 1].name;
@@ -158,8 +158,8 @@ fn migrate(args: &CommonArgs) -> Result<(), BoxError> {
         }
         println!(
             "store schema is up to date: {} (version {})",
-            platform.store_description(),
-            if platform.neo4j().is_some() {
+            stores.description(),
+            if stores.neo4j().is_some() {
                 aop_store_neo4j::SCHEMA_VERSION
             } else {
                 aop_store_sqlite::SCHEMA_VERSION
@@ -182,7 +182,7 @@ fn doctor(args: &CommonArgs) -> Result<(), BoxError> {
     let checks = runtime.block_on(async {
         // With secrets and the MSK brokers filled in when they can be; when they cannot, the
         // checks run on what is configured and the secrets check says what failed.
-        let config = match aop_runtime::settle(config.clone()).await {
+        let config = match aop_runtime::settle(config.clone(), Role::Local).await {
             Ok((settled, _)) => settled,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot complete the configuration from AWS");
@@ -210,10 +210,10 @@ fn topics_apply(args: &CommonArgs) -> Result<(), BoxError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (config, _) = runtime.block_on(aop_runtime::settle(config))?;
+    let (config, _) = runtime.block_on(aop_runtime::settle(config, Role::Local))?;
     let kafka = &config.kafka;
-    let settings = aop_runtime::platform::kafka_settings(&config)?;
-    let specs = aop_runtime::platform::topic_specs(&config);
+    let settings = aop_runtime::adapters::kafka_client(&config)?;
+    let specs = kafka.topic_specs();
     let outcomes = runtime.block_on(apply_topics(&settings, &specs))?;
     let mut drift = false;
     for (name, outcome) in outcomes {
@@ -244,9 +244,11 @@ fn serve(args: &ServeArgs) -> Result<(), BoxError> {
 }
 
 async fn run(config: Config) -> Result<(), BoxError> {
-    let (config, platform) = aop_runtime::start(config).await?;
+    let (config, platform) = Platform::start(config).await?;
     let shutdown = CancellationToken::new();
-    let app = platform.router(Platform::http_options(&config, shutdown.clone()));
+    let app = platform
+        .mcp
+        .router(config.server.http_options(shutdown.clone()));
     let addr = SocketAddr::new(config.server.host, config.server.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -261,46 +263,47 @@ async fn run(config: Config) -> Result<(), BoxError> {
     tracing::info!(
         address = %bound,
         url = %format!("http://{bound}/mcp"),
-        store = platform.store_description(),
-        environment = %config.environment,
+        store = platform.mcp.stores.description(),
+        environment = %config.environment(),
         stateless = config.server.stateless,
         "listening"
     );
     let mut background = Vec::new();
     if config.kafka.bootstrap_servers.is_some() {
-        // Events go to Kafka; this process also consumes the processor's topics, through the
-        // same batch code the MSK event source drives on Lambda.
+        // Events go to Kafka; this process also runs every handler in its consumer group,
+        // through the same batch code the MSK event source drives on Lambda.
         let relay = platform.kafka_relay(&config)?;
         background.push(tokio::spawn(relay.run(shutdown.clone())));
-        let settings = aop_runtime::platform::kafka_settings(&config)?;
-        let dead = aop_events::kafka::KafkaDeadLetters::new(&settings)?;
-        let topics = aop_runtime::platform::topics(&config);
-        let processor = platform.processor.clone();
-        let observer = platform.clone();
-        let stop = shutdown.clone();
-        background.push(tokio::spawn(async move {
-            let subscribed = [
-                topics.agent_events.as_str(),
-                topics.feedback_events.as_str(),
-            ];
-            let observe = |stats: &aop_events::msk::BatchStats| observer.observe_batch(stats);
-            if let Err(e) = aop_events::consumer::run_observed(
-                &settings,
-                "aop-event-processor",
-                &subscribed,
-                &processor,
-                &dead,
-                &observe,
-                stop,
-            )
-            .await
-            {
-                tracing::error!(error = %e, "event consumer failed");
-            }
-        }));
+        let settings = aop_runtime::adapters::kafka_client(&config)?;
+        let dead = std::sync::Arc::new(aop_events::kafka::KafkaDeadLetters::new(&settings)?);
+        for subscription in platform.subscriptions() {
+            let (settings, dead, observer, stop) = (
+                settings.clone(),
+                dead.clone(),
+                platform.clone(),
+                shutdown.clone(),
+            );
+            background.push(tokio::spawn(async move {
+                let topics: Vec<&str> = subscription.topics.iter().map(String::as_str).collect();
+                let observe = |stats: &aop_events::msk::BatchStats| observer.observe_batch(stats);
+                if let Err(e) = aop_events::consumer::run_observed(
+                    &settings,
+                    &subscription.group,
+                    &topics,
+                    subscription.handler.as_ref(),
+                    dead.as_ref(),
+                    &observe,
+                    stop,
+                )
+                .await
+                {
+                    tracing::error!(error = %e, group = %subscription.group, "event consumer failed");
+                }
+            }));
+        }
         tracing::info!(servers = ?config.kafka.bootstrap_servers, "events go through Kafka");
     } else {
-        // No broker: the outbox feeds the event processor in this process.
+        // No broker: the outbox feeds the handlers in this process.
         background.push(tokio::spawn(
             platform.in_process_relay().run(shutdown.clone()),
         ));

@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aop_mcp::RequestDeadline;
-use aop_runtime::{Config, Overrides, Platform, telemetry};
+use aop_runtime::roles::mcp::McpRole;
+use aop_runtime::{Config, Overrides, telemetry};
 use axum::extract::Request;
 use lambda_http::RequestExt;
 use tokio_util::sync::CancellationToken;
@@ -15,18 +16,18 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(1_500);
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     let config = Config::load(None, &Overrides::default())?;
-    telemetry::init(&config.log_level)?;
-    let (config, platform) = aop_runtime::start(config).await?;
-    let mut options = Platform::http_options(&config, CancellationToken::new());
+    telemetry::init(config.log_level())?;
+    let (config, role) = McpRole::start(config).await?;
+    let mut options = config.server.http_options(CancellationToken::new());
     // A Lambda instance keeps no MCP sessions: any instance must answer any request.
     options.stateless = true;
     options.json_response = true;
     options.expose_metrics = false;
-    let app = platform
+    let app = role
         .router(options)
         .layer(axum::middleware::map_request(attach_deadline));
     tracing::info!(
-        store = platform.store_description(),
+        store = role.stores.description(),
         "mcp-server function ready"
     );
     lambda_http::run(app).await

@@ -2,6 +2,7 @@
 //! still in the outbox to Kafka, oldest first, and answers how many it published and how many
 //! are left.
 
+use aop_runtime::roles::relay::RelayRole;
 use aop_runtime::{Config, Overrides, telemetry};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::{Value, json};
@@ -9,11 +10,11 @@ use serde_json::{Value, json};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let config = Config::load(None, &Overrides::default())?;
-    telemetry::init(&config.log_level)?;
-    let (config, platform) = aop_runtime::start(config).await?;
-    let relay = platform.kafka_relay(&config)?;
-    let outbox = platform.outbox.clone();
-    let environment = config.environment.clone();
+    telemetry::init(config.log_level())?;
+    let (config, role) = RelayRole::start(config).await?;
+    let relay = role.relay;
+    let outbox = role.outbox;
+    let environment = config.environment().to_owned();
     lambda_runtime::run(service_fn(move |_event: LambdaEvent<Value>| {
         let relay = relay.clone();
         let outbox = outbox.clone();

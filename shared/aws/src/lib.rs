@@ -9,8 +9,10 @@
 pub mod msk;
 mod sdk;
 pub mod secrets;
+mod settings;
 
 #[cfg(feature = "msk")]
 pub use msk::{MskAuth, MskBootstrap, MskClient, MskError, bootstrap_brokers};
 pub use sdk::{ATTEMPT_DEADLINE, AwsConfigError, CALL_DEADLINE, https_client, load_sdk_config};
 pub use secrets::{Secret, SecretCache, SecretsClient, SecretsError};
+pub use settings::SecretsSettings;

@@ -8,12 +8,14 @@ use std::sync::Arc;
 use crate::agent::{AgentStatus, Capability, ModelParameters, PROD_ALIAS};
 use crate::clock::SystemClock;
 use crate::error::ServiceError;
-use crate::events::EventType;
-use crate::feedback::{FeedbackService, FeedbackStore, MetricsQuery, SubmitFeedback};
+use crate::events::{EventData, EventType, payload};
+use crate::feedback::Metric;
+use crate::handler::{EventHandler, Handled};
 use crate::page::PageRequest;
-use crate::ports::{AgentStore, Outbox, SessionStore, StoreError};
-use crate::processor::{EventProcessor, Handled};
-use crate::service::{AgentService, CreateAgent, ListAgents, UpdateAgent};
+use crate::ports::{AgentStore, FeedbackStore, Outbox, SessionStore, StoreError};
+use crate::services::agents::{AgentService, CreateAgent, ListAgents, UpdateAgent};
+use crate::services::feedback::{FeedbackService, MetricsQuery, SubmitFeedback};
+use crate::services::fitness::FitnessHandler;
 use crate::session::{
     Interaction, InteractionId, InteractionStatus, Message, Role, Session, SessionId,
     SessionStatus, TokenUsage, ToolCallRecord,
@@ -761,7 +763,8 @@ pub async fn a_turn_is_recorded_whole_or_not_at_all(f: &Fixture) {
         f.events_of(&agent.agent_id)
             .await
             .iter()
-            .all(|e| e.data["interaction_id"] != loser.interaction_id.as_str()),
+            .all(|e| !matches!(&e.data, EventData::InteractionCompleted(p)
+                if p.interaction.interaction_id == loser.interaction_id)),
         "and so is its event"
     );
     let messages = f
@@ -897,10 +900,11 @@ pub async fn update_refuses_a_delegation_cycle(f: &Fixture) {
 
 fn turn_event(i: &Interaction) -> crate::DomainEvent {
     crate::DomainEvent::new(
-        EventType::InteractionCompleted,
         &i.agent_id,
         i.created_at,
-        serde_json::json!({"interaction_id": i.interaction_id}),
+        payload::InteractionCompleted {
+            interaction: i.clone(),
+        },
     )
 }
 
@@ -912,7 +916,7 @@ pub async fn writes_and_their_events_commit_together(f: &Fixture) {
         .events_of(&id)
         .await
         .iter()
-        .map(|e| e.event_type)
+        .map(crate::DomainEvent::event_type)
         .collect();
     assert_eq!(
         types,
@@ -922,7 +926,7 @@ pub async fn writes_and_their_events_commit_together(f: &Fixture) {
     svc.update(update(&id, "v2")).await.unwrap();
     svc.archive(&id).await.unwrap();
     let events = f.events_of(&id).await;
-    let types: Vec<EventType> = events.iter().map(|e| e.event_type).collect();
+    let types: Vec<EventType> = events.iter().map(crate::DomainEvent::event_type).collect();
     assert_eq!(
         types,
         [
@@ -932,17 +936,25 @@ pub async fn writes_and_their_events_commit_together(f: &Fixture) {
             EventType::AgentArchived
         ]
     );
-    assert_eq!(events[2].data["version"]["version"], 2);
-    assert_eq!(events[0].data["agent"]["name"], "eventful");
+    let EventData::AgentVersionCreated(second) = &events[2].data else {
+        panic!("{:?}", events[2]);
+    };
+    assert_eq!(second.version.version, 2);
+    let EventData::AgentCreated(first) = &events[0].data else {
+        panic!("{:?}", events[0]);
+    };
+    assert_eq!(first.agent.name, "eventful");
 
     // A write that fails writes none of its events.
     let mut rival = svc.get(&id, None).await.unwrap();
     rival.version.version = 2;
     let doomed = crate::DomainEvent::new(
-        EventType::AgentVersionCreated,
         &id,
         0,
-        serde_json::json!({"doomed": true}),
+        payload::AgentVersionCreated {
+            version: rival.version.clone(),
+            aliases: Vec::new(),
+        },
     );
     let err = f
         .store
@@ -991,7 +1003,7 @@ impl Fixture {
 
     /// Feeds every pending event about `agent` to the processor, as the relay would.
     async fn process_events_of(&self, agent: &crate::AgentId) -> Vec<Handled> {
-        let processor = EventProcessor::new(self.feedback.clone());
+        let processor = FitnessHandler::new(self.feedback.clone());
         let mut outcomes = Vec::new();
         for event in self.events_of(agent).await {
             outcomes.push(processor.handle(&event).await.unwrap());
@@ -1060,7 +1072,7 @@ pub async fn feedback_metrics_equal_statistics_computed_directly(f: &Fixture) {
     ] {
         assert_eq!(report.metrics.len(), 1, "{report:?}");
         let m = &report.metrics[0];
-        assert_eq!(m.metric, "feedback.helpfulness");
+        assert_eq!(m.metric, Metric::rating("helpfulness"));
         assert_eq!(m.count, 50);
         assert!((m.mean - mean).abs() < 1e-9, "{} vs {mean}", m.mean);
         assert!((m.variance - var).abs() < 1e-9, "{} vs {var}", m.variance);

@@ -1,8 +1,8 @@
-//! Errors of the use cases. A variant exists only where a caller reacts differently.
+//! Errors, the bottom of the crate: what a store reports and why a use case did not happen. A
+//! variant exists only where a caller reacts differently. Nothing here imports the rest of the
+//! crate.
 
 use std::fmt;
-
-use crate::ports::StoreError;
 
 /// One invalid input field: which field (a dotted path such as `capabilities[1].name`) and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +23,54 @@ impl FieldError {
 impl fmt::Display for FieldError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+/// A store failure, split by what the caller can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A write lost a race or hit a uniqueness rule; re-reading and retrying can succeed.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The backend is unreachable or busy; retrying later can succeed.
+    #[error("store unavailable: {message}")]
+    Unavailable {
+        message: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// Anything else: a bug, corrupt data, a schema mismatch. Retrying will not help.
+    #[error("store error: {message}")]
+    Permanent {
+        message: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+impl StoreError {
+    pub fn permanent(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Permanent {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    pub fn unavailable(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Unavailable {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Conflict(_) | Self::Unavailable { .. })
     }
 }
 
@@ -58,7 +106,7 @@ impl ServiceError {
         Self::Invalid(vec![FieldError::new(field, reason)])
     }
 
-    pub fn agent_not_found(id: &crate::AgentId) -> Self {
+    pub fn agent_not_found(id: &impl fmt::Display) -> Self {
         Self::NotFound {
             kind: "agent",
             id: id.to_string(),

@@ -1,5 +1,9 @@
 //! Domain events: every state change is one, written to the outbox in the same transaction as
 //! the change, then published (Kafka) or dispatched in process.
+//!
+//! Each event type has exactly one payload struct (in [`payload`]). The list below is the only
+//! place that ties a type's name, its stream and its payload together: the type enum, the typed
+//! [`EventData`], decoding and the published JSON schemas all come from it.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -15,145 +19,208 @@ pub enum Stream {
     EvolutionEvents,
 }
 
-/// The event types of the platform, by their CloudEvents `type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum EventType {
-    #[serde(rename = "agent.created")]
-    AgentCreated,
-    #[serde(rename = "agent.version.created")]
-    AgentVersionCreated,
-    #[serde(rename = "agent.deployed")]
-    AgentDeployed,
-    #[serde(rename = "agent.archived")]
-    AgentArchived,
-    #[serde(rename = "session.started")]
-    SessionStarted,
-    #[serde(rename = "session.ended")]
-    SessionEnded,
-    #[serde(rename = "interaction.completed")]
-    InteractionCompleted,
-    #[serde(rename = "interaction.failed")]
-    InteractionFailed,
-    #[serde(rename = "feedback.submitted")]
-    FeedbackSubmitted,
-    #[serde(rename = "feedback.analyzed")]
-    FeedbackAnalyzed,
-    #[serde(rename = "evolution.started")]
-    EvolutionStarted,
-    #[serde(rename = "evolution.generation.requested")]
-    EvolutionGenerationRequested,
-    #[serde(rename = "evolution.generation.completed")]
-    EvolutionGenerationCompleted,
-    #[serde(rename = "evolution.candidate.selected")]
-    EvolutionCandidateSelected,
-    #[serde(rename = "evolution.completed")]
-    EvolutionCompleted,
-    #[serde(rename = "evolution.failed")]
-    EvolutionFailed,
+impl Stream {
+    pub const ALL: [Self; 3] = [
+        Self::AgentEvents,
+        Self::FeedbackEvents,
+        Self::EvolutionEvents,
+    ];
+}
+
+/// Why event data does not fit its type.
+#[derive(Debug, thiserror::Error)]
+#[error("{event_type} data does not decode: {source}")]
+pub struct DataError {
+    pub event_type: &'static str,
+    #[source]
+    pub source: serde_json::Error,
+}
+
+macro_rules! event_types {
+    ($( $(#[$doc:meta])* $variant:ident = $name:literal in $stream:ident; )*) => {
+        /// The event types of the platform, by their CloudEvents `type`.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+        pub enum EventType {
+            $( $(#[$doc])* #[serde(rename = $name)] $variant, )*
+        }
+
+        impl EventType {
+            pub const ALL: &'static [Self] = &[$(Self::$variant),*];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $name,)* }
+            }
+
+            /// The stream (and so the topic) events of this type go to.
+            pub fn stream(self) -> Stream {
+                match self { $(Self::$variant => Stream::$stream,)* }
+            }
+
+            /// The JSON schema of this type's `data`.
+            pub fn data_schema(self) -> schemars::Schema {
+                match self { $(Self::$variant => schemars::schema_for!(payload::$variant),)* }
+            }
+        }
+
+        /// The typed `data` of an event: one variant, and one payload struct, per type.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum EventData {
+            $( $variant(payload::$variant), )*
+        }
+
+        impl EventData {
+            pub fn event_type(&self) -> EventType {
+                match self { $(Self::$variant(_) => EventType::$variant,)* }
+            }
+
+            /// The data as JSON, as stores and the envelope write it.
+            ///
+            /// # Errors
+            /// When a value cannot be represented in JSON.
+            pub fn to_json(&self) -> Result<serde_json::Value, serde_json::Error> {
+                match self { $(Self::$variant(p) => serde_json::to_value(p),)* }
+            }
+
+            /// Reads the data of an event of type `event_type`.
+            ///
+            /// # Errors
+            /// `DataError` when the JSON is not that type's payload.
+            pub fn from_json(
+                event_type: EventType,
+                data: serde_json::Value,
+            ) -> Result<Self, DataError> {
+                let wrap = |source| DataError { event_type: event_type.as_str(), source };
+                match event_type {
+                    $(EventType::$variant => {
+                        serde_json::from_value(data).map(Self::$variant).map_err(wrap)
+                    })*
+                }
+            }
+        }
+
+        $(
+            impl From<payload::$variant> for EventData {
+                fn from(p: payload::$variant) -> Self {
+                    Self::$variant(p)
+                }
+            }
+        )*
+    };
+}
+
+event_types! {
+    AgentCreated = "agent.created" in AgentEvents;
+    AgentVersionCreated = "agent.version.created" in AgentEvents;
+    /// An alias moved.
+    AgentDeployed = "agent.deployed" in AgentEvents;
+    AgentArchived = "agent.archived" in AgentEvents;
+    SessionStarted = "session.started" in AgentEvents;
+    SessionEnded = "session.ended" in AgentEvents;
+    InteractionCompleted = "interaction.completed" in AgentEvents;
+    InteractionFailed = "interaction.failed" in AgentEvents;
+    FeedbackSubmitted = "feedback.submitted" in FeedbackEvents;
 }
 
 impl EventType {
-    pub const ALL: [Self; 16] = [
-        Self::AgentCreated,
-        Self::AgentVersionCreated,
-        Self::AgentDeployed,
-        Self::AgentArchived,
-        Self::SessionStarted,
-        Self::SessionEnded,
-        Self::InteractionCompleted,
-        Self::InteractionFailed,
-        Self::FeedbackSubmitted,
-        Self::FeedbackAnalyzed,
-        Self::EvolutionStarted,
-        Self::EvolutionGenerationRequested,
-        Self::EvolutionGenerationCompleted,
-        Self::EvolutionCandidateSelected,
-        Self::EvolutionCompleted,
-        Self::EvolutionFailed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::AgentCreated => "agent.created",
-            Self::AgentVersionCreated => "agent.version.created",
-            Self::AgentDeployed => "agent.deployed",
-            Self::AgentArchived => "agent.archived",
-            Self::SessionStarted => "session.started",
-            Self::SessionEnded => "session.ended",
-            Self::InteractionCompleted => "interaction.completed",
-            Self::InteractionFailed => "interaction.failed",
-            Self::FeedbackSubmitted => "feedback.submitted",
-            Self::FeedbackAnalyzed => "feedback.analyzed",
-            Self::EvolutionStarted => "evolution.started",
-            Self::EvolutionGenerationRequested => "evolution.generation.requested",
-            Self::EvolutionGenerationCompleted => "evolution.generation.completed",
-            Self::EvolutionCandidateSelected => "evolution.candidate.selected",
-            Self::EvolutionCompleted => "evolution.completed",
-            Self::EvolutionFailed => "evolution.failed",
-        }
-    }
-
     pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.as_str() == text)
-    }
-
-    /// agent.*, session.* and interaction.* go to agent events; feedback.* and evolution.* to
-    /// their own streams.
-    pub fn stream(self) -> Stream {
-        match self {
-            Self::FeedbackSubmitted | Self::FeedbackAnalyzed => Stream::FeedbackEvents,
-            Self::EvolutionStarted
-            | Self::EvolutionGenerationRequested
-            | Self::EvolutionGenerationCompleted
-            | Self::EvolutionCandidateSelected
-            | Self::EvolutionCompleted
-            | Self::EvolutionFailed => Stream::EvolutionEvents,
-            _ => Stream::AgentEvents,
-        }
+        Self::ALL.iter().copied().find(|t| t.as_str() == text)
     }
 }
 
 /// One domain event. `subject` is the agent it is about: the partition key, so each agent's
 /// events stay in order.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DomainEvent {
     /// Unique and time-ordered; consumers remember it to apply an event once.
     pub id: String,
-    pub event_type: EventType,
     pub subject: AgentId,
     /// Epoch milliseconds.
     pub time: i64,
-    pub data: serde_json::Value,
+    pub data: EventData,
     /// Ties together events caused by one request.
     pub correlation_id: Option<String>,
 }
 
 impl DomainEvent {
-    /// An event whose data is one of the [`payload`] types.
-    pub fn with_payload<T: Serialize>(
-        event_type: EventType,
-        subject: &AgentId,
-        time: i64,
-        payload: &T,
-    ) -> Self {
-        let data = serde_json::to_value(payload).unwrap_or(serde_json::Value::Null);
-        Self::new(event_type, subject, time, data)
-    }
-
-    pub fn new(
-        event_type: EventType,
-        subject: &AgentId,
-        time: i64,
-        data: serde_json::Value,
-    ) -> Self {
+    /// A new event with a fresh id; its type is its payload's.
+    pub fn new(subject: &AgentId, time: i64, data: impl Into<EventData>) -> Self {
         Self {
             id: uuid::Uuid::now_v7().to_string(),
-            event_type,
             subject: subject.clone(),
             time,
-            data,
+            data: data.into(),
             correlation_id: None,
         }
+    }
+
+    pub fn event_type(&self) -> EventType {
+        self.data.event_type()
+    }
+}
+
+/// The `data` of each event type, for producers, consumers and the published JSON schemas.
+pub mod payload {
+    use schemars::JsonSchema;
+    use serde::{Deserialize, Serialize};
+
+    use crate::agent::{Agent, AgentVersion, Alias};
+    use crate::feedback::Feedback;
+    use crate::session::{Interaction, Session};
+
+    /// `agent.created`: the agent and its first version.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    pub struct AgentCreated {
+        pub agent: Agent,
+        pub version: AgentVersion,
+    }
+
+    /// `agent.version.created`: the new version and the aliases as they are after it.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    pub struct AgentVersionCreated {
+        pub version: AgentVersion,
+        pub aliases: Vec<Alias>,
+    }
+
+    /// `agent.deployed`: the agent with its moved aliases.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    pub struct AgentDeployed {
+        pub agent: Agent,
+    }
+
+    /// `agent.archived`
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    pub struct AgentArchived {
+        pub agent: Agent,
+    }
+
+    /// `session.started`
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    pub struct SessionStarted {
+        pub session: Session,
+    }
+
+    /// `session.ended`
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    pub struct SessionEnded {
+        pub session: Session,
+    }
+
+    /// `interaction.completed`
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    pub struct InteractionCompleted {
+        pub interaction: Interaction,
+    }
+
+    /// `interaction.failed`
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    pub struct InteractionFailed {
+        pub interaction: Interaction,
+    }
+
+    /// `feedback.submitted`
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    pub struct FeedbackSubmitted {
+        pub feedback: Feedback,
     }
 }
 
@@ -164,9 +231,10 @@ mod tests {
     #[test]
     fn every_type_round_trips_and_routes() {
         for t in EventType::ALL {
-            assert_eq!(EventType::parse(t.as_str()), Some(t));
-            let json = serde_json::to_string(&t).unwrap();
+            assert_eq!(EventType::parse(t.as_str()), Some(*t));
+            let json = serde_json::to_string(t).unwrap();
             assert_eq!(json, format!("\"{}\"", t.as_str()));
+            assert!(t.data_schema().as_object().is_some());
         }
         assert_eq!(EventType::SessionEnded.stream(), Stream::AgentEvents);
         assert_eq!(EventType::InteractionFailed.stream(), Stream::AgentEvents);
@@ -174,62 +242,20 @@ mod tests {
             EventType::FeedbackSubmitted.stream(),
             Stream::FeedbackEvents
         );
-        assert_eq!(
-            EventType::EvolutionCompleted.stream(),
-            Stream::EvolutionEvents
-        );
         assert_eq!(EventType::parse("agent.deleted"), None);
     }
-}
 
-/// The `data` of each event type, for consumers and for the published JSON schemas.
-pub mod payload {
-    use schemars::JsonSchema;
-    use serde::{Deserialize, Serialize};
-
-    use crate::agent::{Agent, AgentVersion, Alias};
-    use crate::feedback::Feedback;
-    use crate::session::{Interaction, Session};
-
-    /// `agent.created`
-    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-    pub struct AgentCreated {
-        pub agent: Agent,
-        pub version: AgentVersion,
+    #[test]
+    fn data_decodes_only_as_its_own_type() {
+        let wrong = serde_json::json!({"interaction": {"nope": 1}});
+        let err = EventData::from_json(EventType::InteractionCompleted, wrong).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("interaction.completed data does not decode"),
+            "{err}"
+        );
+        let err =
+            EventData::from_json(EventType::SessionStarted, serde_json::json!(null)).unwrap_err();
+        assert_eq!(err.event_type, "session.started");
     }
-
-    /// `agent.version.created`
-    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-    pub struct AgentVersionCreated {
-        pub version: AgentVersion,
-        pub aliases: Vec<Alias>,
-    }
-
-    /// `agent.archived` (and `agent.deployed`, which carries the agent with its moved aliases)
-    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-    pub struct AgentChanged {
-        pub agent: Agent,
-    }
-
-    /// `session.started`, `session.ended`
-    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-    pub struct SessionChanged {
-        pub session: Session,
-    }
-
-    /// `interaction.completed`, `interaction.failed`
-    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-    pub struct InteractionRecorded {
-        pub interaction: Interaction,
-    }
-
-    /// `feedback.submitted`
-    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-    pub struct FeedbackSubmitted {
-        pub feedback: Feedback,
-    }
-
-    /// Events whose payload is not fixed yet (feedback analysis, evolution).
-    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-    pub struct Open(pub serde_json::Map<String, serde_json::Value>);
 }

@@ -1,35 +1,53 @@
 //! The core of the agent orchestration platform: domain types, the use cases (services) and the
 //! ports (traits) that adapters implement. This crate knows no database, broker, HTTP or AWS
 //! crate; everything outside is reached through a port.
+//!
+//! Read it bottom-up; no module imports one listed after it:
+//! 1. `error`, `clock`, `time`: errors and time, importing nothing of the crate;
+//! 2. `agent`, `session`, `feedback`, `page`, `pricing`, `llm`, `validate`: domain types, the
+//!    model port and input checks;
+//! 3. `events`: one typed payload per event type;
+//! 4. `ports`, `handler`: what adapters implement, and what consumes events;
+//! 5. `services`: the use cases every entry point calls.
+
+pub mod clock;
+pub mod error;
+pub mod time;
 
 pub mod agent;
-pub mod clock;
-#[cfg(feature = "contract")]
-pub mod contract;
-pub mod conversation;
-pub mod error;
-pub mod events;
 pub mod feedback;
 pub mod llm;
 pub mod page;
-pub mod ports;
 pub mod pricing;
-pub mod processor;
-pub mod service;
 pub mod session;
-pub mod time;
 pub mod validate;
+
+pub mod events;
+
+pub mod handler;
+pub mod ports;
+
+pub mod services;
+
+#[cfg(feature = "contract")]
+pub mod contract;
+#[cfg(feature = "contract")]
+pub mod samples;
 
 pub use agent::{
     Agent, AgentId, AgentStatus, AgentVersion, Alias, AliasRoute, Capability, Lineage, LineageEdge,
     ModelParameters, VersionRef,
 };
 pub use clock::{Clock, SystemClock};
-pub use error::{FieldError, ServiceError};
-pub use events::{DomainEvent, EventType, Stream};
+pub use error::{FieldError, ServiceError, StoreError};
+pub use events::{DomainEvent, EventData, EventType, Stream};
+pub use handler::{EventHandler, HandleError, Handled, HandlerSet};
 pub use page::{Cursor, Page, PageRequest};
 pub use ports::{
-    AgentFilter, AgentStore, EventSink, NoSignal, Outbox, OutboxSignal, SessionStore, StatusFilter,
-    StoreError, StoreHealth,
+    AgentFilter, AgentStore, EventSink, FeedbackStore, NoSignal, Outbox, OutboxSignal,
+    SessionStore, StatusFilter, StoreHealth,
 };
-pub use service::{AgentDetail, AgentService, CreateAgent, ListAgents, UpdateAgent};
+pub use services::agents::{AgentDetail, AgentService, CreateAgent, ListAgents, UpdateAgent};
+pub use services::conversation::ConversationService;
+pub use services::feedback::FeedbackService;
+pub use services::fitness::FitnessHandler;

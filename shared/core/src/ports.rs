@@ -1,59 +1,15 @@
-//! Ports: what the core needs from the outside world. Adapters live in their own crates.
+//! Ports: what the core needs from the outside world (stores, the outbox, event sinks). Adapters
+//! live in their own crates. The model port is [`crate::llm::ChatModel`] and the clock
+//! [`crate::clock::Clock`].
 
 use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::agent::{Agent, AgentId, AgentStatus, AgentVersion};
+pub use crate::error::StoreError;
 use crate::events::DomainEvent;
+use crate::feedback::{Feedback, FitnessUpdate, Metric, MetricStats};
 use crate::page::PageRequest;
-
-/// A store failure, split by what the caller can do about it.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// A write lost a race or hit a uniqueness rule; re-reading and retrying can succeed.
-    #[error("conflict: {0}")]
-    Conflict(String),
-    /// The backend is unreachable or busy; retrying later can succeed.
-    #[error("store unavailable: {message}")]
-    Unavailable {
-        message: String,
-        #[source]
-        source: Option<Box<dyn std::error::Error + Send + Sync>>,
-    },
-    /// Anything else: a bug, corrupt data, a schema mismatch. Retrying will not help.
-    #[error("store error: {message}")]
-    Permanent {
-        message: String,
-        #[source]
-        source: Option<Box<dyn std::error::Error + Send + Sync>>,
-    },
-}
-
-impl StoreError {
-    pub fn permanent(
-        message: impl Into<String>,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Self {
-        Self::Permanent {
-            message: message.into(),
-            source: Some(Box::new(source)),
-        }
-    }
-
-    pub fn unavailable(
-        message: impl Into<String>,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Self {
-        Self::Unavailable {
-            message: message.into(),
-            source: Some(Box::new(source)),
-        }
-    }
-
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Conflict(_) | Self::Unavailable { .. })
-    }
-}
 
 /// Which agents a listing returns, by status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -244,6 +200,44 @@ pub trait SessionStore: Send + Sync {
         agent_id: &AgentId,
         page: &PageRequest,
     ) -> Result<Vec<crate::session::Interaction>, StoreError>;
+}
+
+/// Persistence of feedback and fitness. Every method is atomic.
+#[async_trait]
+pub trait FeedbackStore: Send + Sync {
+    /// Stores feedback with its events.
+    async fn insert_feedback(
+        &self,
+        feedback: &Feedback,
+        events: &[DomainEvent],
+    ) -> Result<(), StoreError>;
+
+    /// Folds `updates` into the running statistics and remembers `event_id`, in one
+    /// transaction. Returns `false`, changing nothing, when the event was applied before.
+    async fn apply_once(
+        &self,
+        event_id: &str,
+        updates: &[FitnessUpdate],
+    ) -> Result<bool, StoreError>;
+
+    /// Running statistics, filtered.
+    async fn fitness(
+        &self,
+        agent_id: &AgentId,
+        version: Option<u32>,
+        metric: Option<&Metric>,
+    ) -> Result<Vec<MetricStats>, StoreError>;
+
+    /// Statistics of the ratings given in `[from, to)`, as [`Metric::Rating`]s, optionally of
+    /// one rating name only.
+    async fn rating_stats(
+        &self,
+        agent_id: &AgentId,
+        version: Option<u32>,
+        rating: Option<&str>,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<MetricStats>, StoreError>;
 }
 
 /// The transactional outbox: events written with their changes, waiting to be published.

@@ -1,4 +1,4 @@
-//! Local consumers: with Kafka configured, `aop serve` reads the processor's topics in a consumer
+//! Local consumers: with Kafka configured, `aop serve` reads each handler's topics in its consumer
 //! group and hands each batch to [`process_batch`](crate::msk::process_batch), the code path the
 //! MSK event source uses on Lambda. Offsets are committed after a batch is handled; records to
 //! retry are sought back to, so they come again in order.
@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use aop_core::processor::EventProcessor;
+use aop_core::EventHandler;
 use aws_lambda_events::event::kafka::KafkaEvent;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -15,7 +15,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use crate::kafka::{KafkaError, KafkaSettings};
+use crate::kafka::{ClientSettings, KafkaError};
 use crate::msk::{BatchStats, DeadLetters, process_batch_counted};
 
 /// Records per batch, as the event source's batch size.
@@ -60,14 +60,14 @@ fn as_record(m: &BorrowedMessage<'_>) -> serde_json::Value {
 /// # Errors
 /// `Client` when the consumer cannot be created or subscribe.
 pub async fn run(
-    settings: &KafkaSettings,
+    settings: &ClientSettings,
     group: &str,
     topics: &[&str],
-    processor: &EventProcessor,
+    handler: &dyn EventHandler,
     dead: &dyn DeadLetters,
     shutdown: CancellationToken,
 ) -> Result<(), KafkaError> {
-    run_observed(settings, group, topics, processor, dead, &|_| {}, shutdown).await
+    run_observed(settings, group, topics, handler, dead, &|_| {}, shutdown).await
 }
 
 /// As [`run`], handing the counts of every batch to `observe` (for metrics).
@@ -75,17 +75,17 @@ pub async fn run(
 /// # Errors
 /// As [`run`].
 pub async fn run_observed(
-    settings: &KafkaSettings,
+    settings: &ClientSettings,
     group: &str,
     topics: &[&str],
-    processor: &EventProcessor,
+    handler: &dyn EventHandler,
     dead: &dyn DeadLetters,
     observe: &(dyn Fn(&BatchStats) + Send + Sync),
     shutdown: CancellationToken,
 ) -> Result<(), KafkaError> {
     // A consumer that could not rewind for a retry is replaced: the new one resumes from the
     // committed offsets, which already point at the records to retry.
-    while consume(settings, group, topics, processor, dead, observe, &shutdown).await? {
+    while consume(settings, group, topics, handler, dead, observe, &shutdown).await? {
         tracing::warn!(
             group,
             "restarting the event consumer to retry from committed offsets"
@@ -97,10 +97,10 @@ pub async fn run_observed(
 
 /// One consumer's life. Returns `true` when it must be replaced, `false` at shutdown.
 async fn consume(
-    settings: &KafkaSettings,
+    settings: &ClientSettings,
     group: &str,
     topics: &[&str],
-    processor: &EventProcessor,
+    handler: &dyn EventHandler,
     dead: &dyn DeadLetters,
     observe: &(dyn Fn(&BatchStats) + Send + Sync),
     shutdown: &CancellationToken,
@@ -162,7 +162,7 @@ async fn consume(
                 continue;
             }
         };
-        let (response, stats) = process_batch_counted(&event, processor, dead).await;
+        let (response, stats) = process_batch_counted(&event, handler, dead).await;
         observe(&stats);
         let mut retry: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for failure in &response.batch_item_failures {

@@ -1,8 +1,9 @@
 //! The CloudEvents 1.0 envelope in structured JSON mode, with the `correlationid` and
 //! `traceparent` extensions. Decoding ignores unknown attributes, so producers can add some.
 
+use aop_core::events::DataError;
 use aop_core::time::{parse_rfc3339, rfc3339};
-use aop_core::{AgentId, DomainEvent, EventType};
+use aop_core::{AgentId, DomainEvent, EventData, EventType};
 use serde::{Deserialize, Serialize};
 
 pub const SPEC_VERSION: &str = "1.0";
@@ -43,21 +44,46 @@ pub enum DecodeError {
     Subject(String),
     #[error("bad time '{0}': expected RFC 3339 UTC")]
     Time(String),
+    #[error(transparent)]
+    Data(#[from] DataError),
 }
 
 impl CloudEvent {
-    pub fn from_domain(event: &DomainEvent, traceparent: Option<String>) -> Self {
+    /// The envelope of a domain event.
+    ///
+    /// # Errors
+    /// When the event's data cannot be written as JSON.
+    pub fn from_domain(
+        event: &DomainEvent,
+        traceparent: Option<String>,
+    ) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            specversion: SPEC_VERSION.to_owned(),
+            id: event.id.clone(),
+            source: SOURCE.to_owned(),
+            event_type: event.event_type().as_str().to_owned(),
+            time: rfc3339(event.time),
+            subject: event.subject.to_string(),
+            datacontenttype: "application/json".to_owned(),
+            data: event.data.to_json()?,
+            correlationid: event.correlation_id.clone(),
+            traceparent,
+        })
+    }
+
+    /// The envelope of `event` with `null` data, for when its data cannot travel.
+    pub fn without_data(event: &DomainEvent) -> Self {
         Self {
             specversion: SPEC_VERSION.to_owned(),
             id: event.id.clone(),
             source: SOURCE.to_owned(),
-            event_type: event.event_type.as_str().to_owned(),
+            event_type: event.event_type().as_str().to_owned(),
             time: rfc3339(event.time),
             subject: event.subject.to_string(),
             datacontenttype: "application/json".to_owned(),
-            data: event.data.clone(),
+            data: serde_json::Value::Null,
             correlationid: event.correlation_id.clone(),
-            traceparent,
+            traceparent: None,
         }
     }
 
@@ -87,10 +113,9 @@ impl CloudEvent {
         let time = parse_rfc3339(&self.time).ok_or(DecodeError::Time(self.time))?;
         Ok(DomainEvent {
             id: self.id,
-            event_type,
             subject,
             time,
-            data: self.data,
+            data: EventData::from_json(event_type, self.data)?,
             correlation_id: self.correlationid,
         })
     }
@@ -101,11 +126,23 @@ mod tests {
     use super::*;
 
     fn event() -> DomainEvent {
+        let agent_id = AgentId::parse("agent_id", "agt_1").unwrap();
+        let feedback = aop_core::feedback::Feedback {
+            feedback_id: aop_core::session::FeedbackId::generate(),
+            agent_id: agent_id.clone(),
+            version: 1,
+            session_id: None,
+            interaction_id: None,
+            ratings: Vec::new(),
+            comments: None,
+            categories: Vec::new(),
+            user_id: "u".into(),
+            created_at: 1,
+        };
         let mut e = DomainEvent::new(
-            EventType::FeedbackSubmitted,
-            &AgentId::parse("agent_id", "agt_1").unwrap(),
+            &agent_id,
             1_795_759_698_123,
-            serde_json::json!({"feedback": {"x": 1}}),
+            aop_core::events::payload::FeedbackSubmitted { feedback },
         );
         e.correlation_id = Some("req-9".into());
         e
@@ -114,7 +151,7 @@ mod tests {
     #[test]
     fn a_domain_event_round_trips_through_the_envelope() {
         let e = event();
-        let ce = CloudEvent::from_domain(&e, Some("00-abc-def-01".into()));
+        let ce = CloudEvent::from_domain(&e, Some("00-abc-def-01".into())).unwrap();
         assert_eq!(ce.time, "2026-11-27T06:08:18.123Z");
         assert_eq!(ce.event_type, "feedback.submitted");
         assert_eq!(ce.subject, "agt_1");
@@ -124,7 +161,7 @@ mod tests {
 
     #[test]
     fn unknown_attributes_are_ignored_and_bad_ones_named() {
-        let mut v = serde_json::to_value(CloudEvent::from_domain(&event(), None)).unwrap();
+        let mut v = serde_json::to_value(CloudEvent::from_domain(&event(), None).unwrap()).unwrap();
         v["newattribute"] = serde_json::json!("ignored");
         assert!(CloudEvent::decode(v.to_string().as_bytes()).is_ok());
         v["type"] = serde_json::json!("agent.exploded");
@@ -132,6 +169,13 @@ mod tests {
         assert_eq!(err.to_string(), "unknown event type 'agent.exploded'");
         assert!(CloudEvent::decode(b"not json").is_err());
         v["type"] = serde_json::json!("agent.created");
+        let err = CloudEvent::decode(v.to_string().as_bytes()).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("agent.created data does not decode"),
+            "feedback data is not an agent.created payload: {err}"
+        );
+        v["type"] = serde_json::json!("feedback.submitted");
         v["time"] = serde_json::json!("yesterday");
         assert!(matches!(
             CloudEvent::decode(v.to_string().as_bytes()),

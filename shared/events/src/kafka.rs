@@ -15,28 +15,12 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use crate::{CloudEvent, Topics};
-
-/// How clients authenticate and encrypt.
-#[derive(Debug, Clone, Default)]
-pub enum KafkaSecurity {
-    #[default]
-    Plaintext,
-    /// TLS, optionally with a CA bundle (MSK's certificates are publicly trusted).
-    Tls { ca_location: Option<String> },
-    /// SASL/SCRAM over TLS (MSK's SCRAM listeners).
-    SaslScram {
-        /// `SCRAM-SHA-512` or `SCRAM-SHA-256`.
-        mechanism: String,
-        username: String,
-        password: secrecy::SecretString,
-        ca_location: Option<String>,
-    },
-}
+use crate::{CloudEvent, KafkaSettings, Topics};
+pub use crate::{KafkaSecurity, TopicSpec};
 
 /// How to reach the brokers.
 #[derive(Debug, Clone)]
-pub struct KafkaSettings {
+pub struct ClientSettings {
     /// `host:port,host:port`
     pub bootstrap_servers: String,
     pub client_id: String,
@@ -45,7 +29,17 @@ pub struct KafkaSettings {
     pub security: KafkaSecurity,
 }
 
-impl KafkaSettings {
+impl ClientSettings {
+    /// The client settings of the `kafka` section, or `None` when no brokers are configured.
+    pub fn from_settings(settings: &KafkaSettings) -> Option<Self> {
+        let servers = settings.bootstrap_servers.clone()?;
+        Some(Self {
+            delivery_timeout: settings.delivery_timeout,
+            security: settings.security(),
+            ..Self::new(servers)
+        })
+    }
+
     pub fn new(bootstrap_servers: impl Into<String>) -> Self {
         Self {
             bootstrap_servers: bootstrap_servers.into(),
@@ -115,10 +109,10 @@ pub struct KafkaSink {
     /// Set after a failed delivery: the next delivery starts from a fresh producer.
     replace: std::sync::atomic::AtomicBool,
     topics: Topics,
-    settings: KafkaSettings,
+    settings: ClientSettings,
 }
 
-fn idempotent_producer(settings: &KafkaSettings) -> Result<FutureProducer, KafkaError> {
+fn idempotent_producer(settings: &ClientSettings) -> Result<FutureProducer, KafkaError> {
     settings
         .client_config()
         .set("enable.idempotence", "true")
@@ -139,7 +133,7 @@ fn idempotent_producer(settings: &KafkaSettings) -> Result<FutureProducer, Kafka
 impl KafkaSink {
     /// # Errors
     /// `Client` when the producer cannot be created (bad settings).
-    pub fn new(settings: KafkaSettings, topics: Topics) -> Result<Self, KafkaError> {
+    pub fn new(settings: ClientSettings, topics: Topics) -> Result<Self, KafkaError> {
         Ok(Self {
             producer: std::sync::Mutex::new(idempotent_producer(&settings)?),
             replace: std::sync::atomic::AtomicBool::new(false),
@@ -185,13 +179,13 @@ impl EventSink for KafkaSink {
         let producer = self.producer();
         let mut pending = Vec::with_capacity(events.len());
         for event in events {
-            let topic = self.topics.topic(event.event_type.stream());
+            let topic = self.topics.topic(event.event_type().stream());
             let (value, truncated) = record_value(event);
             let key = event.subject.to_string();
             let headers = OwnedHeaders::new()
                 .insert(Header {
                     key: "ce_type",
-                    value: Some(event.event_type.as_str()),
+                    value: Some(event.event_type().as_str()),
                 })
                 .insert(Header {
                     key: "content-type",
@@ -233,19 +227,35 @@ pub const MAX_VALUE_BYTES: usize = 900 * 1024;
 /// The record value for an event. An event too large for the broker (an agent version with very
 /// long instructions, say) travels without its data, marked `truncated`, so the stream keeps
 /// flowing: consumers that need the data read it from the store by the subject and ids left in.
+///
+/// An event whose data cannot be written as JSON (it was read back from the outbox, so this
+/// does not happen unless a value changed meaning between builds) travels the same way, with
+/// the reason: consumers dead-letter it, where an operator sees it, instead of it blocking the
+/// relay or travelling with empty data.
 pub fn record_value(event: &DomainEvent) -> (Vec<u8>, bool) {
-    let full = CloudEvent::from_domain(event, None).to_bytes();
+    let mut envelope = match CloudEvent::from_domain(event, None) {
+        Ok(envelope) => envelope,
+        Err(e) => {
+            tracing::error!(event_id = %event.id, error = %e, "publishing an event whose data cannot be encoded without it");
+            let mut envelope = CloudEvent::without_data(event);
+            envelope.data = serde_json::json!({
+                "truncated": true,
+                "reason": format!("the event data cannot be encoded: {e}"),
+            });
+            return (envelope.to_bytes(), true);
+        }
+    };
+    let full = envelope.to_bytes();
     if full.len() <= MAX_VALUE_BYTES {
         return (full, false);
     }
-    let mut slim = event.clone();
-    slim.data = serde_json::json!({
+    envelope.data = serde_json::json!({
         "truncated": true,
         "original_bytes": full.len(),
         "reason": "the event data exceeds the record size limit; read it from the store"
     });
     tracing::warn!(event_id = %event.id, bytes = full.len(), "publishing an oversized event without its data");
-    (CloudEvent::from_domain(&slim, None).to_bytes(), true)
+    (envelope.to_bytes(), true)
 }
 
 /// Awaits deliveries in order; returns how many succeeded before the first failure.
@@ -270,15 +280,6 @@ async fn await_prefix(pending: Vec<rdkafka::producer::DeliveryFuture>) -> (usize
     (delivered, failure)
 }
 
-/// A topic as it should be.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicSpec {
-    pub name: String,
-    pub partitions: i32,
-    pub replication: i32,
-    pub retention_ms: i64,
-}
-
 /// What applying a topic did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TopicOutcome {
@@ -295,7 +296,7 @@ pub enum TopicOutcome {
 /// # Errors
 /// `Client` or `Topic` when the brokers refuse.
 pub async fn apply_topics(
-    settings: &KafkaSettings,
+    settings: &ClientSettings,
     specs: &[TopicSpec],
 ) -> Result<Vec<(String, TopicOutcome)>, KafkaError> {
     let admin: AdminClient<DefaultClientContext> =
@@ -357,7 +358,7 @@ pub async fn apply_topics(
 /// # Errors
 /// `Client` when the brokers cannot be reached within `timeout`.
 pub fn missing_topics(
-    settings: &KafkaSettings,
+    settings: &ClientSettings,
     topics: &[String],
     timeout: Duration,
 ) -> Result<Vec<String>, KafkaError> {
@@ -415,7 +416,7 @@ pub struct KafkaDeadLetters {
 impl KafkaDeadLetters {
     /// # Errors
     /// `Client` when the producer cannot be created.
-    pub fn new(settings: &KafkaSettings) -> Result<Self, KafkaError> {
+    pub fn new(settings: &ClientSettings) -> Result<Self, KafkaError> {
         let producer = settings
             .client_config()
             .set("enable.idempotence", "true")
@@ -482,40 +483,55 @@ impl crate::msk::DeadLetters for KafkaDeadLetters {
 mod tests {
     use super::*;
 
+    fn version_created(agent: &aop_core::AgentId, instructions: &str) -> DomainEvent {
+        let version = aop_core::AgentVersion {
+            agent_id: agent.clone(),
+            version: 1,
+            instructions: instructions.to_owned(),
+            model: "m".into(),
+            parameters: aop_core::ModelParameters::default(),
+            capabilities: Vec::new(),
+            knowledge_sources: Vec::new(),
+            created_at: 0,
+            created_by: "user".into(),
+            parents: Vec::new(),
+            generation: 0,
+            change_summary: "created".into(),
+        };
+        DomainEvent::new(
+            agent,
+            0,
+            aop_core::events::payload::AgentVersionCreated {
+                version,
+                aliases: Vec::new(),
+            },
+        )
+    }
+
     #[test]
     fn oversized_events_travel_without_their_data() {
         let agent = aop_core::AgentId::parse("agent_id", "agt_big").unwrap();
-        let small = DomainEvent::new(
-            aop_core::EventType::AgentCreated,
-            &agent,
-            0,
-            serde_json::json!({"x": 1}),
-        );
+        let small = version_created(&agent, "short");
         let (value, truncated) = record_value(&small);
         assert!(!truncated);
         assert_eq!(CloudEvent::decode(&value).unwrap(), small);
 
-        let big = DomainEvent::new(
-            aop_core::EventType::AgentVersionCreated,
-            &agent,
-            0,
-            serde_json::json!({"instructions": "x".repeat(2 * MAX_VALUE_BYTES)}),
-        );
+        let big = version_created(&agent, &"x".repeat(2 * MAX_VALUE_BYTES));
         let (value, truncated) = record_value(&big);
         assert!(truncated);
         assert!(value.len() <= MAX_VALUE_BYTES);
-        let decoded = CloudEvent::decode(&value).unwrap();
+        let decoded: CloudEvent = serde_json::from_slice(&value).unwrap();
         assert_eq!(
             decoded.id, big.id,
             "the same event, so consumers still de-duplicate it"
         );
-        assert_eq!(decoded.subject, agent);
+        assert_eq!(decoded.subject, agent.as_str());
         assert_eq!(decoded.data["truncated"], true);
     }
 
     #[test]
     fn security_settings_map_to_librdkafka_properties() {
-        let mut s = KafkaSettings::new("b-1:9096");
+        let mut s = ClientSettings::new("b-1:9096");
         assert_eq!(
             s.client_config().get("security.protocol"),
             Some("plaintext")

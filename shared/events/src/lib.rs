@@ -9,7 +9,9 @@ pub mod kafka;
 #[cfg(feature = "msk")]
 pub mod msk;
 pub mod schema;
+mod settings;
 mod topics;
 
 pub use envelope::{CloudEvent, DecodeError, SPEC_VERSION};
+pub use settings::{KafkaSecurity, KafkaSettings, TopicSpec};
 pub use topics::Topics;

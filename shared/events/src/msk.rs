@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use aop_core::processor::{EventProcessor, HandleError};
+use aop_core::{EventHandler, HandleError};
 use async_trait::async_trait;
 use aws_lambda_events::event::kafka::{KafkaEvent, KafkaRecord};
 use base64::Engine as _;
@@ -103,7 +103,7 @@ impl BatchStats {
 async fn handle_record(
     topic: &str,
     record: &KafkaRecord,
-    processor: &EventProcessor,
+    handler: &dyn EventHandler,
     dead: &dyn DeadLetters,
 ) -> Fate {
     let key = decode_b64(record.key.as_ref()).ok().flatten();
@@ -113,7 +113,7 @@ async fn handle_record(
         Ok(None) => Some("record has no value".to_owned()),
         Ok(Some(bytes)) => match CloudEvent::decode(bytes) {
             Err(e) => Some(e.to_string()),
-            Ok(event) => match processor.handle(&event).await {
+            Ok(event) => match handler.handle(&event).await {
                 Ok(_) => None,
                 Err(e @ HandleError::Poison { .. }) => Some(e.to_string()),
                 Err(e @ HandleError::Transient { .. }) => {
@@ -150,16 +150,16 @@ async fn handle_record(
 /// Applies a batch and says which records to deliver again.
 pub async fn process_batch(
     event: &KafkaEvent,
-    processor: &EventProcessor,
+    handler: &dyn EventHandler,
     dead: &dyn DeadLetters,
 ) -> BatchResponse {
-    process_batch_counted(event, processor, dead).await.0
+    process_batch_counted(event, handler, dead).await.0
 }
 
 /// As [`process_batch`], also counting what happened to the records of each topic.
 pub async fn process_batch_counted(
     event: &KafkaEvent,
-    processor: &EventProcessor,
+    handler: &dyn EventHandler,
     dead: &dyn DeadLetters,
 ) -> (BatchResponse, BatchStats) {
     let mut stats = BatchStats::default();
@@ -184,7 +184,7 @@ pub async fn process_batch_counted(
                 });
                 continue;
             }
-            let fate = handle_record(&topic, record, processor, dead).await;
+            let fate = handle_record(&topic, record, handler, dead).await;
             stats.count(&topic, &fate);
             if let Fate::Retry = fate {
                 retrying = true;

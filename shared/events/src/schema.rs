@@ -2,7 +2,6 @@
 //! in under `infra/events/schemas/` and kept in step with the Rust types by a test.
 
 use aop_core::EventType;
-use aop_core::events::payload;
 use schemars::schema_for;
 use serde_json::Value;
 
@@ -10,20 +9,7 @@ use serde_json::Value;
 pub const VERSION: u32 = 1;
 
 fn data_schema(t: EventType) -> Value {
-    let schema = match t {
-        EventType::AgentCreated => schema_for!(payload::AgentCreated),
-        EventType::AgentVersionCreated => schema_for!(payload::AgentVersionCreated),
-        EventType::AgentArchived | EventType::AgentDeployed => schema_for!(payload::AgentChanged),
-        EventType::SessionStarted | EventType::SessionEnded => {
-            schema_for!(payload::SessionChanged)
-        }
-        EventType::InteractionCompleted | EventType::InteractionFailed => {
-            schema_for!(payload::InteractionRecorded)
-        }
-        EventType::FeedbackSubmitted => schema_for!(payload::FeedbackSubmitted),
-        _ => schema_for!(payload::Open),
-    };
-    serde_json::to_value(schema).unwrap_or(Value::Null)
+    serde_json::to_value(t.data_schema()).unwrap_or(Value::Null)
 }
 
 /// The schema of one event type's envelope.

@@ -1,9 +1,11 @@
 //! Topic routing: each stream has a topic and a dead-letter topic `<topic>.dlq`.
 
 use aop_core::Stream;
+use serde::{Deserialize, Serialize};
 
 /// Topic names, from configuration (the seed's `kafka.topics`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Topics {
     pub agent_events: String,
     pub feedback_events: String,

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use aop_core::{AgentId, DomainEvent, EventSink, EventType};
-use aop_events::kafka::{KafkaSettings, KafkaSink, TopicOutcome, TopicSpec, apply_topics};
+use aop_events::kafka::{ClientSettings, KafkaSink, TopicOutcome, TopicSpec, apply_topics};
 use aop_events::{CloudEvent, Topics};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -39,18 +39,15 @@ fn specs(topics: &Topics) -> Vec<TopicSpec> {
 }
 
 fn event(kind: EventType, agent: &AgentId, n: i64) -> DomainEvent {
-    DomainEvent::new(
-        kind,
-        agent,
-        1_795_759_200_000 + n,
-        serde_json::json!({"n": n}),
-    )
+    let mut event = aop_core::samples::event(kind, agent);
+    event.time = 1_795_759_200_000 + n;
+    event
 }
 
 #[tokio::test]
 async fn events_reach_their_topics_keyed_by_agent_in_order() {
     let Some(servers) = broker() else { return };
-    let settings = KafkaSettings::new(&servers);
+    let settings = ClientSettings::new(&servers);
     let topics = unique_topics();
     let created = apply_topics(&settings, &specs(&topics)).await.unwrap();
     assert!(
@@ -109,15 +106,15 @@ async fn events_reach_their_topics_keyed_by_agent_in_order() {
         );
         assert_eq!(
             message.topic(),
-            topics.topic(decoded.event_type.stream()),
+            topics.topic(decoded.event_type().stream()),
             "{} goes to its stream's topic",
-            decoded.event_type.as_str()
+            decoded.event_type().as_str()
         );
         let ce_type = message
             .headers()
             .and_then(|h| h.iter().find(|h| h.key == "ce_type"))
             .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()));
-        assert_eq!(ce_type.as_deref(), Some(decoded.event_type.as_str()));
+        assert_eq!(ce_type.as_deref(), Some(decoded.event_type().as_str()));
         received
             .entry((message.topic().to_owned(), key))
             .or_default()
@@ -130,7 +127,7 @@ async fn events_reach_their_topics_keyed_by_agent_in_order() {
         let got: Vec<&DomainEvent> = events.iter().map(|(_, e)| e).collect();
         let expected: Vec<&DomainEvent> = sent
             .iter()
-            .filter(|e| e.subject.as_str() == key && topics.topic(e.event_type.stream()) == topic)
+            .filter(|e| e.subject.as_str() == key && topics.topic(e.event_type().stream()) == topic)
             .collect();
         assert_eq!(got, expected, "per-agent order on {topic}");
     }
@@ -141,7 +138,7 @@ async fn an_unreachable_broker_is_reported_not_waited_on_forever() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     drop(listener);
-    let mut settings = KafkaSettings::new(format!("127.0.0.1:{port}"));
+    let mut settings = ClientSettings::new(format!("127.0.0.1:{port}"));
     settings.delivery_timeout = Duration::from_secs(2);
     let sink = KafkaSink::new(settings, Topics::default()).unwrap();
     let agent = AgentId::generate();

@@ -6,10 +6,12 @@ use aop_test_support::{Service, service};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aop_core::feedback::{FeedbackService, FeedbackStore, MetricsQuery, SubmitFeedback};
-use aop_core::processor::EventProcessor;
-use aop_core::{AgentId, AgentService, CreateAgent, DomainEvent, Outbox, SystemClock};
-use aop_events::kafka::{KafkaDeadLetters, KafkaSettings, TopicSpec, apply_topics};
+use aop_core::services::feedback::{MetricsQuery, SubmitFeedback};
+use aop_core::{
+    AgentId, AgentService, CreateAgent, DomainEvent, FeedbackService, FeedbackStore,
+    FitnessHandler, Outbox, SystemClock,
+};
+use aop_events::kafka::{ClientSettings, KafkaDeadLetters, TopicSpec, apply_topics};
 use aop_events::msk::{BatchResponse, process_batch};
 use aop_events::{CloudEvent, Topics};
 use aop_store_sqlite::SqliteStore;
@@ -78,16 +80,16 @@ impl World {
             .await
             .unwrap()
             .into_iter()
-            .filter(|e| e.event_type == aop_core::EventType::FeedbackSubmitted)
+            .filter(|e| e.event_type() == aop_core::EventType::FeedbackSubmitted)
             .collect();
         let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
         self.store.mark_published(&ids).await.unwrap();
         events
     }
 
-    fn processor(&self) -> EventProcessor {
+    fn processor(&self) -> FitnessHandler {
         let store: Arc<dyn FeedbackStore> = self.store.clone();
-        EventProcessor::new(store)
+        FitnessHandler::new(store)
     }
 
     async fn helpfulness(&self) -> (u64, f64, f64) {
@@ -137,12 +139,12 @@ fn msk_event(topic: &str, records: &[(i64, i64, Vec<u8>, &str)]) -> KafkaEvent {
 }
 
 fn encode(e: &DomainEvent) -> Vec<u8> {
-    CloudEvent::from_domain(e, None).to_bytes()
+    CloudEvent::from_domain(e, None).unwrap().to_bytes()
 }
 
 fn unused_dead_letters() -> KafkaDeadLetters {
     // Never written to in these tests: a batch without poison records.
-    KafkaDeadLetters::new(&KafkaSettings::new("127.0.0.1:1")).unwrap()
+    KafkaDeadLetters::new(&ClientSettings::new("127.0.0.1:1")).unwrap()
 }
 
 #[tokio::test]
@@ -215,7 +217,7 @@ async fn a_poison_record_goes_to_the_dead_letter_topic() {
         "t{}.feedback_events",
         &uuid::Uuid::new_v4().simple().to_string()[..10]
     );
-    let settings = KafkaSettings::new(&servers);
+    let settings = ClientSettings::new(&servers);
     let spec = |name: String| TopicSpec {
         name,
         partitions: 1,

@@ -15,7 +15,7 @@ fn dir() -> PathBuf {
 fn every_event_type_has_an_up_to_date_schema() {
     let update = std::env::var_os("AOP_UPDATE_SCHEMAS").is_some();
     let mut stale = Vec::new();
-    for t in EventType::ALL {
+    for &t in EventType::ALL {
         let path = dir().join(schema::file_name(t));
         let generated = serde_json::to_string_pretty(&schema::for_type(t)).unwrap() + "\n";
         if update {
@@ -25,6 +25,22 @@ fn every_event_type_has_an_up_to_date_schema() {
         match std::fs::read_to_string(&path) {
             Ok(on_disk) if on_disk == generated => {}
             _ => stale.push(path.display().to_string()),
+        }
+    }
+    // A schema file of a type that no longer exists is drift too.
+    let known: Vec<String> = EventType::ALL
+        .iter()
+        .map(|t| schema::file_name(*t))
+        .collect();
+    for entry in std::fs::read_dir(dir()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !known.contains(&name) {
+            if update {
+                std::fs::remove_file(&path).unwrap();
+            } else {
+                stale.push(path.display().to_string());
+            }
         }
     }
     assert!(

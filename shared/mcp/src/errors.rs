@@ -5,7 +5,6 @@ use aop_core::{ServiceError, StoreError};
 use rmcp::ErrorData;
 use rmcp::handler::server::tool::IntoCallToolResult;
 use rmcp::model::{CallToolResponse, CallToolResult, ContentBlock};
-use serde::de::DeserializeOwned;
 
 /// A failed tool call, shown to the client as a result with `isError: true`.
 #[derive(Debug)]
@@ -60,26 +59,6 @@ pub fn protocol_error(error: &ServiceError, uri: &str) -> ErrorData {
         ServiceError::Store(_) => ErrorData::internal_error(client_message(error), None),
         ServiceError::ModelNotConfigured(_) | ServiceError::TurnFailed { .. } => {
             ErrorData::internal_error(error.to_string(), None)
-        }
-    }
-}
-
-/// Explains why `arguments` do not fit `T`, naming the field path (`parameters.temperature`).
-pub fn explain_arguments<T: DeserializeOwned>(
-    tool: &str,
-    arguments: Option<serde_json::Map<String, serde_json::Value>>,
-) -> String {
-    let value = serde_json::Value::Object(arguments.unwrap_or_default());
-    match serde_path_to_error::deserialize::<_, T>(value) {
-        Ok(_) => format!("invalid arguments for {tool}"),
-        Err(e) => {
-            let path = e.path().to_string();
-            let inner = e.into_inner().to_string();
-            if path == "." || path.is_empty() {
-                format!("invalid arguments for {tool}: {inner}")
-            } else {
-                format!("invalid arguments for {tool}: {path}: {inner}")
-            }
         }
     }
 }

@@ -46,15 +46,7 @@ pub struct HttpOptions {
 
 impl Default for HttpOptions {
     fn default() -> Self {
-        Self {
-            allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
-            allowed_origins: vec!["http://localhost:*".into(), "http://127.0.0.1:*".into()],
-            api_keys: Vec::new(),
-            stateless: false,
-            json_response: false,
-            expose_metrics: true,
-            shutdown: CancellationToken::new(),
-        }
+        crate::ServerSettings::default().http_options(CancellationToken::new())
     }
 }
 

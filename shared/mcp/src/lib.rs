@@ -2,15 +2,30 @@
 //! services, and the axum Router (`/mcp`, `/health`, `/metrics`) that serves it locally and on
 //! Lambda alike.
 
+#[cfg(feature = "server")]
+mod args;
+#[cfg(feature = "server")]
 mod auth;
+#[cfg(feature = "server")]
 mod errors;
+#[cfg(feature = "server")]
 pub mod http;
+#[cfg(feature = "server")]
 pub mod metrics;
+#[cfg(feature = "server")]
 mod request_id;
+#[cfg(feature = "server")]
 mod resources;
+#[cfg(feature = "server")]
 mod server;
+mod settings;
 
+#[cfg(feature = "server")]
 pub use http::{HttpOptions, router};
+#[cfg(feature = "server")]
 pub use metrics::Metrics;
+#[cfg(feature = "server")]
 pub use request_id::REQUEST_ID_HEADER;
+#[cfg(feature = "server")]
 pub use server::{AgentServer, RequestDeadline};
+pub use settings::ServerSettings;

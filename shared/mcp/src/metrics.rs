@@ -1,7 +1,7 @@
 //! Prometheus metrics of the process: HTTP requests and tool calls, agent turns, and the event
 //! path (events published, consumed, failed, dead-lettered; the outbox backlog).
 
-use aop_core::conversation::InteractionObserver;
+use aop_core::services::conversation::InteractionObserver;
 use aop_core::session::{Interaction, InteractionStatus};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

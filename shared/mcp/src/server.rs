@@ -3,16 +3,19 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use aop_core::conversation::{ConversationService, RunAgent, SendMessage, StartSession};
-use aop_core::feedback::{FeedbackService, MetricsQuery, SubmitFeedback};
+use aop_core::services::conversation::{RunAgent, SendMessage, StartSession};
+use aop_core::services::feedback::{MetricsQuery, SubmitFeedback};
 use aop_core::session::SessionId;
-use aop_core::{AgentId, AgentService, CreateAgent, ListAgents, UpdateAgent};
+use aop_core::{
+    AgentId, AgentService, ConversationService, CreateAgent, FeedbackService, ListAgents,
+    UpdateAgent,
+};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::ToolCallContext;
-use rmcp::handler::server::wrapper::{Json, Parameters};
+use rmcp::handler::server::wrapper::Json;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorCode,
-    Implementation, ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams,
+    CallToolRequestParams, CallToolResponse, ContentBlock, Implementation,
+    ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams,
     ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
@@ -21,7 +24,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use tracing::Instrument;
 
-use crate::errors::{ToolFailure, explain_arguments};
+use crate::args::{DESERIALIZE_PREFIX, Parameters};
+use crate::errors::ToolFailure;
 use crate::metrics::Metrics;
 use crate::request_id;
 use crate::resources;
@@ -232,7 +236,7 @@ impl AgentServer {
         &self,
         Parameters(input): Parameters<SendMessage>,
         context: RequestContext<RoleServer>,
-    ) -> Result<Json<aop_core::conversation::TurnReply>, ToolFailure> {
+    ) -> Result<Json<aop_core::services::conversation::TurnReply>, ToolFailure> {
         let deadline = request_deadline(&context);
         Ok(Json(
             self.conversations.send_message(input, deadline).await?,
@@ -252,7 +256,7 @@ impl AgentServer {
         &self,
         Parameters(input): Parameters<RunAgent>,
         context: RequestContext<RoleServer>,
-    ) -> Result<Json<aop_core::conversation::TurnReply>, ToolFailure> {
+    ) -> Result<Json<aop_core::services::conversation::TurnReply>, ToolFailure> {
         let deadline = request_deadline(&context);
         Ok(Json(self.conversations.run_agent(input, deadline).await?))
     }
@@ -328,7 +332,7 @@ impl AgentServer {
     async fn get_feedback_metrics(
         &self,
         Parameters(query): Parameters<MetricsQuery>,
-    ) -> Result<Json<aop_core::feedback::MetricsReport>, ToolFailure> {
+    ) -> Result<Json<aop_core::services::feedback::MetricsReport>, ToolFailure> {
         Ok(Json(self.feedback.metrics(query).await?))
     }
 }
@@ -366,8 +370,7 @@ impl AgentServer {
         self.tools.get(name).cloned()
     }
 
-    /// Runs a tool call with metrics, a request-scoped span, and argument errors turned into
-    /// tool errors that name the field.
+    /// Runs a tool call with metrics and a request-scoped span.
     pub async fn call_tool_instrumented(
         &self,
         request: CallToolRequestParams,
@@ -380,28 +383,13 @@ impl AgentServer {
             tool = %tool,
         );
         let started = Instant::now();
-        let arguments = request.arguments.clone();
         let known = self.tools.has_route(&tool);
-        let result = async {
-            let outcome = self
-                .tools
-                .call(ToolCallContext::new(self, request, context))
-                .await;
-            let bad_arguments = known
-                && match &outcome {
-                    Err(e) => e.code == ErrorCode::INVALID_PARAMS,
-                    Ok(CallToolResponse::Complete(r)) => is_deserialize_failure(r),
-                    Ok(_) => false,
-                };
-            if bad_arguments {
-                let message = argument_error(&tool, arguments);
-                tracing::info!(%message, "rejected tool arguments");
-                return Ok(CallToolResult::error(vec![ContentBlock::text(message)]).into());
-            }
-            outcome
-        }
-        .instrument(span)
-        .await;
+        let result = self
+            .tools
+            .call(ToolCallContext::new(self, request, context))
+            .instrument(span.clone())
+            .await
+            .map(|response| span.in_scope(|| without_deserialize_prefix(response)));
         let outcome = match &result {
             Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => "tool_error",
             Ok(_) => "ok",
@@ -415,36 +403,23 @@ impl AgentServer {
     }
 }
 
-/// rmcp reports arguments that do not deserialize as a tool error with this prefix, without
-/// the field's path.
-fn is_deserialize_failure(result: &CallToolResult) -> bool {
-    result.is_error == Some(true)
-        && result.structured_content.is_none()
-        && result.content.iter().any(|c| {
-            c.as_text()
-                .is_some_and(|t| t.text.starts_with("failed to deserialize parameters"))
-        })
-}
-
-/// The field-level reason why arguments did not deserialize, per tool.
-fn argument_error(tool: &str, arguments: Option<rmcp::model::JsonObject>) -> String {
-    match tool {
-        "create_agent" => explain_arguments::<CreateAgent>(tool, arguments),
-        "get_agent" => explain_arguments::<GetAgentArgs>(tool, arguments),
-        "list_agents" => explain_arguments::<ListAgents>(tool, arguments),
-        "update_agent" => explain_arguments::<UpdateAgent>(tool, arguments),
-        "list_agent_versions" => explain_arguments::<ListVersionsArgs>(tool, arguments),
-        "archive_agent" => explain_arguments::<AgentIdArgs>(tool, arguments),
-        "start_session" => explain_arguments::<StartSession>(tool, arguments),
-        "send_message" => explain_arguments::<SendMessage>(tool, arguments),
-        "run_agent" => explain_arguments::<RunAgent>(tool, arguments),
-        "get_messages" => explain_arguments::<GetMessagesArgs>(tool, arguments),
-        "end_session" => explain_arguments::<EndSessionArgs>(tool, arguments),
-        "list_interactions" => explain_arguments::<ListInteractionsArgs>(tool, arguments),
-        "submit_feedback" => explain_arguments::<SubmitFeedback>(tool, arguments),
-        "get_feedback_metrics" => explain_arguments::<MetricsQuery>(tool, arguments),
-        _ => format!("invalid arguments for {tool}"),
+/// Arguments that do not fit a tool come back from rmcp as a tool error whose text starts with
+/// its marker; the client sees only our explanation (see [`crate::args`]).
+fn without_deserialize_prefix(response: CallToolResponse) -> CallToolResponse {
+    let CallToolResponse::Complete(mut result) = response else {
+        return response;
+    };
+    if result.is_error == Some(true) && result.structured_content.is_none() {
+        for block in &mut result.content {
+            if let Some(text) = block.as_text()
+                && let Some(message) = text.text.strip_prefix(DESERIALIZE_PREFIX)
+            {
+                tracing::info!(%message, "rejected tool arguments");
+                *block = ContentBlock::text(message.to_owned());
+            }
+        }
     }
+    result.into()
 }
 
 impl ServerHandler for AgentServer {

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use aop_core::conversation::{ConversationService, TurnLimits};
-use aop_core::feedback::FeedbackService;
 use aop_core::llm::UnconfiguredModel;
 use aop_core::pricing::PriceTable;
+use aop_core::services::conversation::TurnLimits;
 use aop_core::{AgentService, SystemClock};
+use aop_core::{ConversationService, FeedbackService};
 use aop_mcp::{AgentServer, HttpOptions, Metrics};
 use aop_store_sqlite::SqliteStore;
 use axum::body::Body;

@@ -9,10 +9,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use aop_core::feedback::{MetricsQuery, SubmitFeedback};
-use aop_core::{CreateAgent, EventType};
+use aop_core::services::feedback::{MetricsQuery, SubmitFeedback};
+use aop_core::{CreateAgent, EventType, HandlerSet};
 use aop_events::CloudEvent;
-use aop_events::kafka::{KafkaDeadLetters, KafkaSettings};
+use aop_events::kafka::{ClientSettings, KafkaDeadLetters};
 use aop_events::msk::process_batch;
 use aop_runtime::{Config, Overrides, Platform};
 use aws_lambda_events::event::kafka::KafkaEvent;
@@ -53,6 +53,7 @@ async fn batch_throughput() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (_, p) = platform(&[], dir.path());
     let agent = p
+        .mcp
         .agents
         .create(CreateAgent {
             name: "bench".into(),
@@ -64,18 +65,21 @@ async fn batch_throughput() {
         .agent
         .agent_id;
     for i in 0..RECORDS {
-        p.feedback
+        p.mcp
+            .feedback
             .submit(feedback(&agent, (i % 5 + 1) as f64))
             .await
             .expect("feedback");
     }
     let events: Vec<_> = p
+        .mcp
+        .stores
         .outbox
         .pending(u32::try_from(RECORDS * 2).unwrap_or(u32::MAX))
         .await
         .expect("outbox")
         .into_iter()
-        .filter(|e| e.event_type == EventType::FeedbackSubmitted)
+        .filter(|e| e.event_type() == EventType::FeedbackSubmitted)
         .collect();
     let mut partitions: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
     for (i, e) in events.iter().enumerate() {
@@ -87,15 +91,15 @@ async fn batch_throughput() {
                 "topic": "feedback_events", "partition": partition, "offset": i,
                 "timestamp": 0, "timestampType": "CREATE_TIME",
                 "key": STANDARD.encode(agent.as_str()),
-                "value": STANDARD.encode(CloudEvent::from_domain(e, None).to_bytes()),
+                "value": STANDARD.encode(CloudEvent::from_domain(e, None).unwrap().to_bytes()),
                 "headers": []
             }));
     }
     let batch: KafkaEvent =
         serde_json::from_value(serde_json::json!({"records": partitions})).expect("batch");
-    let dead = KafkaDeadLetters::new(&KafkaSettings::new("127.0.0.1:1")).expect("dlq");
+    let dead = KafkaDeadLetters::new(&ClientSettings::new("127.0.0.1:1")).expect("dlq");
     let started = Instant::now();
-    let response = process_batch(&batch, &p.processor, &dead).await;
+    let response = process_batch(&batch, &HandlerSet::new(p.handlers.clone()), &dead).await;
     let elapsed = started.elapsed();
     assert!(response.batch_item_failures.is_empty());
     println!(
@@ -124,16 +128,16 @@ async fn kafka_latency(servers: String) {
         ],
         dir.path(),
     );
-    let settings = aop_runtime::platform::kafka_settings(&config).expect("kafka settings");
-    let topics = aop_runtime::platform::topics(&config);
-    let specs = aop_runtime::platform::topic_specs(&config);
+    let settings = aop_runtime::adapters::kafka_client(&config).expect("kafka settings");
+    let topics = config.kafka.topics.clone();
+    let specs = config.kafka.topic_specs();
     aop_events::kafka::apply_topics(&settings, &specs)
         .await
         .expect("topics");
     let shutdown = CancellationToken::new();
     let relay = tokio::spawn(p.kafka_relay(&config).expect("relay").run(shutdown.clone()));
     let dead = KafkaDeadLetters::new(&settings).expect("dlq");
-    let processor = p.processor.clone();
+    let processor = HandlerSet::new(p.handlers.clone());
     let stop = shutdown.clone();
     let consumer = tokio::spawn(async move {
         let subscribed = [
@@ -145,6 +149,7 @@ async fn kafka_latency(servers: String) {
             .expect("consumer");
     });
     let agent = p
+        .mcp
         .agents
         .create(CreateAgent {
             name: "bench".into(),
@@ -156,7 +161,8 @@ async fn kafka_latency(servers: String) {
         .agent
         .agent_id;
     let count = || async {
-        p.feedback
+        p.mcp
+            .feedback
             .metrics(MetricsQuery {
                 agent_id: agent.clone(),
                 version: None,
@@ -172,7 +178,8 @@ async fn kafka_latency(servers: String) {
     };
     let mut samples = Vec::new();
     for i in 0..=LATENCY_SAMPLES {
-        p.feedback
+        p.mcp
+            .feedback
             .submit(feedback(&agent, 3.0))
             .await
             .expect("feedback");

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use aop_core::CreateAgent;
-use aop_core::conversation::RunAgent;
 use aop_core::llm::{ChatMessage, ChatModel, ChatRequest};
+use aop_core::services::conversation::RunAgent;
 use aop_core::session::Role;
 use aop_llm::{OpenAiChatModel, OpenAiSettings};
 use aop_runtime::{Config, Overrides, Platform};
@@ -44,6 +44,7 @@ fn main() {
         let config = Config::from_sources(None, &env, &Overrides::default()).expect("config");
         let platform = Platform::build(&config).expect("platform");
         let agent = platform
+            .mcp
             .agents
             .create(CreateAgent {
                 name: "bench".into(),
@@ -75,6 +76,7 @@ fn main() {
         for _ in 0..200 {
             model.complete(request.clone(), far()).await.expect("warm-up call");
             platform
+                .mcp
                 .conversations
                 .run_agent(
                     RunAgent { agent_id: agent.clone(), alias: None, input: "warm".into(), user_id: None },
@@ -92,6 +94,7 @@ fn main() {
             model_ms.push(t.elapsed().as_secs_f64() * 1000.0);
             let t = Instant::now();
             platform
+                .mcp
                 .conversations
                 .run_agent(
                     RunAgent { agent_id: agent.clone(), alias: None, input: "what is the time?".into(), user_id: None },

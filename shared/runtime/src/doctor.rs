@@ -3,6 +3,10 @@
 
 use std::time::Duration;
 
+use aop_aws::SecretsClient;
+use aop_aws::SecretsError;
+use aop_aws::secrets::keys;
+
 use crate::config::Config;
 
 /// How long one check may take.
@@ -27,7 +31,7 @@ pub struct Check {
 }
 
 impl Check {
-    pub(crate) fn ok(name: &'static str, detail: impl Into<String>) -> Self {
+    fn ok(name: &'static str, detail: impl Into<String>) -> Self {
         Self {
             name,
             status: Status::Ok,
@@ -36,7 +40,7 @@ impl Check {
         }
     }
 
-    pub(crate) fn skipped(name: &'static str, detail: impl Into<String>) -> Self {
+    fn skipped(name: &'static str, detail: impl Into<String>) -> Self {
         Self {
             name,
             status: Status::Skipped,
@@ -45,11 +49,7 @@ impl Check {
         }
     }
 
-    pub(crate) fn failed(
-        name: &'static str,
-        detail: impl Into<String>,
-        fix: impl Into<String>,
-    ) -> Self {
+    fn failed(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
         Self {
             name,
             status: Status::Failed,
@@ -76,16 +76,89 @@ impl Check {
 
 /// Runs every check, in the order a start-up needs them.
 pub async fn run(config: &Config) -> Vec<Check> {
-    let mut checks = crate::secrets::doctor(config).await;
+    let mut checks = secrets(config).await;
     checks.push(store(config).await);
     checks.push(kafka(config).await);
     checks.push(llm(config).await);
     checks
 }
 
+/// One doctor line per configured secret: readable, and holding the keys it must hold.
+async fn secrets(config: &Config) -> Vec<Check> {
+    let wanted: Vec<(&str, &str, &[&str])> = [
+        (
+            config.secrets.openai_arn.as_deref(),
+            "OPENAI_SECRET_ARN",
+            &[keys::API_KEY][..],
+        ),
+        (
+            config.secrets.neo4j_arn.as_deref(),
+            "NEO4J_SECRET_ARN",
+            &[keys::USERNAME, keys::PASSWORD][..],
+        ),
+        (
+            config.secrets.kafka_arn.as_deref(),
+            "KAFKA_SECRET_ARN",
+            &[keys::USERNAME, keys::PASSWORD][..],
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(arn, var, keys)| arn.map(|a| (a, var, keys)))
+    .collect();
+    if wanted.is_empty() {
+        return vec![Check::skipped("secrets", "no secret ARNs configured")];
+    }
+    let client = match SecretsClient::from_env().await {
+        Ok(client) => client,
+        Err(e) => {
+            return vec![Check::failed(
+                "secrets",
+                e.to_string(),
+                "set AWS_REGION (and credentials) for Secrets Manager",
+            )];
+        }
+    };
+    let mut checks = Vec::new();
+    for (arn, var, required) in wanted {
+        let outcome = match client.fetch(arn).await {
+            Ok(secret) => required
+                .iter()
+                .try_for_each(|k| secret.field(k).map(drop))
+                .map(|()| format!("{var}: {arn} holds {}", required.join(", "))),
+            Err(e) => Err(e),
+        };
+        checks.push(match outcome {
+            Ok(detail) => Check::ok("secrets", detail),
+            Err(e @ SecretsError::MissingKey { .. }) | Err(e @ SecretsError::Malformed { .. }) => {
+                Check::failed(
+                    "secrets",
+                    format!("{var}: {e}"),
+                    format!("store a JSON object with the keys {} in it", required.join(", ")),
+                )
+            }
+            Err(e @ SecretsError::AccessDenied { .. }) => Check::failed(
+                "secrets",
+                format!("{var}: {e}"),
+                "allow secretsmanager:GetSecretValue on it for this role (and kms:Decrypt on its key)",
+            ),
+            Err(e @ SecretsError::NotFound { .. }) => Check::failed(
+                "secrets",
+                format!("{var}: {e}"),
+                format!("create the secret, or fix {var} (region and account are part of the ARN)"),
+            ),
+            Err(e) => Check::failed(
+                "secrets",
+                format!("{var}: {e}"),
+                "check AWS_REGION, the credentials and that this host reaches Secrets Manager (a VPC endpoint, say)",
+            ),
+        });
+    }
+    checks
+}
+
 async fn store(config: &Config) -> Check {
-    let Some(settings) = &config.database.neo4j else {
-        let dir = &config.database.data_dir;
+    let Some(settings) = &config.neo4j else {
+        let dir = &config.sqlite.data_dir;
         return match aop_store_sqlite::SqliteStore::open_dir(dir) {
             Ok(store) => Check::ok(
                 "store",
@@ -104,7 +177,7 @@ async fn store(config: &Config) -> Check {
     };
     let mut settings = settings.clone();
     settings.operation_timeout = settings.operation_timeout.min(CHECK_TIMEOUT);
-    let store = match crate::platform::neo4j_store(&settings, None) {
+    let store = match crate::adapters::neo4j_store(&settings, None) {
         Ok(store) => store,
         Err(e) => {
             return Check::failed(
@@ -160,14 +233,13 @@ async fn kafka(config: &Config) -> Check {
             "not configured: events are processed in this process (set KAFKA_BOOTSTRAP_SERVERS or MSK_CLUSTER_ARN to use Kafka)",
         );
     }
-    let settings = match crate::platform::kafka_settings(config) {
+    let settings = match crate::adapters::kafka_client(config) {
         Ok(settings) => settings,
         Err(e) => {
             return Check::failed("kafka", e.to_string(), "fix the kafka settings named above");
         }
     };
-    let topics = crate::platform::topics(config);
-    let names = topics.all();
+    let names = config.kafka.topics.all();
     let count = names.len();
     let servers = settings.bootstrap_servers.clone();
     let probe = tokio::task::spawn_blocking(move || {
@@ -202,7 +274,7 @@ async fn kafka(config: &Config) -> Check {
 }
 
 async fn llm(config: &Config) -> Check {
-    let Some(model) = crate::platform::openai_model(config).transpose() else {
+    let Some(model) = crate::adapters::openai_model(config).transpose() else {
         return Check::skipped(
             "llm",
             "not configured: agent turns fail until OPENAI_API_KEY or OPENAI_BASE_URL is set",

@@ -6,8 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aop_core::processor::{EventProcessor, HandleError};
-use aop_core::{DomainEvent, EventSink, Outbox, OutboxSignal, StoreError};
+use aop_core::{
+    DomainEvent, EventHandler, EventSink, HandleError, Outbox, OutboxSignal, StoreError,
+};
 use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -27,14 +28,14 @@ impl OutboxSignal for NotifySignal {
     }
 }
 
-/// With no broker, events go straight to the event processor in this process.
+/// With no broker, events go straight to the handlers in this process.
 pub struct InProcessSink {
-    processor: EventProcessor,
+    handler: Arc<dyn EventHandler>,
 }
 
 impl InProcessSink {
-    pub fn new(processor: EventProcessor) -> Self {
-        Self { processor }
+    pub fn new(handler: Arc<dyn EventHandler>) -> Self {
+        Self { handler }
     }
 }
 
@@ -42,7 +43,7 @@ impl InProcessSink {
 impl EventSink for InProcessSink {
     async fn deliver(&self, events: &[DomainEvent]) -> (usize, Option<String>) {
         for (done, event) in events.iter().enumerate() {
-            match self.processor.handle(event).await {
+            match self.handler.handle(event).await {
                 Ok(_) => {}
                 Err(HandleError::Poison {
                     event_id,

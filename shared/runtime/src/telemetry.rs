@@ -16,7 +16,7 @@ use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::config::ConfigError;
+use aop_config::ConfigError;
 
 /// Fields of a span that logs inherit.
 #[derive(Default, Clone)]

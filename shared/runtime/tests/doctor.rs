@@ -119,8 +119,7 @@ async fn neo4j_up_behind_and_down() {
     );
 
     let config = neo4j(uri.clone(), &database);
-    let store =
-        aop_runtime::platform::neo4j_store(config.database.neo4j.as_ref().unwrap(), None).unwrap();
+    let store = aop_runtime::adapters::neo4j_store(config.neo4j.as_ref().unwrap(), None).unwrap();
     aop_store_neo4j::migrations::migrate(&store).await.unwrap();
     let up = run(&config).await;
     let c = check(&up, "store");
@@ -173,8 +172,8 @@ async fn kafka_topics_missing_then_applied_and_brokers_down() {
     );
     assert_eq!(c.fix.as_deref(), Some("run `aop topics apply`"));
 
-    let settings = aop_runtime::platform::kafka_settings(&config).unwrap();
-    aop_events::kafka::apply_topics(&settings, &aop_runtime::platform::topic_specs(&config))
+    let settings = aop_runtime::adapters::kafka_client(&config).unwrap();
+    aop_events::kafka::apply_topics(&settings, &config.kafka.topic_specs())
         .await
         .unwrap();
     let checks = run(&config).await;

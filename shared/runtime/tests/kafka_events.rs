@@ -69,8 +69,8 @@ fn kafka_env(servers: &str, prefix: &str, dir: &std::path::Path) -> BTreeMap<Str
 }
 
 async fn apply(config: &Config) {
-    let settings = aop_runtime::platform::kafka_settings(config).unwrap();
-    let specs = aop_runtime::platform::topic_specs(config);
+    let settings = aop_runtime::adapters::kafka_client(config).unwrap();
+    let specs = config.kafka.topic_specs();
     aop_events::kafka::apply_topics(&settings, &specs)
         .await
         .unwrap();
@@ -108,6 +108,7 @@ async fn agents_turns_and_feedback_land_on_their_topics_keyed_and_in_order() {
     let mut agents = Vec::new();
     for name in ["first", "second"] {
         let id = platform
+            .mcp
             .agents
             .create(CreateAgent {
                 name: name.into(),
@@ -119,9 +120,10 @@ async fn agents_turns_and_feedback_land_on_their_topics_keyed_and_in_order() {
             .agent
             .agent_id;
         let turn = platform
+            .mcp
             .conversations
             .run_agent(
-                aop_core::conversation::RunAgent {
+                aop_core::services::conversation::RunAgent {
                     agent_id: id.clone(),
                     alias: None,
                     input: "hello".into(),
@@ -132,8 +134,9 @@ async fn agents_turns_and_feedback_land_on_their_topics_keyed_and_in_order() {
             .await
             .unwrap();
         platform
+            .mcp
             .feedback
-            .submit(aop_core::feedback::SubmitFeedback {
+            .submit(aop_core::services::feedback::SubmitFeedback {
                 agent_id: id.clone(),
                 session_id: None,
                 interaction_id: Some(turn.interaction_id),
@@ -164,7 +167,7 @@ async fn agents_turns_and_feedback_land_on_their_topics_keyed_and_in_order() {
         assert_eq!(key, event.subject.as_str(), "keyed by agent id");
         seen.entry((m.topic().to_owned(), key))
             .or_default()
-            .push((m.offset(), event.event_type.as_str().to_owned()));
+            .push((m.offset(), event.event_type().as_str().to_owned()));
     }
     c.unsubscribe();
     for agent in &agents {
@@ -211,6 +214,7 @@ async fn a_broker_outage_loses_nothing() {
     let mut created = HashSet::new();
     for i in 0..100 {
         let agent = platform
+            .mcp
             .agents
             .create(CreateAgent {
                 name: format!("written during the outage {i}"),
@@ -222,7 +226,7 @@ async fn a_broker_outage_loses_nothing() {
         created.insert(agent.agent.agent_id.to_string());
     }
     assert_eq!(
-        platform.outbox.backlog().await.unwrap(),
+        platform.mcp.stores.outbox.backlog().await.unwrap(),
         200,
         "two events per agent wait"
     );
@@ -230,7 +234,7 @@ async fn a_broker_outage_loses_nothing() {
     broker(&["start", "noida", &port.to_string(), &name]);
     apply(&config).await;
     let deadline = Instant::now() + Duration::from_secs(90);
-    while platform.outbox.backlog().await.unwrap() > 0 {
+    while platform.mcp.stores.outbox.backlog().await.unwrap() > 0 {
         assert!(
             Instant::now() < deadline,
             "the outbox drains once the broker is back"

@@ -18,6 +18,7 @@ async fn published_events_and_the_backlog_are_counted_by_topic() {
     let relay = tokio::spawn(platform.in_process_relay().run(stop.clone()));
     for name in ["one", "two"] {
         platform
+            .mcp
             .agents
             .create(CreateAgent {
                 name: name.into(),
@@ -30,14 +31,14 @@ async fn published_events_and_the_backlog_are_counted_by_topic() {
     // Two agents: each an agent.created and an agent.version.created on agent_events.
     let wanted = r#"aop_events_published_total{topic="agent_events"} 4"#;
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut text = platform.metrics.render();
+    let mut text = platform.mcp.metrics.render();
     while !text.contains(wanted) {
         assert!(
             Instant::now() < deadline,
             "metrics never showed the events:\n{text}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-        text = platform.metrics.render();
+        text = platform.mcp.metrics.render();
     }
     stop.cancel();
     relay.await.unwrap();
@@ -58,6 +59,7 @@ async fn events_a_broker_does_not_take_show_as_backlog() {
     let config = Config::from_sources(None, &env, &Overrides::default()).unwrap();
     let platform = Platform::build(&config).unwrap();
     platform
+        .mcp
         .agents
         .create(CreateAgent {
             name: "stuck".into(),
@@ -69,14 +71,14 @@ async fn events_a_broker_does_not_take_show_as_backlog() {
     let stop = CancellationToken::new();
     let relay = tokio::spawn(platform.kafka_relay(&config).unwrap().run(stop.clone()));
     let deadline = Instant::now() + Duration::from_secs(20);
-    let mut text = platform.metrics.render();
+    let mut text = platform.mcp.metrics.render();
     while !text.contains("aop_outbox_backlog 2") {
         assert!(
             Instant::now() < deadline,
             "the backlog never showed:\n{text}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-        text = platform.metrics.render();
+        text = platform.mcp.metrics.render();
     }
     assert!(!text.contains("aop_events_published_total{"), "{text}");
     stop.cancel();

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use aop_core::conversation::{RunAgent, SendMessage, StartSession};
+use aop_core::services::conversation::{RunAgent, SendMessage, StartSession};
 use aop_core::session::InteractionStatus;
 use aop_core::{AgentId, Capability, CreateAgent, ServiceError, UpdateAgent};
 use aop_runtime::{Config, Overrides, Platform};
@@ -53,6 +53,7 @@ fn delegate(name: &str, to: &AgentId) -> Capability {
 
 async fn agent(s: &Setup, name: &str, model: &str, capabilities: Vec<Capability>) -> AgentId {
     s.platform
+        .mcp
         .agents
         .create(CreateAgent {
             name: name.into(),
@@ -78,7 +79,7 @@ async fn a_session_delegates_keeps_history_and_records_every_turn() {
         vec![delegate("ask_expert", &expert)],
     )
     .await;
-    let conv = &s.platform.conversations;
+    let conv = &s.platform.mcp.conversations;
     let session = conv
         .start_session(StartSession {
             agent_id: front.clone(),
@@ -195,7 +196,7 @@ async fn a_session_delegates_keeps_history_and_records_every_turn() {
             .all(|i| i.status == InteractionStatus::Completed)
     );
 
-    let metrics = s.platform.metrics.render();
+    let metrics = s.platform.mcp.metrics.render();
     assert!(
         metrics.contains(&format!(
             "agent_interactions_total{{agent_id=\"{front}\"}} 2"
@@ -223,6 +224,7 @@ async fn a_rate_limit_then_success_is_retried() {
     s.llm.push([Reply::rate_limited(1), Reply::text("made it")]);
     let reply = s
         .platform
+        .mcp
         .conversations
         .run_agent(
             RunAgent {
@@ -251,6 +253,7 @@ async fn a_refusal_fails_the_turn_clearly_and_keeps_the_key_out() {
     }]);
     let err = s
         .platform
+        .mcp
         .conversations
         .run_agent(
             RunAgent {
@@ -269,6 +272,7 @@ async fn a_refusal_fails_the_turn_clearly_and_keeps_the_key_out() {
     assert!(!text.contains(KEY), "{text}");
     let turns = s
         .platform
+        .mcp
         .conversations
         .list_interactions(&id, None, None)
         .await
@@ -285,6 +289,7 @@ async fn a_provider_slower_than_the_deadline_fails_the_turn_and_records_it() {
     let id = agent(&s, "hurried", "gpt-4o-mini", vec![]).await;
     let session = s
         .platform
+        .mcp
         .conversations
         .start_session(StartSession {
             agent_id: id.clone(),
@@ -299,6 +304,7 @@ async fn a_provider_slower_than_the_deadline_fails_the_turn_and_records_it() {
     let started = std::time::Instant::now();
     let err = s
         .platform
+        .mcp
         .conversations
         .send_message(
             SendMessage {
@@ -318,6 +324,7 @@ async fn a_provider_slower_than_the_deadline_fails_the_turn_and_records_it() {
     assert!(err.contains("recorded as failed"), "{err}");
     let turns = s
         .platform
+        .mcp
         .conversations
         .list_interactions(&id, None, None)
         .await
@@ -326,6 +333,7 @@ async fn a_provider_slower_than_the_deadline_fails_the_turn_and_records_it() {
     assert_eq!(turns[0].status, InteractionStatus::Failed);
     let messages = s
         .platform
+        .mcp
         .conversations
         .get_messages(&session.session_id, None, None)
         .await
@@ -347,6 +355,7 @@ async fn delegation_is_bounded_in_depth_and_cycles_are_refused() {
     ]);
     let reply = s
         .platform
+        .mcp
         .conversations
         .run_agent(
             RunAgent {
@@ -366,6 +375,7 @@ async fn delegation_is_bounded_in_depth_and_cycles_are_refused() {
     );
     let b_turn = &s
         .platform
+        .mcp
         .conversations
         .list_interactions(&b, None, None)
         .await
@@ -378,6 +388,7 @@ async fn delegation_is_bounded_in_depth_and_cycles_are_refused() {
     );
     assert!(
         s.platform
+            .mcp
             .conversations
             .list_interactions(&c, None, None)
             .await
@@ -389,6 +400,7 @@ async fn delegation_is_bounded_in_depth_and_cycles_are_refused() {
     // A cycle through updates is refused where it is made.
     let err = s
         .platform
+        .mcp
         .agents
         .update(UpdateAgent {
             agent_id: c.clone(),
@@ -412,6 +424,7 @@ async fn delegation_is_bounded_in_depth_and_cycles_are_refused() {
 
 async fn session_of(s: &Setup, agent_id: &AgentId) -> aop_core::session::Session {
     s.platform
+        .mcp
         .conversations
         .start_session(StartSession {
             agent_id: agent_id.clone(),
@@ -434,7 +447,7 @@ async fn a_turn_that_loses_the_race_for_its_message_numbers_goes_after_the_winne
         Reply::text("quick answer"),
         Reply::text("slow answer"),
     ]);
-    let conv = s.platform.conversations.clone();
+    let conv = s.platform.mcp.conversations.clone();
     let send = |content: &str| {
         let conv = conv.clone();
         let input = SendMessage {
@@ -477,7 +490,7 @@ async fn a_session_ended_during_a_turn_still_records_the_paid_interaction() {
     let session = session_of(&s, &id).await;
     s.llm
         .push([Reply::Delay { millis: 500 }, Reply::text("too late")]);
-    let conv = s.platform.conversations.clone();
+    let conv = s.platform.mcp.conversations.clone();
     let input = SendMessage {
         session_id: session.session_id.clone(),
         content: "are you there?".into(),

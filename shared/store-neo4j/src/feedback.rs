@@ -3,22 +3,36 @@
 //! `(:Feedback)-[:HAS_RATING]->(:Rating)`, `(:Fitness)-[:OF]->(:AgentVersion)` and
 //! `(:ProcessedEvent)` records that make event handling idempotent.
 
-use aop_core::feedback::{Feedback, FeedbackStore, FitnessUpdate, MetricStats, sample_variance};
-use aop_core::{AgentId, Clock, DomainEvent, StoreError, SystemClock};
+use aop_core::feedback::{Feedback, FitnessUpdate, Metric, MetricStats, sample_variance};
+use aop_core::{AgentId, DomainEvent, FeedbackStore, StoreError};
 use async_trait::async_trait;
 use neo4rs::{BoltType, Row, query};
 use serde_json::{Value, json};
 
+use crate::error::corrupt;
 use crate::params::{bolt, event_rows, version_key};
 use crate::{Neo4jStore, Work, column, outbox, rows, run};
 
-fn decode_stats(row: &Row, prefix: &str) -> Result<MetricStats, StoreError> {
+/// What the `metric` column of a statistics row holds.
+#[derive(Clone, Copy)]
+enum MetricColumn {
+    /// A metric key, as `(:Fitness)` stores it.
+    Key,
+    /// The name of a rating, as `(:Rating)` stores it.
+    RatingName,
+}
+
+fn decode_stats(row: &Row, column_kind: MetricColumn) -> Result<MetricStats, StoreError> {
     let count: i64 = column(row, "n", "statistics count")?;
     let count = u64::try_from(count).unwrap_or(0);
-    let metric: String = column(row, "metric", "statistics metric")?;
+    let name: String = column(row, "metric", "statistics metric")?;
+    let metric = match column_kind {
+        MetricColumn::Key => Metric::parse(&name).ok_or_else(|| corrupt("metric", &name))?,
+        MetricColumn::RatingName => Metric::rating(name),
+    };
     Ok(MetricStats {
         version: column(row, "version", "statistics version")?,
-        metric: format!("{prefix}{metric}"),
+        metric,
         count,
         mean: column(row, "mean", "statistics mean")?,
         variance: sample_variance(count, column(row, "m2", "statistics m2")?),
@@ -168,12 +182,13 @@ impl FeedbackStore for Neo4jStore {
                         "version_key": version_key(u.agent_id.as_str(), u.version),
                         "agent_id": u.agent_id.as_str(),
                         "version": u.version,
-                        "metric": u.metric,
+                        "metric": u.metric.key(),
                         "value": u.value,
                     })
                 })
                 .collect(),
         ))?;
+        let now = self.now_ms();
         self.transact("apply_once", |txn| -> Work<'_, bool> {
             let (event_id, updates) = (event_id.clone(), updates.clone());
             Box::pin(async move {
@@ -187,7 +202,6 @@ impl FeedbackStore for Neo4jStore {
                 if n > 0 {
                     return Ok(false);
                 }
-                let now = SystemClock.now_ms();
                 // The unique event id makes a concurrent second delivery fail at commit.
                 run(
                     txn,
@@ -236,9 +250,9 @@ impl FeedbackStore for Neo4jStore {
         &self,
         agent_id: &AgentId,
         version: Option<u32>,
-        metric: Option<&str>,
+        metric: Option<&Metric>,
     ) -> Result<Vec<MetricStats>, StoreError> {
-        let (and, params) = filters(version, metric);
+        let (and, params) = filters(version, metric.map(Metric::key).as_deref());
         let text = format!(
             "MATCH (x:Fitness) WHERE x.agent_id = $agent_id{and}
              RETURN x.version AS version, x.metric AS metric, x.samples AS n, x.mean AS mean,
@@ -254,18 +268,21 @@ impl FeedbackStore for Neo4jStore {
                 Box::pin(rows(txn, q))
             })
             .await?;
-        found.iter().map(|r| decode_stats(r, "")).collect()
+        found
+            .iter()
+            .map(|r| decode_stats(r, MetricColumn::Key))
+            .collect()
     }
 
     async fn rating_stats(
         &self,
         agent_id: &AgentId,
         version: Option<u32>,
-        metric: Option<&str>,
+        rating: Option<&str>,
         from: i64,
         to: i64,
     ) -> Result<Vec<MetricStats>, StoreError> {
-        let (and, params) = filters(version, metric);
+        let (and, params) = filters(version, rating);
         // `m2` is the sum of squared differences from the mean, as `Fitness.m2` is.
         let text = format!(
             "MATCH (x:Rating) WHERE x.agent_id = $agent_id
@@ -287,6 +304,9 @@ impl FeedbackStore for Neo4jStore {
                 Box::pin(rows(txn, q))
             })
             .await?;
-        found.iter().map(|r| decode_stats(r, "feedback.")).collect()
+        found
+            .iter()
+            .map(|r| decode_stats(r, MetricColumn::RatingName))
+            .collect()
     }
 }

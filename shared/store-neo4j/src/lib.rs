@@ -19,40 +19,73 @@ use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use aop_config::{Kind, Problems, Section, Setting};
 use aop_core::StoreError;
 use async_trait::async_trait;
 use neo4rs::{ConfigBuilder, Graph, Query, Row, Txn};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Retry, classify, to_store_error};
 
 pub use migrations::SCHEMA_VERSION;
 
-/// How to reach Neo4j. `Debug` never shows the password.
-#[derive(Clone)]
-pub struct Neo4jConfig {
-    /// `bolt://`, `bolt+s://`, `bolt+ssc://`, `neo4j://`, `neo4j+s://` or `neo4j+ssc://`.
+/// How to reach Neo4j: the `database` settings of a Neo4j store. `Debug` never shows the
+/// password.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Neo4jSettings {
+    /// `bolt://`, `bolt+s://`, `bolt+ssc://`, `neo4j://`, `neo4j+s://` or `neo4j+ssc://`; empty
+    /// until the Neo4j secret supplies it, when only `NEO4J_SECRET_ARN` is set.
     pub uri: String,
     pub username: String,
+    #[serde(skip_serializing)]
     pub password: SecretString,
     /// One database per pool: some servers keep a pooled connection on the first database it
     /// used.
+    #[serde(rename = "name")]
     pub database: String,
     pub max_connections: usize,
+    #[serde(rename = "connection_timeout_ms", with = "aop_config::millis")]
     pub connection_timeout: Duration,
     /// Rows fetched per round trip.
     pub fetch_size: usize,
     /// Connections older than this are closed; keep it under the server's idle reset (Aura
     /// closes idle connections after about 15 minutes).
+    #[serde(
+        rename = "max_connection_lifetime_seconds",
+        with = "aop_config::seconds"
+    )]
     pub max_connection_lifetime: Duration,
     /// Budget of one store operation, retries included.
+    #[serde(rename = "operation_timeout_ms", with = "aop_config::millis")]
     pub operation_timeout: Duration,
+    /// Apply pending graph migrations at start (else start refuses another schema version).
+    pub migrate_on_start: bool,
 }
 
-impl std::fmt::Debug for Neo4jConfig {
+impl Default for Neo4jSettings {
+    /// The seed's defaults: 10 connections, 5 s to connect.
+    fn default() -> Self {
+        Self {
+            uri: String::new(),
+            username: "neo4j".into(),
+            password: SecretString::from(""),
+            database: "neo4j".into(),
+            max_connections: 10,
+            connection_timeout: Duration::from_millis(5_000),
+            fetch_size: 500,
+            max_connection_lifetime: Duration::from_secs(600),
+            operation_timeout: Duration::from_secs(10),
+            migrate_on_start: false,
+        }
+    }
+}
+
+impl std::fmt::Debug for Neo4jSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Neo4jConfig")
+        f.debug_struct("Neo4jSettings")
             .field("uri", &redact_uri(&self.uri))
             .field("username", &self.username)
             .field("password", &"[redacted]")
@@ -62,12 +95,22 @@ impl std::fmt::Debug for Neo4jConfig {
             .field("fetch_size", &self.fetch_size)
             .field("max_connection_lifetime", &self.max_connection_lifetime)
             .field("operation_timeout", &self.operation_timeout)
+            .field("migrate_on_start", &self.migrate_on_start)
             .finish()
     }
 }
 
-impl Neo4jConfig {
-    /// The defaults of the seed: 10 connections, 5 s to connect.
+impl Neo4jSettings {
+    /// The URI schemes the driver speaks.
+    pub const SCHEMES: [&'static str; 6] = [
+        "bolt://",
+        "bolt+s://",
+        "bolt+ssc://",
+        "neo4j://",
+        "neo4j+s://",
+        "neo4j+ssc://",
+    ];
+
     pub fn new(
         uri: impl Into<String>,
         username: impl Into<String>,
@@ -77,12 +120,61 @@ impl Neo4jConfig {
             uri: uri.into(),
             username: username.into(),
             password,
-            database: "neo4j".into(),
-            max_connections: 10,
-            connection_timeout: Duration::from_millis(5_000),
-            fetch_size: 500,
-            max_connection_lifetime: Duration::from_secs(600),
-            operation_timeout: Duration::from_secs(10),
+            ..Self::default()
+        }
+    }
+}
+
+impl Section for Neo4jSettings {
+    const NAME: &'static str = "database";
+    const SETTINGS: &'static [Setting] = &[
+        Setting::new("uri", "NEO4J_URI", Kind::Text),
+        Setting::new("username", "NEO4J_USERNAME", Kind::Text),
+        Setting::secret("password", "NEO4J_PASSWORD", Kind::Text),
+        Setting::new("name", "NEO4J_DATABASE", Kind::Text),
+        Setting::new("max_connections", "NEO4J_MAX_CONNECTIONS", Kind::Whole),
+        Setting::new(
+            "connection_timeout_ms",
+            "NEO4J_CONNECTION_TIMEOUT_MS",
+            Kind::Whole,
+        )
+        .expecting("a whole number of milliseconds"),
+        Setting::new("fetch_size", "NEO4J_FETCH_SIZE", Kind::Whole),
+        Setting::new(
+            "max_connection_lifetime_seconds",
+            "NEO4J_MAX_CONNECTION_LIFETIME_SECONDS",
+            Kind::Whole,
+        )
+        .expecting("a whole number of seconds"),
+        Setting::new(
+            "operation_timeout_ms",
+            "NEO4J_OPERATION_TIMEOUT_MS",
+            Kind::Whole,
+        )
+        .expecting("a whole number of milliseconds"),
+        Setting::new("migrate_on_start", "AOP_MIGRATE_ON_START", Kind::Flag),
+    ];
+
+    fn check(&self, problems: &mut Problems) {
+        if !self.uri.is_empty() && !Self::SCHEMES.iter().any(|s| self.uri.starts_with(s)) {
+            problems.push(
+                "uri",
+                "must start with bolt://, bolt+s://, bolt+ssc://, neo4j://, neo4j+s:// or neo4j+ssc://",
+            );
+        }
+        problems.at_least("max_connections", self.max_connections, 1);
+        problems.at_least("fetch_size", self.fetch_size, 1);
+        for (key, value) in [
+            ("connection_timeout_ms", self.connection_timeout),
+            (
+                "max_connection_lifetime_seconds",
+                self.max_connection_lifetime,
+            ),
+            ("operation_timeout_ms", self.operation_timeout),
+        ] {
+            if value.is_zero() {
+                problems.push(key, "must be at least 1");
+            }
         }
     }
 }
@@ -109,10 +201,12 @@ pub trait CredentialSource: Send + Sync {
 #[derive(Clone)]
 pub struct Neo4jStore {
     inner: Arc<Inner>,
+    /// Stamps bookkeeping nodes (migrations, processed and quarantined events).
+    clock: Arc<dyn aop_core::Clock>,
 }
 
 struct Inner {
-    config: RwLock<Neo4jConfig>,
+    config: RwLock<Neo4jSettings>,
     graph: RwLock<Graph>,
     target: String,
     credentials: Option<Arc<dyn CredentialSource>>,
@@ -139,7 +233,7 @@ impl From<StoreError> for Failure {
 
 pub(crate) type Work<'t, T> = Pin<Box<dyn Future<Output = Result<T, Failure>> + Send + 't>>;
 
-fn connect(config: &Neo4jConfig) -> Result<Graph, StoreError> {
+fn connect(config: &Neo4jSettings) -> Result<Graph, StoreError> {
     // TLS (`bolt+s`) needs a process-wide crypto provider; another crate may have set one.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let built = ConfigBuilder::default()
@@ -167,7 +261,7 @@ impl Neo4jStore {
     ///
     /// # Errors
     /// `Permanent` when the URI cannot be used (an unknown scheme, say).
-    pub fn new(config: Neo4jConfig) -> Result<Self, StoreError> {
+    pub fn new(config: Neo4jSettings) -> Result<Self, StoreError> {
         Self::with_credentials(config, None)
     }
 
@@ -176,7 +270,7 @@ impl Neo4jStore {
     /// # Errors
     /// As [`Neo4jStore::new`].
     pub fn with_credentials(
-        config: Neo4jConfig,
+        config: Neo4jSettings,
         credentials: Option<Arc<dyn CredentialSource>>,
     ) -> Result<Self, StoreError> {
         let graph = connect(&config)?;
@@ -187,7 +281,19 @@ impl Neo4jStore {
                 graph: RwLock::new(graph),
                 credentials,
             }),
+            clock: Arc::new(aop_core::SystemClock),
         })
+    }
+
+    /// Stamps bookkeeping nodes with `clock`'s time instead of the wall clock's.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn aop_core::Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
     }
 
     /// The server's URI without credentials.
@@ -334,4 +440,27 @@ pub(crate) fn column<T: DeserializeOwned>(
 ) -> Result<T, StoreError> {
     row.get::<T>(column)
         .map_err(|e| error::corrupt(what, format!("column {column}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_field_is_a_setting_and_the_password_stays_hidden() {
+        assert_eq!(
+            aop_config::undeclared::<Neo4jSettings>(),
+            Vec::<String>::new()
+        );
+        let settings = Neo4jSettings::new(
+            "bolt://user:pw@db:7687",
+            "neo4j",
+            SecretString::from("hunter2"),
+        );
+        let shown = format!("{settings:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("pw@"),
+            "{shown}"
+        );
+    }
 }

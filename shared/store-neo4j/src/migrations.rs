@@ -3,7 +3,7 @@
 //! changes in one transaction, so each statement commits on its own and the record follows; a
 //! migration interrupted half-way is simply applied again.
 
-use aop_core::{Clock, StoreError, SystemClock};
+use aop_core::StoreError;
 use neo4rs::{Row, query};
 
 use crate::{Neo4jStore, Work, column, rows, run};
@@ -86,7 +86,7 @@ pub async fn migrate(store: &Neo4jStore) -> Result<Vec<u32>, StoreError> {
                 })
                 .await?;
         }
-        let now = SystemClock.now_ms();
+        let now = store.now_ms();
         store
             .transact("migrate", |txn| -> Work<'_, ()> {
                 let q = query(

@@ -1,7 +1,7 @@
 //! The transactional outbox as `(:OutboxEvent)` nodes, written in the same transaction as the
 //! change that caused them. Event ids are UUID v7, so ordering by id is ordering by creation.
 
-use aop_core::{AgentId, DomainEvent, EventType, Outbox, StoreError};
+use aop_core::{AgentId, DomainEvent, EventData, EventType, Outbox, StoreError};
 use async_trait::async_trait;
 use neo4rs::{BoltType, Row, Txn, query};
 use serde::Deserialize;
@@ -33,12 +33,13 @@ struct RawEvent {
 }
 
 fn decode(raw: RawEvent) -> Result<DomainEvent, StoreError> {
+    let event_type =
+        EventType::parse(&raw.event_type).ok_or_else(|| corrupt("event type", &raw.event_type))?;
+    let data = serde_json::from_str(&raw.data).map_err(|e| corrupt("event data", e))?;
     Ok(DomainEvent {
-        event_type: EventType::parse(&raw.event_type)
-            .ok_or_else(|| corrupt("event type", &raw.event_type))?,
         subject: AgentId::try_from(raw.subject).map_err(|e| corrupt("event subject", e))?,
         time: raw.time,
-        data: serde_json::from_str(&raw.data).map_err(|e| corrupt("event data", e))?,
+        data: EventData::from_json(event_type, data).map_err(|e| corrupt("event data", e))?,
         correlation_id: raw.correlation_id,
         id: raw.event_id,
     })
@@ -97,7 +98,7 @@ impl Outbox for Neo4jStore {
 impl Neo4jStore {
     async fn quarantine(&self, raw: &RawEvent, error: &str) -> Result<(), StoreError> {
         tracing::error!(event_id = %raw.event_id, error, "quarantining an unreadable outbox event");
-        let now = aop_core::Clock::now_ms(&aop_core::SystemClock);
+        let now = self.now_ms();
         let (id, event_type, subject, data) = (
             raw.event_id.clone(),
             raw.event_type.clone(),

@@ -20,12 +20,22 @@ pub(crate) fn event_rows(events: &[DomainEvent]) -> Result<BoltType, StoreError>
     let rows = events
         .iter()
         .map(|e| {
+            let data = e.data.to_json().map_err(|err| {
+                StoreError::permanent(
+                    format!(
+                        "cannot encode the data of {} event {}",
+                        e.event_type().as_str(),
+                        e.id
+                    ),
+                    err,
+                )
+            })?;
             Ok(json!({
                 "event_id": e.id,
-                "event_type": e.event_type.as_str(),
+                "event_type": e.event_type().as_str(),
                 "subject": e.subject.as_str(),
                 "time": e.time,
-                "data": json_text(&e.data)?,
+                "data": data.to_string(),
                 "correlation_id": e.correlation_id,
             }))
         })

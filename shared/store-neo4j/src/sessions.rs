@@ -198,36 +198,6 @@ pub(crate) async fn write_interactions(txn: &mut Txn, rows: BoltType) -> Result<
     Ok(())
 }
 
-impl Neo4jStore {
-    /// Records many interactions (bulk loads, evaluation runs) in one transaction, with `UNWIND`:
-    /// far fewer round trips than one `record_turn` each. Interactions here carry no session
-    /// messages.
-    ///
-    /// # Errors
-    /// `Conflict` when an interaction id exists; nothing is written then.
-    pub async fn record_interactions(
-        &self,
-        interactions: &[Interaction],
-        events: &[DomainEvent],
-    ) -> Result<(), StoreError> {
-        let rows = bolt(Value::Array(
-            interactions
-                .iter()
-                .map(interaction_row)
-                .collect::<Result<Vec<_>, _>>()?,
-        ))?;
-        let events = event_rows(events)?;
-        self.transact("record_interactions", |txn| -> Work<'_, ()> {
-            let (rows, events) = (rows.clone(), events.clone());
-            Box::pin(async move {
-                write_interactions(txn, rows).await?;
-                outbox::write_events(txn, events).await
-            })
-        })
-        .await
-    }
-}
-
 #[async_trait]
 impl SessionStore for Neo4jStore {
     async fn insert_session(&self, s: &Session, events: &[DomainEvent]) -> Result<(), StoreError> {

@@ -13,14 +13,14 @@ use std::time::Duration;
 
 use aop_core::contract::Fixture;
 use aop_core::{AgentService, AgentStore, CreateAgent, SystemClock};
-use aop_store_neo4j::{Neo4jConfig, Neo4jStore, migrations};
+use aop_store_neo4j::{Neo4jSettings, Neo4jStore, migrations};
 use secrecy::SecretString;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-fn config() -> Option<Neo4jConfig> {
+fn config() -> Option<Neo4jSettings> {
     let uri = service(Service::Neo4j)?;
     let env = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
-    let mut config = Neo4jConfig::new(
+    let mut config = Neo4jSettings::new(
         uri,
         env("AOP_TEST_NEO4J_USER", "root"),
         SecretString::from(env("AOP_TEST_NEO4J_PASSWORD", "aop-test-password")),
@@ -100,12 +100,7 @@ async fn a_use_case_that_fails_half_way_leaves_no_partial_nodes() {
         effectiveness: None,
         delegate_to: None,
     }];
-    let event = aop_core::DomainEvent::new(
-        aop_core::EventType::AgentVersionCreated,
-        &agent.agent_id,
-        0,
-        serde_json::json!({"doomed": true}),
-    );
+    let event = aop_core::samples::event(aop_core::EventType::AgentVersionCreated, &agent.agent_id);
     let err = store
         .insert_version(&agent, &version, std::slice::from_ref(&event))
         .await

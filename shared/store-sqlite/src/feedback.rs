@@ -1,7 +1,7 @@
 //! Feedback, fitness statistics and processed-event records in the embedded store.
 
-use aop_core::feedback::{Feedback, FeedbackStore, FitnessUpdate, MetricStats, sample_variance};
-use aop_core::{AgentId, Clock, DomainEvent, StoreError, SystemClock};
+use aop_core::feedback::{Feedback, FitnessUpdate, Metric, MetricStats, sample_variance};
+use aop_core::{AgentId, DomainEvent, FeedbackStore, StoreError};
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, TransactionBehavior, params, params_from_iter};
 
@@ -71,11 +71,11 @@ impl FeedbackStore for SqliteStore {
     ) -> Result<bool, StoreError> {
         let event_id = event_id.to_owned();
         let updates = updates.to_vec();
+        let now = self.now_ms();
         self.with(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(map_err)?;
-            let now = SystemClock.now_ms();
             let fresh = tx
                 .execute(
                     "INSERT OR IGNORE INTO processed_events (event_id, processed_at) VALUES (?1, ?2)",
@@ -90,7 +90,7 @@ impl FeedbackStore for SqliteStore {
                     .query_row(
                         "SELECT count, mean, m2 FROM fitness \
                          WHERE agent_id = ?1 AND version = ?2 AND metric = ?3",
-                        params![u.agent_id.as_str(), u.version, u.metric],
+                        params![u.agent_id.as_str(), u.version, u.metric.key()],
                         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                     )
                     .optional()
@@ -107,7 +107,15 @@ impl FeedbackStore for SqliteStore {
                      ON CONFLICT (agent_id, version, metric) DO UPDATE SET \
                      count = excluded.count, mean = excluded.mean, m2 = excluded.m2, \
                      updated_at = excluded.updated_at",
-                    params![u.agent_id.as_str(), u.version, u.metric, count, mean, m2, now],
+                    params![
+                        u.agent_id.as_str(),
+                        u.version,
+                        u.metric.key(),
+                        count,
+                        mean,
+                        m2,
+                        now
+                    ],
                 )
                 .map_err(map_err)?;
             }
@@ -121,21 +129,26 @@ impl FeedbackStore for SqliteStore {
         &self,
         agent_id: &AgentId,
         version: Option<u32>,
-        metric: Option<&str>,
+        metric: Option<&Metric>,
     ) -> Result<Vec<MetricStats>, StoreError> {
         let query = StatsQuery::new(
             "SELECT version, metric, count, mean, m2 FROM fitness WHERE agent_id = ?",
             vec![agent_id.to_string()],
         )
-        .filtered(version, metric, " ORDER BY version, metric");
-        self.with(move |conn| query.run(conn, "")).await
+        .filtered(
+            version,
+            metric.map(Metric::key).as_deref(),
+            " ORDER BY version, metric",
+        );
+        self.with(move |conn| query.run(conn, MetricColumn::Key))
+            .await
     }
 
     async fn rating_stats(
         &self,
         agent_id: &AgentId,
         version: Option<u32>,
-        metric: Option<&str>,
+        rating: Option<&str>,
         from: i64,
         to: i64,
     ) -> Result<Vec<MetricStats>, StoreError> {
@@ -148,11 +161,21 @@ impl FeedbackStore for SqliteStore {
         )
         .filtered(
             version,
-            metric,
+            rating,
             " GROUP BY version, metric ORDER BY version, metric",
         );
-        self.with(move |conn| query.run(conn, "feedback.")).await
+        self.with(move |conn| query.run(conn, MetricColumn::RatingName))
+            .await
     }
+}
+
+/// What the `metric` column of a statistics query holds.
+#[derive(Clone, Copy)]
+enum MetricColumn {
+    /// A metric key, as `fitness` stores it.
+    Key,
+    /// The name of a rating, as `feedback_ratings` stores it.
+    RatingName,
 }
 
 /// A statistics query: `version, metric, count, mean, m2` rows, optionally filtered.
@@ -182,25 +205,45 @@ impl StatsQuery {
         self
     }
 
-    /// Runs the query; `prefix` goes before each metric name.
     fn run(
         &self,
         conn: &mut rusqlite::Connection,
-        prefix: &str,
+        column: MetricColumn,
     ) -> Result<Vec<MetricStats>, StoreError> {
         let mut stmt = conn.prepare_cached(&self.sql).map_err(map_err)?;
-        stmt.query_map(params_from_iter(self.args.iter()), |r| {
-            let count = u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0);
-            Ok(MetricStats {
-                version: r.get(0)?,
-                metric: format!("{prefix}{}", r.get::<_, String>(1)?),
-                count,
-                mean: r.get(3)?,
-                variance: sample_variance(count, r.get(4)?),
+        let raws = stmt
+            .query_map(params_from_iter(self.args.iter()), |r| {
+                Ok((
+                    r.get::<_, u32>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, f64>(3)?,
+                    r.get::<_, f64>(4)?,
+                ))
             })
-        })
-        .map_err(map_err)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(map_err)
+            .map_err(map_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err)?;
+        raws.into_iter()
+            .map(|(version, name, count, mean, m2)| {
+                let metric = match column {
+                    MetricColumn::Key => {
+                        Metric::parse(&name).ok_or_else(|| StoreError::Permanent {
+                            message: format!("stored metric '{name}' is unknown"),
+                            source: None,
+                        })?
+                    }
+                    MetricColumn::RatingName => Metric::rating(name),
+                };
+                let count = u64::try_from(count).unwrap_or(0);
+                Ok(MetricStats {
+                    version,
+                    metric,
+                    count,
+                    mean,
+                    variance: sample_variance(count, m2),
+                })
+            })
+            .collect()
     }
 }

@@ -9,13 +9,14 @@ mod feedback;
 mod migrations;
 mod rows;
 mod sessions;
+mod settings;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use aop_core::{
-    Agent, AgentFilter, AgentId, AgentStatus, AgentStore, AgentVersion, DomainEvent, Outbox,
-    PageRequest, StatusFilter, StoreError, StoreHealth,
+    Agent, AgentFilter, AgentId, AgentStatus, AgentStore, AgentVersion, Clock, DomainEvent, Outbox,
+    PageRequest, StatusFilter, StoreError, StoreHealth, SystemClock,
 };
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
@@ -23,6 +24,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, param
 use crate::error::map_err;
 
 pub use migrations::SCHEMA_VERSION;
+pub use settings::SqliteSettings;
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "aop.sqlite3";
@@ -32,6 +34,7 @@ pub const DB_FILE: &str = "aop.sqlite3";
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
+    clock: Arc<dyn Clock>,
 }
 
 impl SqliteStore {
@@ -41,13 +44,21 @@ impl SqliteStore {
     /// `Permanent` when the directory cannot be created, the file is not a database, or its
     /// schema is newer than this build knows.
     pub fn open_dir(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_dir_with_clock(data_dir, Arc::new(SystemClock))
+    }
+
+    /// As [`SqliteStore::open_dir`], stamping bookkeeping rows with `clock`'s time.
+    ///
+    /// # Errors
+    /// As [`SqliteStore::open_dir`].
+    pub fn open_dir_with_clock(data_dir: &Path, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             StoreError::permanent(
                 format!("cannot create data directory {}", data_dir.display()),
                 e,
             )
         })?;
-        Self::open(&data_dir.join(DB_FILE))
+        Self::open_with_clock(&data_dir.join(DB_FILE), clock)
     }
 
     /// Opens the database file at `path` and applies pending migrations.
@@ -55,6 +66,15 @@ impl SqliteStore {
     /// # Errors
     /// As [`SqliteStore::open_dir`].
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with_clock(path, Arc::new(SystemClock))
+    }
+
+    /// As [`SqliteStore::open`], stamping bookkeeping rows (migrations, processed and
+    /// quarantined events) with `clock`'s time.
+    ///
+    /// # Errors
+    /// As [`SqliteStore::open_dir`].
+    pub fn open_with_clock(path: &Path, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
         let mut conn = Connection::open(path).map_err(|e| {
             StoreError::permanent(format!("cannot open database {}", path.display()), e)
         })?;
@@ -69,11 +89,16 @@ impl SqliteStore {
                 e,
             )
         })?;
-        migrations::apply(&mut conn)?;
+        migrations::apply(&mut conn, clock.as_ref())?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_owned(),
+            clock,
         })
+    }
+
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
     }
 
     /// How long a write waits for another writer's lock before failing as unavailable.
@@ -366,6 +391,7 @@ impl AgentStore for SqliteStore {
 #[async_trait]
 impl Outbox for SqliteStore {
     async fn pending(&self, limit: u32) -> Result<Vec<DomainEvent>, StoreError> {
+        let clock = self.clock.clone();
         self.with(move |conn| {
             let raws = {
                 let mut stmt = conn
@@ -401,7 +427,7 @@ impl Outbox for SqliteStore {
                                 subject,
                                 data,
                                 e.to_string(),
-                                aop_core::Clock::now_ms(&aop_core::SystemClock)
+                                clock.now_ms()
                             ],
                         )
                         .map_err(map_err)?;

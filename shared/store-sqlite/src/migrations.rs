@@ -150,7 +150,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ),
 ];
 
-pub(crate) fn apply(conn: &mut Connection) -> Result<(), StoreError> {
+pub(crate) fn apply(conn: &mut Connection, clock: &dyn aop_core::Clock) -> Result<(), StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(map_err)?;
@@ -178,7 +178,7 @@ pub(crate) fn apply(conn: &mut Connection) -> Result<(), StoreError> {
             source: None,
         });
     }
-    let now = aop_core::Clock::now_ms(&aop_core::SystemClock);
+    let now = clock.now_ms();
     for (index, (name, sql)) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let version = index as u32 + 1;
         tx.execute_batch(sql).map_err(map_err)?;

@@ -1,6 +1,8 @@
 //! Rows to domain types and back. Lists and nested values are stored as JSON text.
 
-use aop_core::{Agent, AgentId, AgentStatus, AgentVersion, DomainEvent, EventType, StoreError};
+use aop_core::{
+    Agent, AgentId, AgentStatus, AgentVersion, DomainEvent, EventData, EventType, StoreError,
+};
 use rusqlite::{Params, Row, Statement, Transaction, params};
 
 use crate::error::{corrupt, map_err};
@@ -197,15 +199,25 @@ pub(crate) fn insert_events(
     events: &[DomainEvent],
 ) -> Result<(), StoreError> {
     for e in events {
+        let data = e.data.to_json().map_err(|err| {
+            StoreError::permanent(
+                format!(
+                    "cannot encode the data of {} event {}",
+                    e.event_type().as_str(),
+                    e.id
+                ),
+                err,
+            )
+        })?;
         tx.execute(
             "INSERT INTO outbox (event_id, event_type, subject, time, data, correlation_id) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 e.id,
-                e.event_type.as_str(),
+                e.event_type().as_str(),
                 e.subject.as_str(),
                 e.time,
-                e.data.to_string(),
+                data.to_string(),
                 e.correlation_id,
             ],
         )
@@ -237,14 +249,16 @@ pub(crate) fn decode_event(
         Option<String>,
     ),
 ) -> Result<DomainEvent, StoreError> {
+    let event_type = EventType::parse(&event_type).ok_or_else(|| StoreError::Permanent {
+        message: format!("stored event type '{event_type}' is unknown"),
+        source: None,
+    })?;
+    let data = EventData::from_json(event_type, parse("event data", &data)?)
+        .map_err(|e| StoreError::permanent(format!("stored event {id} is unreadable"), e))?;
     Ok(DomainEvent {
-        event_type: EventType::parse(&event_type).ok_or_else(|| StoreError::Permanent {
-            message: format!("stored event type '{event_type}' is unknown"),
-            source: None,
-        })?,
         subject: agent_id(subject)?,
         time,
-        data: parse("event data", &data)?,
+        data,
         correlation_id,
         id,
     })

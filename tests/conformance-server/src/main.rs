@@ -8,7 +8,8 @@ mod server;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use aop_runtime::{Config, Overrides, Platform, telemetry};
+use aop_runtime::roles::mcp::McpRole;
+use aop_runtime::{Config, Overrides, telemetry};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
@@ -54,7 +55,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = telemetry::init(&config.log_level) {
+    if let Err(e) = telemetry::init(config.log_level()) {
         eprintln!("aop-conformance-server: {e}");
         return ExitCode::FAILURE;
     }
@@ -69,8 +70,8 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
-    let platform = Platform::build(&config)?;
-    let options = Platform::http_options(&config, CancellationToken::new());
+    let platform = McpRole::build(&config, None)?;
+    let options = config.server.http_options(CancellationToken::new());
     let make = {
         let platform = platform.clone();
         move || server::ConformanceServer::new(platform.mcp_server())
@@ -79,7 +80,7 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         make,
         options,
         platform.metrics.clone(),
-        platform.store.clone(),
+        platform.stores.agents.clone(),
     );
     let addr = SocketAddr::new(config.server.host, config.server.port);
     let listener = tokio::net::TcpListener::bind(addr).await?;

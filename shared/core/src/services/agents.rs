@@ -1,4 +1,4 @@
-//! The agent registry use cases. Every entry point (MCP tool, Lambda handler, CLI) calls these.
+//! The agent registry: agents, their immutable versions, aliases and lineage.
 
 use std::sync::Arc;
 
@@ -12,9 +12,10 @@ use crate::agent::{
 };
 use crate::clock::Clock;
 use crate::error::ServiceError;
-use crate::events::{DomainEvent, EventType, payload};
+use crate::error::StoreError;
+use crate::events::{DomainEvent, payload};
 use crate::page::{Cursor, Page, PageRequest};
-use crate::ports::{AgentFilter, AgentStore, NoSignal, OutboxSignal, StatusFilter, StoreError};
+use crate::ports::{AgentFilter, AgentStore, NoSignal, OutboxSignal, StatusFilter};
 use crate::validate::{self, Problems};
 
 /// How often an update is retried when a concurrent writer created a version first.
@@ -217,11 +218,10 @@ impl AgentService {
             change_summary: "created".into(),
         };
         let events = [
-            DomainEvent::with_payload(
-                EventType::AgentCreated,
+            DomainEvent::new(
                 &agent.agent_id,
                 now,
-                &payload::AgentCreated {
+                payload::AgentCreated {
                     agent: agent.clone(),
                     version: version.clone(),
                 },
@@ -466,11 +466,10 @@ impl AgentService {
         let now = self.clock.now_ms();
         agent.status = AgentStatus::Archived;
         agent.updated_at = now;
-        let events = [DomainEvent::with_payload(
-            EventType::AgentArchived,
+        let events = [DomainEvent::new(
             agent_id,
             now,
-            &payload::AgentChanged {
+            payload::AgentArchived {
                 agent: agent.clone(),
             },
         )];
@@ -605,11 +604,10 @@ impl AgentService {
 }
 
 fn version_created(agent: &Agent, version: &AgentVersion, now: i64) -> DomainEvent {
-    DomainEvent::with_payload(
-        EventType::AgentVersionCreated,
+    DomainEvent::new(
         &agent.agent_id,
         now,
-        &payload::AgentVersionCreated {
+        payload::AgentVersionCreated {
             version: version.clone(),
             aliases: agent.aliases.clone(),
         },

@@ -13,10 +13,11 @@ use tracing::{Instrument, instrument};
 use crate::agent::{Agent, AgentId, AgentStatus, AgentVersion, PROD_ALIAS};
 use crate::clock::Clock;
 use crate::error::ServiceError;
-use crate::events::{DomainEvent, EventType, payload};
+use crate::error::StoreError;
+use crate::events::{DomainEvent, payload};
 use crate::llm::{ChatMessage, ChatModel, ChatRequest, LlmError, ToolCall, ToolSpec};
 use crate::page::{Page, PageRequest};
-use crate::ports::{AgentStore, NoSignal, OutboxSignal, SessionStore, StoreError};
+use crate::ports::{AgentStore, NoSignal, OutboxSignal, SessionStore};
 use crate::pricing::PriceTable;
 use crate::session::{
     Interaction, InteractionId, InteractionStatus, Message, Role, Session, SessionId,
@@ -175,16 +176,20 @@ pub struct ConversationService {
 
 /// The event of a recorded interaction.
 fn interaction_event(i: &Interaction) -> DomainEvent {
-    let kind = match i.status {
-        InteractionStatus::Completed => EventType::InteractionCompleted,
-        InteractionStatus::Failed => EventType::InteractionFailed,
-    };
-    DomainEvent::new(
-        kind,
-        &i.agent_id,
-        i.created_at + i64::try_from(i.latency_ms).unwrap_or(0),
-        serde_json::json!({"interaction": i}),
-    )
+    let time = i.created_at + i64::try_from(i.latency_ms).unwrap_or(0);
+    let interaction = i.clone();
+    match i.status {
+        InteractionStatus::Completed => DomainEvent::new(
+            &i.agent_id,
+            time,
+            payload::InteractionCompleted { interaction },
+        ),
+        InteractionStatus::Failed => DomainEvent::new(
+            &i.agent_id,
+            time,
+            payload::InteractionFailed { interaction },
+        ),
+    }
 }
 
 impl ConversationService {
@@ -261,11 +266,10 @@ impl ConversationService {
             created_at: self.clock.now_ms(),
             ended_at: None,
         };
-        let events = [DomainEvent::with_payload(
-            EventType::SessionStarted,
+        let events = [DomainEvent::new(
             &session.agent_id,
             session.created_at,
-            &payload::SessionChanged {
+            payload::SessionStarted {
                 session: session.clone(),
             },
         )];
@@ -451,7 +455,7 @@ impl ConversationService {
         }
         self.session(session_id).await?;
         let rows = self.sessions.list_messages(session_id, &page).await?;
-        Ok(crate::service::paginate(rows, page.limit, |m| {
+        Ok(crate::services::agents::paginate(rows, page.limit, |m| {
             m.seq.to_string()
         }))
     }
@@ -479,11 +483,10 @@ impl ConversationService {
         session.status = SessionStatus::Ended;
         session.summary.clone_from(&summary);
         session.ended_at = Some(now);
-        let events = [DomainEvent::with_payload(
-            EventType::SessionEnded,
+        let events = [DomainEvent::new(
             &session.agent_id,
             now,
-            &payload::SessionChanged {
+            payload::SessionEnded {
                 session: session.clone(),
             },
         )];
@@ -516,7 +519,7 @@ impl ConversationService {
     ) -> Result<Page<Interaction>, ServiceError> {
         let page = PageRequest::parse(cursor, limit)?;
         let rows = self.sessions.list_interactions(agent_id, &page).await?;
-        Ok(crate::service::paginate(rows, page.limit, |i| {
+        Ok(crate::services::agents::paginate(rows, page.limit, |i| {
             i.interaction_id.to_string()
         }))
     }

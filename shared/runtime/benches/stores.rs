@@ -1,9 +1,8 @@
-//! Store latency on Neo4j (over Bolt) next to the embedded store, and bulk writes:
+//! Store latency on Neo4j (over Bolt) next to the embedded store:
 //! - `get_agent` and `list_agents` (a page of 50) latency, p50 and p99, on 200 agents;
-//! - the time to write 10,000 interactions one by one (`record_turn`) and in batches of 500
-//!   (`record_interactions`, one `UNWIND` per batch).
+//! - the time to write 10,000 interactions one by one (`record_turn`).
 //!
-//! `AOP_BENCH_NEO4J=bolt://127.0.0.1:PORT cargo bench -p aop-store-neo4j --bench graph`
+//! `AOP_BENCH_NEO4J=bolt://127.0.0.1:PORT cargo bench -p aop-runtime --bench stores`
 //! (user `AOP_BENCH_NEO4J_USER`, default `root`; password `AOP_BENCH_NEO4J_PASSWORD`, default
 //! `aop-test-password`; database `AOP_BENCH_NEO4J_DATABASE`, default `neo4j`).
 
@@ -15,7 +14,7 @@ use aop_core::{
     AgentFilter, AgentId, AgentService, AgentStore, CreateAgent, PageRequest, SessionStore,
     SystemClock,
 };
-use aop_store_neo4j::{Neo4jConfig, Neo4jStore, migrations};
+use aop_store_neo4j::{Neo4jSettings, Neo4jStore, migrations};
 use aop_store_sqlite::SqliteStore;
 use secrecy::SecretString;
 
@@ -23,7 +22,6 @@ const AGENTS: usize = 200;
 const GETS: usize = 2_000;
 const LISTS: usize = 500;
 const INTERACTIONS: usize = 10_000;
-const BATCH: usize = 500;
 
 fn percentile(samples: &mut [Duration], p: f64) -> f64 {
     samples.sort();
@@ -141,7 +139,7 @@ fn main() {
             return;
         };
         let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.into());
-        let mut config = Neo4jConfig::new(
+        let mut config = Neo4jSettings::new(
             uri,
             env("AOP_BENCH_NEO4J_USER", "root"),
             SecretString::from(env("AOP_BENCH_NEO4J_PASSWORD", "aop-test-password")),
@@ -153,17 +151,6 @@ fn main() {
         let neo4j = Arc::new(neo4j);
         reads("neo4j", neo4j.clone()).await;
         let agent = seed(neo4j.clone()).await.remove(0);
-        one_by_one("neo4j", neo4j.clone(), &agent).await;
-        let started = Instant::now();
-        for _ in 0..INTERACTIONS / BATCH {
-            let batch: Vec<Interaction> = (0..BATCH).map(|_| interaction(&agent)).collect();
-            neo4j.record_interactions(&batch, &[]).await.expect("batch");
-        }
-        let elapsed = started.elapsed();
-        println!(
-            "neo4j    {INTERACTIONS} interactions in batches of {BATCH}: {:.2} s ({:.0}/s)",
-            elapsed.as_secs_f64(),
-            INTERACTIONS as f64 / elapsed.as_secs_f64()
-        );
+        one_by_one("neo4j", neo4j, &agent).await;
     });
 }

@@ -1,0 +1,185 @@
+//! Valid sample values of the domain, for tests of adapters and entry points (feature
+//! `contract`): an event of every type, an interaction, feedback.
+
+use crate::agent::{Agent, AgentId, AgentStatus, AgentVersion, Alias, ModelParameters, PROD_ALIAS};
+use crate::events::{DomainEvent, EventType, payload};
+use crate::feedback::{Feedback, Rating, Scale};
+use crate::session::{
+    FeedbackId, Interaction, InteractionId, InteractionStatus, Session, SessionId, SessionStatus,
+    TokenUsage,
+};
+
+/// An active agent with version 1 behind `prod`.
+pub fn agent(agent_id: &AgentId) -> Agent {
+    Agent {
+        agent_id: agent_id.clone(),
+        name: "sample".into(),
+        domain: "general".into(),
+        description: String::new(),
+        status: AgentStatus::Active,
+        created_at: 1_790_000_000_000,
+        updated_at: 1_790_000_000_000,
+        latest_version: 1,
+        aliases: vec![Alias::following(PROD_ALIAS, 1, 1_790_000_000_000)],
+    }
+}
+
+pub fn version(agent_id: &AgentId, version: u32, instructions: &str) -> AgentVersion {
+    AgentVersion {
+        agent_id: agent_id.clone(),
+        version,
+        instructions: instructions.to_owned(),
+        model: "sample-model".into(),
+        parameters: ModelParameters::default(),
+        capabilities: Vec::new(),
+        knowledge_sources: Vec::new(),
+        created_at: 1_790_000_000_000,
+        created_by: "user".into(),
+        parents: Vec::new(),
+        generation: 0,
+        change_summary: "created".into(),
+    }
+}
+
+pub fn session(agent_id: &AgentId) -> Session {
+    Session {
+        session_id: SessionId::generate(),
+        agent_id: agent_id.clone(),
+        alias: PROD_ALIAS.into(),
+        version: 1,
+        user_id: "anonymous".into(),
+        context: serde_json::json!({}),
+        status: SessionStatus::Active,
+        summary: None,
+        created_at: 1_790_000_000_000,
+        ended_at: None,
+    }
+}
+
+/// A completed turn of version `version` that used 30 tokens in 420 ms.
+pub fn interaction(agent_id: &AgentId, version: u32) -> Interaction {
+    Interaction {
+        interaction_id: InteractionId::generate(),
+        agent_id: agent_id.clone(),
+        version,
+        session_id: None,
+        parent_interaction_id: None,
+        input: "hello".into(),
+        output: Some("hi".into()),
+        model: "sample-model".into(),
+        usage: TokenUsage {
+            prompt_tokens: 24,
+            completion_tokens: 6,
+        },
+        cost_usd: None,
+        latency_ms: 420,
+        tool_calls: Vec::new(),
+        status: InteractionStatus::Completed,
+        error: None,
+        created_at: 1_790_000_000_000,
+    }
+}
+
+/// Feedback on version `version` with ratings on the 1-5 scale.
+pub fn feedback(agent_id: &AgentId, version: u32, ratings: &[(&str, f64)]) -> Feedback {
+    let scale = Scale::DEFAULT;
+    Feedback {
+        feedback_id: FeedbackId::generate(),
+        agent_id: agent_id.clone(),
+        version,
+        session_id: None,
+        interaction_id: None,
+        ratings: ratings
+            .iter()
+            .map(|(metric, value)| Rating {
+                metric: (*metric).to_owned(),
+                value: *value,
+                scale_min: scale.min,
+                scale_max: scale.max,
+                normalized: scale.normalize(*value),
+            })
+            .collect(),
+        comments: None,
+        categories: Vec::new(),
+        user_id: "anonymous".into(),
+        created_at: 1_790_000_000_000,
+    }
+}
+
+/// A valid event of `event_type` about `agent_id`.
+pub fn event(event_type: EventType, agent_id: &AgentId) -> DomainEvent {
+    let time = 1_790_000_000_000;
+    match event_type {
+        EventType::AgentCreated => DomainEvent::new(
+            agent_id,
+            time,
+            payload::AgentCreated {
+                agent: agent(agent_id),
+                version: version(agent_id, 1, "be brief"),
+            },
+        ),
+        EventType::AgentVersionCreated => DomainEvent::new(
+            agent_id,
+            time,
+            payload::AgentVersionCreated {
+                version: version(agent_id, 2, "be briefer"),
+                aliases: agent(agent_id).aliases,
+            },
+        ),
+        EventType::AgentDeployed => DomainEvent::new(
+            agent_id,
+            time,
+            payload::AgentDeployed {
+                agent: agent(agent_id),
+            },
+        ),
+        EventType::AgentArchived => DomainEvent::new(
+            agent_id,
+            time,
+            payload::AgentArchived {
+                agent: agent(agent_id),
+            },
+        ),
+        EventType::SessionStarted => DomainEvent::new(
+            agent_id,
+            time,
+            payload::SessionStarted {
+                session: session(agent_id),
+            },
+        ),
+        EventType::SessionEnded => DomainEvent::new(
+            agent_id,
+            time,
+            payload::SessionEnded {
+                session: session(agent_id),
+            },
+        ),
+        EventType::InteractionCompleted => DomainEvent::new(
+            agent_id,
+            time,
+            payload::InteractionCompleted {
+                interaction: interaction(agent_id, 1),
+            },
+        ),
+        EventType::InteractionFailed => {
+            let mut failed = interaction(agent_id, 1);
+            failed.status = InteractionStatus::Failed;
+            failed.output = None;
+            failed.error = Some("the model timed out".into());
+            DomainEvent::new(
+                agent_id,
+                time,
+                payload::InteractionFailed {
+                    interaction: failed,
+                },
+            )
+        }
+        EventType::FeedbackSubmitted => DomainEvent::new(
+            agent_id,
+            time,
+            payload::FeedbackSubmitted {
+                feedback: feedback(agent_id, 1, &[("helpfulness", 4.0)]),
+            },
+        ),
+    }
+}

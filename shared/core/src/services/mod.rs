@@ -1,0 +1,7 @@
+//! The use cases. Every entry point (MCP tool, Lambda handler, CLI) calls these; no business
+//! rule lives in a handler of an entry point.
+
+pub mod agents;
+pub mod conversation;
+pub mod feedback;
+pub mod fitness;

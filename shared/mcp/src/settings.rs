@@ -1,0 +1,100 @@
+//! The `server` settings: where the MCP endpoint listens, who may call it and how it answers.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use aop_config::{Kind, Problems, Section, Setting};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+/// The `server` section. `Debug` never shows the keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    pub host: IpAddr,
+    pub port: u16,
+    /// Bearer keys; none turns authentication off (loopback only).
+    #[serde(skip_serializing)]
+    pub api_keys: Vec<SecretString>,
+    /// `Host` values accepted on `/mcp`; DNS-rebinding protection.
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins accepted on `/mcp`.
+    pub allowed_origins: Vec<String>,
+    /// Serve without MCP sessions, every request standing alone.
+    pub stateless: bool,
+    /// Answer with `application/json` instead of SSE where possible.
+    pub json_response: bool,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 8000,
+            api_keys: Vec::new(),
+            allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            allowed_origins: vec!["http://localhost:*".into(), "http://127.0.0.1:*".into()],
+            stateless: false,
+            json_response: false,
+        }
+    }
+}
+
+#[cfg(feature = "server")]
+impl ServerSettings {
+    /// How the Router behaves with these settings.
+    pub fn http_options(
+        &self,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> crate::HttpOptions {
+        crate::HttpOptions {
+            allowed_hosts: self.allowed_hosts.clone(),
+            allowed_origins: self.allowed_origins.clone(),
+            api_keys: self.api_keys.clone(),
+            stateless: self.stateless,
+            json_response: self.json_response,
+            expose_metrics: true,
+            shutdown,
+        }
+    }
+}
+
+impl Section for ServerSettings {
+    const NAME: &'static str = "server";
+    const SETTINGS: &'static [Setting] = &[
+        Setting::new("host", "MCP_SERVER_HOST", Kind::Text).expecting("an IP address to bind to"),
+        Setting::new("port", "MCP_SERVER_PORT", Kind::Whole).expecting("a port number 0-65535"),
+        Setting::secret("api_keys", "AOP_API_KEYS", Kind::List),
+        Setting::new("allowed_hosts", "AOP_ALLOWED_HOSTS", Kind::List),
+        Setting::new("allowed_origins", "AOP_ALLOWED_ORIGINS", Kind::List),
+        Setting::new("stateless", "AOP_STATELESS", Kind::Flag),
+        Setting::new("json_response", "AOP_JSON_RESPONSE", Kind::Flag),
+    ];
+
+    fn check(&self, problems: &mut Problems) {
+        if self.api_keys.is_empty() && !self.host.is_loopback() {
+            problems.push(
+                "host",
+                "binding beyond loopback needs API keys (set AOP_API_KEYS)",
+            );
+        }
+        for origin in &self.allowed_origins {
+            if !(origin == "null" || origin.contains("://")) {
+                problems.push(
+                    "allowed_origins",
+                    format!("'{origin}' needs a scheme, such as https://{origin}"),
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_field_is_a_setting() {
+        assert_eq!(
+            aop_config::undeclared::<super::ServerSettings>(),
+            Vec::<String>::new()
+        );
+    }
+}

@@ -1,0 +1,146 @@
+//! The MCP server role: the agent, conversation and feedback services on the store and the
+//! model, behind the MCP Router. No Kafka: its events wait in the outbox for the relay.
+
+use std::sync::Arc;
+
+use aop_core::llm::{ChatModel, UnconfiguredModel};
+use aop_core::{AgentService, ConversationService, FeedbackService};
+use aop_mcp::{AgentServer, HttpOptions, Metrics};
+
+use super::{Role, open_stores, settle};
+use crate::adapters::{Stores, openai_model};
+use crate::config::Config;
+use crate::error::StartupError;
+use crate::relay::NotifySignal;
+use crate::secrets::Secrets;
+
+/// The services the MCP tools call, and the Router.
+#[derive(Clone)]
+pub struct McpRole {
+    pub agents: AgentService,
+    pub conversations: ConversationService,
+    pub feedback: FeedbackService,
+    pub metrics: Arc<Metrics>,
+    pub stores: Stores,
+    /// Woken after every commit that wrote events.
+    pub outbox_signal: NotifySignal,
+}
+
+impl McpRole {
+    /// Settles the configuration for the MCP server, builds it and checks its store.
+    ///
+    /// # Errors
+    /// As [`settle`], [`McpRole::build`] and [`Stores::prepare`].
+    pub async fn start(config: Config) -> Result<(Config, Self), StartupError> {
+        let (config, secrets) = settle(config, Role::McpServer).await?;
+        let role = Self::build(&config, secrets.as_ref())?;
+        role.stores.prepare(&config).await?;
+        Ok((config, role))
+    }
+
+    /// Builds the services on the configured store and model.
+    ///
+    /// # Errors
+    /// `StartupError` naming the setting or the store that failed.
+    pub fn build(config: &Config, secrets: Option<&Secrets>) -> Result<Self, StartupError> {
+        let stores = open_stores(config, secrets)?;
+        Self::on(config, stores, chat_model(config, secrets)?)
+    }
+
+    /// Builds the services on given adapters.
+    ///
+    /// # Errors
+    /// Never today; kept fallible for adapters that check themselves.
+    pub fn on(
+        config: &Config,
+        stores: Stores,
+        model: Arc<dyn ChatModel>,
+    ) -> Result<Self, StartupError> {
+        let signal = NotifySignal::default();
+        let wake = Arc::new(signal.clone());
+        let clock = stores.clock.clone();
+        let prices = config
+            .openai
+            .price_table()
+            .map_err(|reason| StartupError::Unsupported {
+                setting: "openai.prices (AOP_MODEL_PRICES)",
+                reason,
+            })?;
+        let agents = AgentService::new(
+            stores.agents.clone(),
+            clock.clone(),
+            config.openai.model.clone(),
+        )
+        .with_signal(wake.clone());
+        let feedback = FeedbackService::new(
+            stores.agents.clone(),
+            stores.sessions.clone(),
+            stores.feedback.clone(),
+            clock.clone(),
+        )
+        .with_signal(wake.clone());
+        let metrics = Arc::new(Metrics::new());
+        let conversations = ConversationService::new(
+            stores.agents.clone(),
+            stores.sessions.clone(),
+            model,
+            clock,
+            prices,
+            config.agents.limits(),
+            metrics.clone(),
+        )
+        .with_signal(wake);
+        Ok(Self {
+            agents,
+            conversations,
+            feedback,
+            metrics,
+            stores,
+            outbox_signal: signal,
+        })
+    }
+
+    /// A fresh MCP server over these services.
+    pub fn mcp_server(&self) -> AgentServer {
+        AgentServer::new(
+            self.agents.clone(),
+            self.conversations.clone(),
+            self.feedback.clone(),
+            self.metrics.clone(),
+        )
+    }
+
+    /// The Router serving the MCP server, `/health` and `/metrics`.
+    pub fn router(&self, options: HttpOptions) -> axum::Router {
+        let role = self.clone();
+        aop_mcp::router(
+            move || role.mcp_server(),
+            options,
+            self.metrics.clone(),
+            self.stores.agents.clone(),
+        )
+    }
+}
+
+/// The model endpoint from configuration: OpenAI when only a key is given, the configured base
+/// URL otherwise (a local server may need no key), and none at all when neither is set. A key
+/// from a secret is re-read when the endpoint refuses it.
+fn chat_model(
+    config: &Config,
+    secrets: Option<&Secrets>,
+) -> Result<Arc<dyn ChatModel>, StartupError> {
+    if let (Some(secrets), Some(arn)) = (secrets, &config.secrets.openai_arn) {
+        return Ok(Arc::new(crate::secrets::RotatingModel::new(
+            config, secrets, arn,
+        )?));
+    }
+    match openai_model(config)? {
+        Some(model) => Ok(Arc::new(model)),
+        None => {
+            tracing::info!(
+                "no LLM configured (OPENAI_API_KEY / OPENAI_BASE_URL): agent turns will fail until one is"
+            );
+            Ok(Arc::new(UnconfiguredModel))
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! One composition root per role. A role builds, links (through cargo features), reads and is
+//! granted only what it uses:
+//!
+//! | role | feature | store | model | Kafka |
+//! |---|---|---|---|---|
+//! | MCP server (Lambda behind API Gateway) | `mcp` | yes | yes | no |
+//! | event processor (Lambda on MSK) | `processor` | yes | no | dead letters |
+//! | outbox relay (Lambda on a schedule) | `relay` | yes | no | producer |
+//! | `aop` (everything in one process) | `local` | yes | yes | when configured |
+//!
+//! The event handlers and the topics and consumer group each reads are decided here too, once,
+//! for Lambda and `aop serve` alike.
+
+#[cfg(feature = "local")]
+pub mod local;
+#[cfg(feature = "mcp")]
+pub mod mcp;
+#[cfg(feature = "processor")]
+pub mod processor;
+#[cfg(feature = "relay")]
+pub mod relay;
+
+use std::sync::Arc;
+
+use aop_core::{EventHandler, EventType, FitnessHandler};
+use aop_events::Topics;
+
+use crate::adapters::Stores;
+use crate::config::Config;
+use crate::error::StartupError;
+use crate::secrets::{Neo4jSecret, Secrets};
+
+/// What a process is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    McpServer,
+    EventProcessor,
+    OutboxRelay,
+    /// `aop`: every role in one process.
+    Local,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::McpServer => "mcp-server",
+            Self::EventProcessor => "event-processor",
+            Self::OutboxRelay => "outbox-relay",
+            Self::Local => "aop",
+        }
+    }
+
+    /// Whether the role calls the model (and so reads its key).
+    pub fn uses_llm(self) -> bool {
+        matches!(self, Self::McpServer | Self::Local)
+    }
+
+    /// Whether the role talks to Kafka (and so reads its credentials and finds its brokers).
+    pub fn uses_kafka(self) -> bool {
+        matches!(self, Self::EventProcessor | Self::OutboxRelay | Self::Local)
+    }
+}
+
+/// Completes the configuration for `role` from AWS: the secrets it uses, by ARN, then the MSK
+/// brokers by cluster ARN when it talks to Kafka. Operator commands start here too.
+///
+/// # Errors
+/// As [`crate::secrets::resolve`] and [`discover_brokers`].
+pub async fn settle(
+    mut config: Config,
+    role: Role,
+) -> Result<(Config, Option<Secrets>), StartupError> {
+    let secrets = crate::secrets::resolve(&mut config, role).await?;
+    if role.uses_kafka() {
+        discover_brokers(&mut config).await?;
+    }
+    Ok((config, secrets))
+}
+
+/// Opens the configured store; a refused Neo4j login re-reads the Neo4j secret.
+///
+/// # Errors
+/// As [`Stores::open`].
+pub fn open_stores(config: &Config, secrets: Option<&Secrets>) -> Result<Stores, StartupError> {
+    let credentials = match (secrets, &config.secrets.neo4j_arn) {
+        (Some(secrets), Some(arn)) => Some(Arc::new(Neo4jSecret {
+            cache: secrets.cache.clone(),
+            arn: arn.clone(),
+        })
+            as Arc<dyn aop_store_neo4j::CredentialSource>),
+        _ => None,
+    };
+    Stores::open(config, credentials)
+}
+
+/// Every event handler of the platform.
+pub fn handlers(stores: &Stores) -> Vec<Arc<dyn EventHandler>> {
+    vec![Arc::new(FitnessHandler::new(stores.feedback.clone()))]
+}
+
+/// A handler, the topics it reads (those of the event types it wants) and its consumer group.
+pub struct Subscription {
+    pub handler: Arc<dyn EventHandler>,
+    pub group: String,
+    pub topics: Vec<String>,
+}
+
+/// Which handler reads which topics in which consumer group (`aop-<handler>`).
+pub fn subscriptions(handlers: &[Arc<dyn EventHandler>], topics: &Topics) -> Vec<Subscription> {
+    handlers
+        .iter()
+        .map(|handler| {
+            let mut names: Vec<String> = EventType::ALL
+                .iter()
+                .filter(|t| handler.wants(**t))
+                .map(|t| topics.topic(t.stream()).to_owned())
+                .collect();
+            names.sort();
+            names.dedup();
+            Subscription {
+                handler: handler.clone(),
+                group: format!("aop-{}", handler.name()),
+                topics: names,
+            }
+        })
+        .collect()
+}
+
+/// Looks the MSK brokers up from the cluster ARN when no bootstrap servers are configured, once
+/// per process, choosing the listener that matches the configured security protocol.
+///
+/// # Errors
+/// `Aws` when the SDK cannot be configured; `Msk` naming the cluster when the lookup fails.
+#[cfg(feature = "msk")]
+pub async fn discover_brokers(config: &mut Config) -> Result<(), StartupError> {
+    let (None, Some(arn)) = (&config.kafka.bootstrap_servers, &config.kafka.cluster_arn) else {
+        return Ok(());
+    };
+    let auth = match config.kafka.security() {
+        aop_events::KafkaSecurity::Plaintext => aop_aws::MskAuth::Plaintext,
+        aop_events::KafkaSecurity::Tls { .. } => aop_aws::MskAuth::Tls,
+        aop_events::KafkaSecurity::SaslScram { .. } => aop_aws::MskAuth::SaslScram,
+    };
+    let client = aop_aws::MskClient::from_env()
+        .await
+        .map_err(|e| StartupError::Aws(e.to_string()))?;
+    let brokers = aop_aws::bootstrap_brokers(&client, arn, auth)
+        .await
+        .map_err(|e| StartupError::Msk(e.to_string()))?;
+    tracing::info!(cluster = %arn, brokers = %brokers, "MSK brokers discovered");
+    config.kafka.bootstrap_servers = Some(brokers);
+    Ok(())
+}
+
+/// Without the `msk` feature there is no lookup: this build does not use Kafka on its own.
+#[cfg(not(feature = "msk"))]
+pub async fn discover_brokers(config: &mut Config) -> Result<(), StartupError> {
+    if config.kafka.bootstrap_servers.is_none() && config.kafka.cluster_arn.is_some() {
+        tracing::debug!("MSK_CLUSTER_ARN is set; this build does not look brokers up");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fitness_handler_reads_agent_and_feedback_events_in_its_own_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config =
+            Config::from_sources(None, &Default::default(), &Default::default()).unwrap();
+        config.sqlite.data_dir = dir.path().to_owned();
+        let stores = Stores::open(&config, None).unwrap();
+        let subs = subscriptions(&handlers(&stores), &Topics::default());
+        assert_eq!(subs.len(), 1);
+        assert_eq!(subs[0].group, "aop-fitness");
+        assert_eq!(subs[0].topics, ["agent_events", "feedback_events"]);
+    }
+}
