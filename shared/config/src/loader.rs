@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::section::{Kind, Problems, Section, Setting, full_key};
+use crate::section::{Kind, Problems, Section, Setting, full_key, insert_dotted};
 
 /// Where a value came from, for error messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,23 +232,6 @@ fn coerce(kind: Kind, text: &str) -> Result<Option<Value>, ()> {
             .filter(|n| n.is_finite())
             .map(|n| Some(Value::from(n)))
             .ok_or(()),
-    }
-}
-
-/// Puts `value` at a dotted key (`topics.agent_events`) of a JSON object.
-pub(crate) fn insert_dotted(tree: &mut serde_json::Map<String, Value>, key: &str, value: Value) {
-    match key.split_once('.') {
-        None => {
-            tree.insert(key.to_owned(), value);
-        }
-        Some((head, rest)) => {
-            let child = tree
-                .entry(head.to_owned())
-                .or_insert_with(|| Value::Object(serde_json::Map::new()));
-            if let Value::Object(map) = child {
-                insert_dotted(map, rest, value);
-            }
-        }
     }
 }
 

@@ -156,7 +156,7 @@ pub fn undeclared<T: Section>() -> Vec<String> {
             crate::Kind::Flag => serde_json::json!(true),
             crate::Kind::Whole | crate::Kind::Number => serde_json::json!(1),
         };
-        crate::loader::insert_dotted(&mut tree, setting.key, sample);
+        insert_dotted(&mut tree, setting.key, sample);
         if let Err(e) = serde_json::from_value::<T>(serde_json::Value::Object(tree))
             && e.to_string().contains("unknown field")
         {
@@ -174,5 +174,26 @@ fn collect_leaves(prefix: &str, value: &serde_json::Value, out: &mut Vec<String>
             }
         }
         _ => out.push(prefix.to_owned()),
+    }
+}
+
+/// Puts `value` at a dotted key (`topics.agent_events`) of a JSON object.
+pub(crate) fn insert_dotted(
+    tree: &mut serde_json::Map<String, serde_json::Value>,
+    key: &str,
+    value: serde_json::Value,
+) {
+    match key.split_once('.') {
+        None => {
+            tree.insert(key.to_owned(), value);
+        }
+        Some((head, rest)) => {
+            let child = tree
+                .entry(head.to_owned())
+                .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+            if let serde_json::Value::Object(map) = child {
+                insert_dotted(map, rest, value);
+            }
+        }
     }
 }

@@ -13,7 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::Config;
 use crate::error::StartupError;
-use crate::roles::Role;
+use crate::role::Role;
 
 /// The secrets cache of this process, when any secret ARN is configured.
 #[derive(Clone)]

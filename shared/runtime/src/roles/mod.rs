@@ -28,38 +28,8 @@ use aop_events::Topics;
 use crate::adapters::Stores;
 use crate::config::Config;
 use crate::error::StartupError;
+pub use crate::role::Role;
 use crate::secrets::{Neo4jSecret, Secrets};
-
-/// What a process is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    McpServer,
-    EventProcessor,
-    OutboxRelay,
-    /// `aop`: every role in one process.
-    Local,
-}
-
-impl Role {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::McpServer => "mcp-server",
-            Self::EventProcessor => "event-processor",
-            Self::OutboxRelay => "outbox-relay",
-            Self::Local => "aop",
-        }
-    }
-
-    /// Whether the role calls the model (and so reads its key).
-    pub fn uses_llm(self) -> bool {
-        matches!(self, Self::McpServer | Self::Local)
-    }
-
-    /// Whether the role talks to Kafka (and so reads its credentials and finds its brokers).
-    pub fn uses_kafka(self) -> bool {
-        matches!(self, Self::EventProcessor | Self::OutboxRelay | Self::Local)
-    }
-}
 
 /// Completes the configuration for `role` from AWS: the secrets it uses, by ARN, then the MSK
 /// brokers by cluster ARN when it talks to Kafka. Operator commands start here too.
