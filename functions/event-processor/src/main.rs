@@ -1,7 +1,8 @@
 //! The event processor as an AWS Lambda function on the MSK event source: each batch goes
-//! through `aop_events::msk::process_batch` to the platform's event handlers, poison records to
-//! `<topic>.dlq`, and the response lists the records to deliver again
-//! (`ReportBatchItemFailures`).
+//! through `aop_events::msk::process_batch` to the platform's event handlers (fitness, the
+//! deployment controller), poison records to `<topic>.dlq`, and the response lists the records
+//! to deliver again (`ReportBatchItemFailures`). A scheduled event runs the scheduled pass:
+//! canaries no traffic reached are checked, and proposals past their time expire.
 
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use aop_runtime::roles::processor::ProcessorRole;
 use aop_runtime::{Config, Overrides, telemetry};
 use aws_lambda_events::event::kafka::KafkaEvent;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
+use serde_json::{Value, json};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -24,13 +26,22 @@ async fn main() -> Result<(), Error> {
         store = role.stores.description(),
         "event-processor function ready"
     );
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<KafkaEvent>| {
-        let handlers = handlers.clone();
-        let dead = dead.clone();
+    let schedule = role.schedule.clone();
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
+        let (handlers, dead, schedule) = (handlers.clone(), dead.clone(), schedule.clone());
         let environment = environment.clone();
         async move {
+            // Two triggers: the MSK event source, and the schedule (EventBridge) that checks
+            // canaries no traffic reached and expires proposals.
+            if event.payload.get("eventSource").and_then(Value::as_str) != Some("aws:kafka") {
+                let (decided, expired) = schedule.run_once().await?;
+                return Ok::<_, Error>(
+                    json!({"canaries_decided": decided, "proposals_expired": expired}),
+                );
+            }
+            let batch: KafkaEvent = serde_json::from_value(event.payload)?;
             let (response, stats) =
-                process_batch_counted(&event.payload, handlers.as_ref(), dead.as_ref()).await;
+                process_batch_counted(&batch, handlers.as_ref(), dead.as_ref()).await;
             // The template alarms on dead letters; the counts go to CloudWatch as EMF.
             let totals = stats
                 .by_topic
@@ -44,7 +55,7 @@ async fn main() -> Result<(), Error> {
                     ("aop_events_dead_lettered_total", totals.2 as f64),
                 ],
             );
-            Ok::<_, Error>(response)
+            Ok(serde_json::to_value(response)?)
         }
     }))
     .await

@@ -123,3 +123,120 @@ fn without_kafka_configured_the_function_refuses_to_start_and_says_why() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("KAFKA_BOOTSTRAP_SERVERS"), "{stderr}");
 }
+
+/// The function's schedule trigger: a canary that saw no decision for longer than its timeout is
+/// rolled back by the scheduled pass, as the controller would after traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduled_pass_rolls_back_a_canary_past_its_timeout() {
+    use aop_core::clock::ManualClock;
+    use aop_core::deployment::{CanaryPolicy, CanaryStatus};
+    use aop_core::principal::Principal;
+    use aop_core::services::deployments::{DeployVersion, StartCanary};
+    use aop_core::{AgentStore, Clock, DeploymentService, DeploymentStore, UpdateAgent};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open_dir(dir.path()).unwrap());
+    // Eight days ago: the canary's seven-day timeout has passed.
+    let then = SystemClock.now_ms() - 8 * 24 * 3_600_000;
+    let clock = Arc::new(ManualClock::at(then));
+    let agents = AgentService::new(store.clone(), clock.clone(), "m");
+    let id = agents
+        .create(CreateAgent {
+            name: "idle".into(),
+            instructions: "v1".into(),
+            ..CreateAgent::default()
+        })
+        .await
+        .unwrap()
+        .agent
+        .agent_id;
+    agents
+        .update(UpdateAgent {
+            agent_id: id.clone(),
+            expected_version: None,
+            instructions: Some("v2".into()),
+            model: None,
+            parameters: None,
+            capabilities: None,
+            knowledge_sources: None,
+            change_summary: None,
+            created_by: None,
+        })
+        .await
+        .unwrap();
+    let deployments = DeploymentService::new(
+        store.clone(),
+        store.clone(),
+        clock.clone(),
+        CanaryPolicy::default(),
+    );
+    let alice = Principal::named("alice");
+    deployments
+        .deploy(
+            DeployVersion {
+                agent_id: id.clone(),
+                version: 1,
+                alias: None,
+                reason: None,
+            },
+            &alice,
+        )
+        .await
+        .unwrap();
+    let canary = deployments
+        .start_canary(
+            StartCanary {
+                agent_id: id.clone(),
+                version: 2,
+                alias: None,
+                steps: None,
+                policy: None,
+                reason: None,
+            },
+            &alice,
+        )
+        .await
+        .unwrap()
+        .canary
+        .unwrap();
+
+    let mut lambda = LambdaEmulator::start(
+        env!("CARGO_BIN_EXE_event-processor"),
+        &[
+            ("AOP_DATA_DIR", dir.path().display().to_string()),
+            ("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1".to_owned()),
+        ],
+    )
+    .await;
+    let scheduled = json!({
+        "version": "0", "id": "7bf73129-1428-4cd3-a780-95db273d1602",
+        "detail-type": "Scheduled Event", "source": "aws.events",
+        "account": "123456789012", "time": "2026-12-05T00:00:00Z", "region": "eu-west-1",
+        "resources": ["arn:aws:events:eu-west-1:123456789012:rule/aop-deployment-checks"],
+        "detail": {}
+    });
+    let answer = lambda.invoke(scheduled.clone()).await.unwrap();
+    assert_eq!(
+        answer,
+        json!({"canaries_decided": 1, "proposals_expired": 0})
+    );
+    let after = store.canary(&canary.canary_id).await.unwrap().unwrap();
+    assert_eq!(after.status, CanaryStatus::RolledBack);
+    assert!(
+        after
+            .last_decision
+            .unwrap()
+            .reason
+            .starts_with("inconclusive"),
+        "rolled back for want of a decision"
+    );
+    let agent = store.get_agent(&id).await.unwrap().unwrap();
+    assert_eq!(agent.aliases[0].routes.len(), 1);
+    assert_eq!(agent.aliases[0].routes[0].version, 1);
+    let again = lambda.invoke(scheduled).await.unwrap();
+    assert_eq!(
+        again,
+        json!({"canaries_decided": 0, "proposals_expired": 0}),
+        "nothing is decided twice"
+    );
+}

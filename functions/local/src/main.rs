@@ -308,6 +308,10 @@ async fn run(config: Config) -> Result<(), BoxError> {
             platform.in_process_relay().run(shutdown.clone()),
         ));
     }
+    // Canary checks no traffic triggers (time-based steps, timeouts) and proposal expiry.
+    background.push(tokio::spawn(
+        platform.schedule.clone().run(shutdown.clone()),
+    ));
     let stop = shutdown.clone();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {

@@ -3,11 +3,13 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use aop_core::principal::Principal;
 use aop_mcp::RequestDeadline;
 use aop_runtime::roles::mcp::McpRole;
 use aop_runtime::{Config, Overrides, telemetry};
 use axum::extract::Request;
 use lambda_http::RequestExt;
+use lambda_http::request::RequestContext;
 use tokio_util::sync::CancellationToken;
 
 /// Time kept back from the invocation's deadline to write the answer.
@@ -25,7 +27,7 @@ async fn main() -> Result<(), lambda_http::Error> {
     options.expose_metrics = false;
     let app = role
         .router(options)
-        .layer(axum::middleware::map_request(attach_deadline));
+        .layer(axum::middleware::map_request(from_invocation));
     tracing::info!(
         store = role.stores.description(),
         "mcp-server function ready"
@@ -33,8 +35,21 @@ async fn main() -> Result<(), lambda_http::Error> {
     lambda_http::run(app).await
 }
 
-/// Turns the invocation's deadline into the request's, so agent turns stop in time.
-async fn attach_deadline(mut request: Request) -> Request {
+/// Takes what the invocation knows into the request: its deadline, so agent turns stop in time,
+/// and the subject of the JWT API Gateway verified (with a JWT authorizer), as the principal.
+async fn from_invocation(mut request: Request) -> Request {
+    let subject = match request.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(context)) => context
+            .authorizer
+            .as_ref()
+            .and_then(|a| a.jwt.as_ref())
+            .and_then(|jwt| jwt.claims.get("sub"))
+            .cloned(),
+        _ => None,
+    };
+    if let Some(subject) = subject {
+        request.extensions_mut().insert(Principal::named(&subject));
+    }
     let deadline_ms = request.lambda_context_ref().map(|c| c.deadline);
     if let Some(deadline_ms) = deadline_ms {
         let now_ms = SystemTime::now()

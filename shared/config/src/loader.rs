@@ -214,6 +214,14 @@ fn coerce(kind: Kind, text: &str) -> Result<Option<Value>, ()> {
                 .map(|s| Value::String(s.to_owned()))
                 .collect(),
         ))),
+        Kind::Numbers => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse::<f64>().ok().filter(|n| n.is_finite()).map(number))
+            .collect::<Option<Vec<_>>>()
+            .map(|items| Some(Value::Array(items)))
+            .ok_or(()),
         _ if text.is_empty() => Ok(None),
         Kind::Text => Ok(Some(Value::String(text.to_owned()))),
         Kind::Flag => match text.to_ascii_lowercase().as_str() {
@@ -232,6 +240,15 @@ fn coerce(kind: Kind, text: &str) -> Result<Option<Value>, ()> {
             .filter(|n| n.is_finite())
             .map(|n| Some(Value::from(n)))
             .ok_or(()),
+    }
+}
+
+/// A number as JSON: whole numbers stay whole, so they deserialize into integer fields.
+fn number(n: f64) -> Value {
+    if n.fract() == 0.0 && n.abs() < 9.0e15 {
+        Value::from(n as i64)
+    } else {
+        Value::from(n)
     }
 }
 

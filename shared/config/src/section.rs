@@ -10,6 +10,8 @@ pub enum Kind {
     Text,
     /// A comma-separated list (a YAML sequence in the file).
     List,
+    /// A comma-separated list of numbers.
+    Numbers,
     /// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`).
     Flag,
     /// A whole number.
@@ -64,6 +66,7 @@ impl Setting {
     pub(crate) fn expects(&self) -> &'static str {
         self.expects.unwrap_or(match self.kind {
             Kind::Text | Kind::List => "text",
+            Kind::Numbers => "numbers separated by commas",
             Kind::Flag => "true or false",
             Kind::Whole => "a whole number",
             Kind::Number => "a number",
@@ -152,7 +155,7 @@ pub fn undeclared<T: Section>() -> Vec<String> {
         let mut tree = serde_json::Map::new();
         let sample = match setting.kind {
             crate::Kind::Text => serde_json::json!("x"),
-            crate::Kind::List => serde_json::json!([]),
+            crate::Kind::List | crate::Kind::Numbers => serde_json::json!([]),
             crate::Kind::Flag => serde_json::json!(true),
             crate::Kind::Whole | crate::Kind::Number => serde_json::json!(1),
         };

@@ -86,6 +86,10 @@ pub enum ServiceError {
     /// The request is valid but the current state forbids it.
     #[error("{0}")]
     Conflict(String),
+    /// The caller may not do this (approve their own proposal, review without being a
+    /// reviewer).
+    #[error("not allowed: {0}")]
+    Forbidden(String),
     /// No model endpoint is configured; the message names the settings to provide.
     #[error("cannot run the agent: no LLM is configured: {0}")]
     ModelNotConfigured(String),

@@ -119,6 +119,18 @@ event_types! {
     InteractionCompleted = "interaction.completed" in AgentEvents;
     InteractionFailed = "interaction.failed" in AgentEvents;
     FeedbackSubmitted = "feedback.submitted" in FeedbackEvents;
+    CanaryStarted = "deployment.canary.started" in AgentEvents;
+    CanaryStepAdvanced = "deployment.canary.step_advanced" in AgentEvents;
+    CanaryPaused = "deployment.canary.paused" in AgentEvents;
+    CanaryPromoted = "deployment.canary.promoted" in AgentEvents;
+    CanaryRolledBack = "deployment.canary.rolled_back" in AgentEvents;
+    /// A promoted version scores worse than the baseline it replaced (the bake period).
+    ImpactNegative = "evolution.impact.negative" in EvolutionEvents;
+    ProposalCreated = "proposal.created" in AgentEvents;
+    ProposalReviewed = "proposal.reviewed" in AgentEvents;
+    ProposalApproved = "proposal.approved" in AgentEvents;
+    ProposalRejected = "proposal.rejected" in AgentEvents;
+    ProposalExpired = "proposal.expired" in AgentEvents;
 }
 
 impl EventType {
@@ -164,7 +176,9 @@ pub mod payload {
     use serde::{Deserialize, Serialize};
 
     use crate::agent::{Agent, AgentVersion, Alias};
+    use crate::deployment::{Canary, Deployment};
     use crate::feedback::Feedback;
+    use crate::proposal::{Proposal, Review};
     use crate::session::{Interaction, Session};
 
     /// `agent.created`: the agent and its first version.
@@ -181,10 +195,12 @@ pub mod payload {
         pub aliases: Vec<Alias>,
     }
 
-    /// `agent.deployed`: the agent with its moved aliases.
+    /// `agent.deployed`: an alias moved; the agent with its aliases after the move, and the
+    /// deployment record (who, why, from what to what).
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
     pub struct AgentDeployed {
         pub agent: Agent,
+        pub deployment: Deployment,
     }
 
     /// `agent.archived`
@@ -221,6 +237,76 @@ pub mod payload {
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
     pub struct FeedbackSubmitted {
         pub feedback: Feedback,
+    }
+
+    /// `deployment.canary.started`
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    pub struct CanaryStarted {
+        pub canary: Canary,
+    }
+
+    /// `deployment.canary.step_advanced`: the canary at its new step.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    pub struct CanaryStepAdvanced {
+        pub canary: Canary,
+    }
+
+    /// `deployment.canary.paused`: the canary stopped deciding; `last_decision` says why.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    pub struct CanaryPaused {
+        pub canary: Canary,
+    }
+
+    /// `deployment.canary.promoted`
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    pub struct CanaryPromoted {
+        pub canary: Canary,
+    }
+
+    /// `deployment.canary.rolled_back`
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    pub struct CanaryRolledBack {
+        pub canary: Canary,
+    }
+
+    /// `evolution.impact.negative`: the relative change of the new version's score against the
+    /// baseline's (below `-bake_max_drop`), and whether it was rolled back.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    pub struct ImpactNegative {
+        pub canary: Canary,
+        pub change: f64,
+        pub rolled_back: bool,
+    }
+
+    /// `proposal.created`
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    pub struct ProposalCreated {
+        pub proposal: Proposal,
+    }
+
+    /// `proposal.reviewed`: one review, and the proposal after it.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    pub struct ProposalReviewed {
+        pub proposal: Proposal,
+        pub review: Review,
+    }
+
+    /// `proposal.approved`: enough approvals; the proposal as applied.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    pub struct ProposalApproved {
+        pub proposal: Proposal,
+    }
+
+    /// `proposal.rejected` (also when changes were requested)
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    pub struct ProposalRejected {
+        pub proposal: Proposal,
+    }
+
+    /// `proposal.expired`
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    pub struct ProposalExpired {
+        pub proposal: Proposal,
     }
 }
 

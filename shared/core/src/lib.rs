@@ -3,22 +3,28 @@
 //! crate; everything outside is reached through a port.
 //!
 //! Read it bottom-up; no module imports one listed after it:
-//! 1. `error`, `clock`, `time`: errors and time, importing nothing of the crate;
-//! 2. `agent`, `session`, `feedback`, `page`, `pricing`, `llm`, `validate`: domain types, the
-//!    model port and input checks;
+//! 1. `error`, `clock`, `stats`, `time`: errors, time and statistics, importing nothing of the
+//!    crate;
+//! 2. `agent`, `session`, `feedback`, `principal`, `deployment`, `proposal`, `page`, `pricing`,
+//!    `llm`, `validate`: domain types, the model port and input checks;
 //! 3. `events`: one typed payload per event type;
 //! 4. `ports`, `handler`: what adapters implement, and what consumes events;
 //! 5. `services`: the use cases every entry point calls.
 
 pub mod clock;
 pub mod error;
+mod ids;
+pub mod stats;
 pub mod time;
 
 pub mod agent;
+pub mod deployment;
 pub mod feedback;
 pub mod llm;
 pub mod page;
 pub mod pricing;
+pub mod principal;
+pub mod proposal;
 pub mod session;
 pub mod validate;
 
@@ -44,10 +50,13 @@ pub use events::{DomainEvent, EventData, EventType, Stream};
 pub use handler::{EventHandler, HandleError, Handled, HandlerSet};
 pub use page::{Cursor, Page, PageRequest};
 pub use ports::{
-    AgentFilter, AgentStore, EventSink, FeedbackStore, NoSignal, Outbox, OutboxSignal,
-    SessionStore, StatusFilter, StoreHealth,
+    AgentFilter, AgentStore, DeploymentStore, EventSink, FeedbackStore, NoSignal, Outbox,
+    OutboxSignal, ProposalStore, SessionStore, StatusFilter, StoreHealth,
 };
 pub use services::agents::{AgentDetail, AgentService, CreateAgent, ListAgents, UpdateAgent};
+pub use services::controller::DeploymentController;
 pub use services::conversation::ConversationService;
+pub use services::deployments::DeploymentService;
 pub use services::feedback::FeedbackService;
 pub use services::fitness::FitnessHandler;
+pub use services::proposals::ProposalService;

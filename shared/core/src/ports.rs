@@ -5,11 +5,13 @@
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::agent::{Agent, AgentId, AgentStatus, AgentVersion};
+use crate::agent::{Agent, AgentId, AgentStatus, AgentVersion, Alias};
+use crate::deployment::{Canary, CanaryId, Deployment, TurnSample};
 pub use crate::error::StoreError;
 use crate::events::DomainEvent;
 use crate::feedback::{Feedback, FitnessUpdate, Metric, MetricStats};
 use crate::page::PageRequest;
+use crate::proposal::{Proposal, ProposalId, ProposalStatus};
 
 /// Which agents a listing returns, by status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -84,12 +86,14 @@ pub trait AgentStore: Send + Sync {
     /// in one transaction.
     ///
     /// # Errors
-    /// `Conflict` unless the stored latest version is `version.version - 1` (another writer
-    /// got there first); nothing is written then.
+    /// `Conflict` unless the stored latest version is `version.version - 1` and the stored
+    /// aliases are `previous_aliases` (another writer got there first: a version, or an alias
+    /// move); nothing is written then.
     async fn insert_version(
         &self,
         agent: &Agent,
         version: &AgentVersion,
+        previous_aliases: &[Alias],
         events: &[DomainEvent],
     ) -> Result<(), StoreError>;
 
@@ -238,6 +242,124 @@ pub trait FeedbackStore: Send + Sync {
         from: i64,
         to: i64,
     ) -> Result<Vec<MetricStats>, StoreError>;
+}
+
+/// A move of one alias, written with its deployment record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AliasMove {
+    pub agent_id: AgentId,
+    /// The alias as it was read before the move (`None`: it did not exist); the move happens
+    /// only if it is still so.
+    pub expected: Option<Alias>,
+    pub alias: Alias,
+    pub deployment: Deployment,
+}
+
+/// A canary to write with an alias move or on its own, compare-and-set on its revision.
+#[derive(Debug, Clone, Copy)]
+pub struct CanaryWrite<'a> {
+    pub canary: &'a Canary,
+    /// The revision it was read at; `None` for a new canary.
+    pub expected_revision: Option<u64>,
+}
+
+/// Persistence of deployments and canaries, and the windowed statistics a canary is decided
+/// on. Every method is atomic.
+#[async_trait]
+pub trait DeploymentStore: Send + Sync {
+    /// Moves an alias, records the deployment, writes the canary if given and the events, in
+    /// one transaction. The agent's `updated_at` becomes the deployment's time.
+    ///
+    /// # Errors
+    /// `Conflict` when the alias is no longer `expected`, or the canary changed since it was
+    /// read (or exists, for a new one); nothing is written then.
+    async fn move_alias(
+        &self,
+        change: &AliasMove,
+        canary: Option<CanaryWrite<'_>>,
+        events: &[DomainEvent],
+    ) -> Result<(), StoreError>;
+
+    /// Writes a canary's state without moving its alias.
+    ///
+    /// # Errors
+    /// `Conflict` when it changed since it was read.
+    async fn save_canary(
+        &self,
+        canary: CanaryWrite<'_>,
+        events: &[DomainEvent],
+    ) -> Result<(), StoreError>;
+
+    async fn canary(&self, canary_id: &CanaryId) -> Result<Option<Canary>, StoreError>;
+
+    /// The newest canary of an alias, whatever its state.
+    async fn latest_canary(
+        &self,
+        agent_id: &AgentId,
+        alias: &str,
+    ) -> Result<Option<Canary>, StoreError>;
+
+    /// Every canary the controller still watches (running or baking), oldest first.
+    async fn watched_canaries(&self) -> Result<Vec<Canary>, StoreError>;
+
+    /// Deployments of an agent, oldest first, after the cursor's deployment id, at most
+    /// `page.limit + 1`.
+    async fn list_deployments(
+        &self,
+        agent_id: &AgentId,
+        page: &PageRequest,
+    ) -> Result<Vec<Deployment>, StoreError>;
+
+    /// The agent's own turns (not delegated ones) of sessions started at or after `since`, and
+    /// of one-shot turns made at or after it, with each turn's mean rating per metric.
+    async fn turns_since(
+        &self,
+        agent_id: &AgentId,
+        since: i64,
+    ) -> Result<Vec<TurnSample>, StoreError>;
+
+    /// How many sessions of `alias` started at or after `since`, per version.
+    async fn sessions_since(
+        &self,
+        agent_id: &AgentId,
+        alias: &str,
+        since: i64,
+    ) -> Result<Vec<(u32, u64)>, StoreError>;
+}
+
+/// Persistence of proposals and their reviews. Every method is atomic.
+#[async_trait]
+pub trait ProposalStore: Send + Sync {
+    async fn insert_proposal(
+        &self,
+        proposal: &Proposal,
+        events: &[DomainEvent],
+    ) -> Result<(), StoreError>;
+
+    /// Writes a proposal's new state (reviews, status, version).
+    ///
+    /// # Errors
+    /// `Conflict` when its revision is no longer `expected_revision`.
+    async fn save_proposal(
+        &self,
+        proposal: &Proposal,
+        expected_revision: u64,
+        events: &[DomainEvent],
+    ) -> Result<(), StoreError>;
+
+    async fn proposal(&self, proposal_id: &ProposalId) -> Result<Option<Proposal>, StoreError>;
+
+    /// Proposals, optionally of one agent and in one state, oldest first, after the cursor's
+    /// proposal id, at most `page.limit + 1`.
+    async fn list_proposals(
+        &self,
+        agent_id: Option<&AgentId>,
+        status: Option<ProposalStatus>,
+        page: &PageRequest,
+    ) -> Result<Vec<Proposal>, StoreError>;
+
+    /// Pending proposals that expire at or before `now`.
+    async fn expiring_proposals(&self, now: i64) -> Result<Vec<Proposal>, StoreError>;
 }
 
 /// The transactional outbox: events written with their changes, waiting to be published.

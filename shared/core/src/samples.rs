@@ -1,9 +1,18 @@
 //! Valid sample values of the domain, for tests of adapters and entry points (feature
 //! `contract`): an event of every type, an interaction, feedback.
 
-use crate::agent::{Agent, AgentId, AgentStatus, AgentVersion, Alias, ModelParameters, PROD_ALIAS};
+use crate::agent::{
+    Agent, AgentId, AgentStatus, AgentVersion, Alias, AliasRoute, ModelParameters, PROD_ALIAS,
+};
+use crate::deployment::{
+    Canary, CanaryId, CanaryPolicy, CanaryStatus, Deployment, DeploymentId, DeploymentKind,
+};
 use crate::events::{DomainEvent, EventType, payload};
 use crate::feedback::{Feedback, Rating, Scale};
+use crate::principal::Principal;
+use crate::proposal::{
+    Proposal, ProposalId, ProposalStatus, Review, ReviewDecision, VersionChanges,
+};
 use crate::session::{
     FeedbackId, Interaction, InteractionId, InteractionStatus, Session, SessionId, SessionStatus,
     TokenUsage,
@@ -106,6 +115,77 @@ pub fn feedback(agent_id: &AgentId, version: u32, ratings: &[(&str, f64)]) -> Fe
     }
 }
 
+/// A running canary of version 2 against version 1 on `prod`, started at `now`.
+pub fn canary(agent_id: &AgentId, now: i64) -> Canary {
+    Canary {
+        canary_id: CanaryId::generate(),
+        agent_id: agent_id.clone(),
+        alias: PROD_ALIAS.into(),
+        baseline: 1,
+        candidate: 2,
+        policy: CanaryPolicy::default(),
+        status: CanaryStatus::Running,
+        step: 0,
+        started_at: now,
+        step_started_at: now,
+        updated_at: now,
+        hard_limit_breaches: 0,
+        last_decision: None,
+        promoted_at: None,
+        baseline_score: None,
+        finished_at: None,
+        started_by: Principal::named("alice"),
+        revision: 0,
+    }
+}
+
+/// `prod` moved from version 1 to version 2.
+pub fn deployment(agent_id: &AgentId, now: i64) -> Deployment {
+    Deployment {
+        deployment_id: DeploymentId::generate(),
+        agent_id: agent_id.clone(),
+        alias: PROD_ALIAS.into(),
+        kind: DeploymentKind::Deploy,
+        from: vec![AliasRoute {
+            version: 1,
+            weight: 100,
+        }],
+        to: vec![AliasRoute {
+            version: 2,
+            weight: 100,
+        }],
+        actor: Principal::named("alice"),
+        reason: "better".into(),
+        canary_id: None,
+        analysis: None,
+        created_at: now,
+    }
+}
+
+/// A pending proposal by `alice` to change version 1's instructions.
+pub fn proposal(agent_id: &AgentId, now: i64) -> Proposal {
+    Proposal {
+        proposal_id: ProposalId::generate(),
+        agent_id: agent_id.clone(),
+        base_version: 1,
+        changes: VersionChanges {
+            instructions: Some("answer in one sentence".into()),
+            ..VersionChanges::default()
+        },
+        rationale: "users want shorter answers".into(),
+        proposer: Principal::named("alice"),
+        status: ProposalStatus::Pending,
+        required_approvals: 2,
+        rollout: crate::proposal::Rollout::Canary,
+        reviews: Vec::new(),
+        created_at: now,
+        expires_at: now + 7 * 24 * 3_600_000,
+        updated_at: now,
+        version: None,
+        revision: 0,
+    }
+}
+
 /// A valid event of `event_type` about `agent_id`.
 pub fn event(event_type: EventType, agent_id: &AgentId) -> DomainEvent {
     let time = 1_790_000_000_000;
@@ -131,6 +211,7 @@ pub fn event(event_type: EventType, agent_id: &AgentId) -> DomainEvent {
             time,
             payload::AgentDeployed {
                 agent: agent(agent_id),
+                deployment: deployment(agent_id, time),
             },
         ),
         EventType::AgentArchived => DomainEvent::new(
@@ -179,6 +260,91 @@ pub fn event(event_type: EventType, agent_id: &AgentId) -> DomainEvent {
             time,
             payload::FeedbackSubmitted {
                 feedback: feedback(agent_id, 1, &[("helpfulness", 4.0)]),
+            },
+        ),
+        EventType::CanaryStarted => DomainEvent::new(
+            agent_id,
+            time,
+            payload::CanaryStarted {
+                canary: canary(agent_id, time),
+            },
+        ),
+        EventType::CanaryStepAdvanced => DomainEvent::new(
+            agent_id,
+            time,
+            payload::CanaryStepAdvanced {
+                canary: canary(agent_id, time),
+            },
+        ),
+        EventType::CanaryPaused => DomainEvent::new(
+            agent_id,
+            time,
+            payload::CanaryPaused {
+                canary: canary(agent_id, time),
+            },
+        ),
+        EventType::CanaryPromoted => DomainEvent::new(
+            agent_id,
+            time,
+            payload::CanaryPromoted {
+                canary: canary(agent_id, time),
+            },
+        ),
+        EventType::CanaryRolledBack => DomainEvent::new(
+            agent_id,
+            time,
+            payload::CanaryRolledBack {
+                canary: canary(agent_id, time),
+            },
+        ),
+        EventType::ImpactNegative => DomainEvent::new(
+            agent_id,
+            time,
+            payload::ImpactNegative {
+                canary: canary(agent_id, time),
+                change: -0.15,
+                rolled_back: true,
+            },
+        ),
+        EventType::ProposalCreated => DomainEvent::new(
+            agent_id,
+            time,
+            payload::ProposalCreated {
+                proposal: proposal(agent_id, time),
+            },
+        ),
+        EventType::ProposalReviewed => DomainEvent::new(
+            agent_id,
+            time,
+            payload::ProposalReviewed {
+                proposal: proposal(agent_id, time),
+                review: Review {
+                    reviewer: Principal::named("bob"),
+                    decision: ReviewDecision::Approve,
+                    comment: "fine".into(),
+                    created_at: time,
+                },
+            },
+        ),
+        EventType::ProposalApproved => DomainEvent::new(
+            agent_id,
+            time,
+            payload::ProposalApproved {
+                proposal: proposal(agent_id, time),
+            },
+        ),
+        EventType::ProposalRejected => DomainEvent::new(
+            agent_id,
+            time,
+            payload::ProposalRejected {
+                proposal: proposal(agent_id, time),
+            },
+        ),
+        EventType::ProposalExpired => DomainEvent::new(
+            agent_id,
+            time,
+            payload::ProposalExpired {
+                proposal: proposal(agent_id, time),
             },
         ),
     }

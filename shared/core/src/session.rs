@@ -1,75 +1,11 @@
 //! Sessions (one user talking to one agent alias), their messages, and interactions (one agent
 //! turn each, recorded with tokens, cost, latency and tool calls).
 
-use std::fmt;
-
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::AgentId;
-use crate::error::FieldError;
-
-macro_rules! prefixed_id {
-    ($name:ident, $prefix:literal, $what:literal) => {
-        #[doc = concat!("Id of a ", $what, ": `", $prefix, "` and a time-ordered UUID.")]
-        #[derive(
-            Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
-        )]
-        #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
-
-        impl $name {
-            pub fn generate() -> Self {
-                Self(format!(
-                    concat!($prefix, "{}"),
-                    uuid::Uuid::now_v7().simple()
-                ))
-            }
-
-            /// # Errors
-            /// A `FieldError` naming `field` when the text cannot be such an id.
-            pub fn parse(field: &str, text: &str) -> Result<Self, FieldError> {
-                Self::try_from(text.to_owned()).map_err(|reason| FieldError::new(field, reason))
-            }
-
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl TryFrom<String> for $name {
-            type Error = String;
-
-            fn try_from(text: String) -> Result<Self, Self::Error> {
-                let ok = !text.is_empty()
-                    && text.len() <= 64
-                    && text
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-                if ok {
-                    Ok(Self(text))
-                } else {
-                    Err(format!(
-                        concat!("'{}' is not a ", $what, " id"),
-                        text.escape_debug()
-                    ))
-                }
-            }
-        }
-
-        impl From<$name> for String {
-            fn from(id: $name) -> Self {
-                id.0
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-    };
-}
+use crate::ids::prefixed_id;
 
 prefixed_id!(SessionId, "ses_", "session");
 prefixed_id!(InteractionId, "int_", "interaction");

@@ -53,7 +53,7 @@ pub fn protocol_error(error: &ServiceError, uri: &str) -> ErrorData {
         ServiceError::NotFound { .. } => {
             ErrorData::resource_not_found(format!("{error} (resource {uri})"), None)
         }
-        ServiceError::Invalid(_) | ServiceError::Conflict(_) => {
+        ServiceError::Invalid(_) | ServiceError::Conflict(_) | ServiceError::Forbidden(_) => {
             ErrorData::invalid_params(error.to_string(), None)
         }
         ServiceError::Store(_) => ErrorData::internal_error(client_message(error), None),

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aop_core::AgentStore;
+use aop_core::principal::Principal;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -137,16 +138,22 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
     response
 }
 
-/// Requires a configured bearer key on `/mcp` and `/metrics` when keys are configured.
-async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Requires a configured bearer key on `/mcp` and `/metrics` when keys are configured, and
+/// records who the caller is ([`Principal`]) in the request: the key's name; anonymous with
+/// keys off, unless the entry point has put one there already (a JWT's subject on Lambda).
+async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     if !state.keys.enabled() {
+        if request.extensions().get::<Principal>().is_none() {
+            request.extensions_mut().insert(Principal::anonymous());
+        }
         return next.run(request).await;
     }
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if state.keys.accepts(given) {
+    if let Some(principal) = state.keys.principal(given) {
+        request.extensions_mut().insert(principal);
         return next.run(request).await;
     }
     let reason = if given.is_some() {

@@ -19,6 +19,8 @@ mod resources;
 #[cfg(feature = "server")]
 mod server;
 mod settings;
+#[cfg(feature = "server")]
+mod tools;
 
 #[cfg(feature = "server")]
 pub use http::{HttpOptions, router};
@@ -27,5 +29,5 @@ pub use metrics::Metrics;
 #[cfg(feature = "server")]
 pub use request_id::REQUEST_ID_HEADER;
 #[cfg(feature = "server")]
-pub use server::{AgentServer, RequestDeadline};
+pub use server::{AgentServer, RequestDeadline, Services};
 pub use settings::ServerSettings;

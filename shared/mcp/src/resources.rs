@@ -1,6 +1,8 @@
-//! The `agent://` resources: an agent, one of its versions, and its lineage, as JSON.
+//! The resources: an agent, one of its versions, its lineage and its deployments
+//! (`agent://`), and canaries (`canary://`), as JSON.
 
-use aop_core::{AgentId, AgentService, ListAgents, ServiceError};
+use aop_core::deployment::CanaryId;
+use aop_core::{AgentId, AgentService, DeploymentService, ListAgents, ServiceError};
 use rmcp::ErrorData;
 use rmcp::model::{
     ListResourcesResult, ReadResourceResponse, ReadResourceResult, Resource, ResourceContents,
@@ -17,18 +19,26 @@ enum AgentResource {
     Agent(AgentId),
     Version(AgentId, u32),
     Lineage(AgentId),
+    Deployments(AgentId),
+    Canary(CanaryId),
 }
 
 fn parse(uri: &str) -> Result<AgentResource, String> {
-    let rest = uri
-        .strip_prefix("agent://")
-        .ok_or_else(|| format!("unknown resource {uri}: only agent:// URIs are served"))?;
+    if let Some(id) = uri.strip_prefix("canary://") {
+        return CanaryId::parse("canary_id", id)
+            .map(AgentResource::Canary)
+            .map_err(|e| format!("bad resource {uri}: {e}"));
+    }
+    let rest = uri.strip_prefix("agent://").ok_or_else(|| {
+        format!("unknown resource {uri}: only agent:// and canary:// URIs are served")
+    })?;
     let mut parts = rest.split('/');
     let id = parts.next().unwrap_or_default();
     let id = AgentId::parse("agent_id", id).map_err(|e| format!("bad resource {uri}: {e}"))?;
     match (parts.next(), parts.next(), parts.next()) {
         (None, ..) => Ok(AgentResource::Agent(id)),
         (Some("lineage"), None, _) => Ok(AgentResource::Lineage(id)),
+        (Some("deployments"), None, _) => Ok(AgentResource::Deployments(id)),
         (Some("versions"), Some(v), None) => v
             .parse::<u32>()
             .ok()
@@ -37,7 +47,8 @@ fn parse(uri: &str) -> Result<AgentResource, String> {
             .ok_or_else(|| format!("bad resource {uri}: version must be a positive integer")),
         _ => Err(format!(
             "unknown resource {uri}: expected agent://{{agent_id}}, \
-             agent://{{agent_id}}/versions/{{version}} or agent://{{agent_id}}/lineage"
+             agent://{{agent_id}}/versions/{{version}}, agent://{{agent_id}}/lineage or \
+             agent://{{agent_id}}/deployments"
         )),
     }
 }
@@ -55,6 +66,16 @@ pub fn templates() -> Vec<ResourceTemplate> {
         ResourceTemplate::new("agent://{agent_id}/lineage", "agent_lineage")
             .with_title("Agent lineage")
             .with_description("Every version of an agent and the versions it derives from")
+            .with_mime_type(JSON),
+        ResourceTemplate::new("agent://{agent_id}/deployments", "agent_deployments")
+            .with_title("Agent deployments")
+            .with_description(
+                "Every move of an agent's aliases: versions, who, why, and the analysis behind it",
+            )
+            .with_mime_type(JSON),
+        ResourceTemplate::new("canary://{canary_id}", "canary")
+            .with_title("Canary")
+            .with_description("A canary's split, per-arm statistics, and its last decision and why")
             .with_mime_type(JSON),
     ]
 }
@@ -88,9 +109,17 @@ pub async fn list(
     Ok(result)
 }
 
-pub async fn read(agents: &AgentService, uri: &str) -> Result<ReadResourceResponse, ErrorData> {
+pub async fn read(
+    agents: &AgentService,
+    deployments: &DeploymentService,
+    uri: &str,
+) -> Result<ReadResourceResponse, ErrorData> {
     let resource = parse(uri).map_err(|m| ErrorData::resource_not_found(m, None))?;
     let body = match resource {
+        AgentResource::Deployments(id) => {
+            all_deployments(deployments, &id).await.map(|d| to_json(&d))
+        }
+        AgentResource::Canary(id) => deployments.canary(&id).await.map(|c| to_json(&c)),
         AgentResource::Agent(id) => agents.get(&id, None).await.map(|d| to_json(&d)),
         AgentResource::Version(id, v) => {
             agents.get(&id, Some(v)).await.map(|d| to_json(&d.version))
@@ -102,6 +131,29 @@ pub async fn read(agents: &AgentService, uri: &str) -> Result<ReadResourceRespon
         ReadResourceResult::new(vec![ResourceContents::text(body, uri).with_mime_type(JSON)])
             .into(),
     )
+}
+
+/// Every deployment of an agent, oldest first, page after page.
+async fn all_deployments(
+    deployments: &DeploymentService,
+    agent_id: &AgentId,
+) -> Result<Vec<aop_core::deployment::Deployment>, ServiceError> {
+    let mut all = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = deployments
+            .list(
+                agent_id,
+                cursor.as_deref(),
+                Some(aop_core::page::MAX_PAGE_SIZE),
+            )
+            .await?;
+        all.extend(page.items);
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return Ok(all),
+        }
+    }
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> String {
@@ -127,6 +179,16 @@ mod tests {
             parse("agent://a1/lineage"),
             Ok(AgentResource::Lineage(id("a1")))
         );
+        assert_eq!(
+            parse("agent://a1/deployments"),
+            Ok(AgentResource::Deployments(id("a1")))
+        );
+        assert_eq!(
+            parse("canary://can_1"),
+            Ok(AgentResource::Canary(
+                CanaryId::parse("c", "can_1").unwrap()
+            ))
+        );
     }
 
     #[test]
@@ -134,7 +196,7 @@ mod tests {
         assert!(
             parse("file:///etc/passwd")
                 .unwrap_err()
-                .contains("only agent://")
+                .contains("only agent:// and canary://")
         );
         assert!(
             parse("agent://a1/versions/0")

@@ -7,8 +7,8 @@ use aop_core::services::conversation::{RunAgent, SendMessage, StartSession};
 use aop_core::services::feedback::{MetricsQuery, SubmitFeedback};
 use aop_core::session::SessionId;
 use aop_core::{
-    AgentId, AgentService, ConversationService, CreateAgent, FeedbackService, ListAgents,
-    UpdateAgent,
+    AgentId, AgentService, ConversationService, CreateAgent, DeploymentService, FeedbackService,
+    ListAgents, ProposalService, UpdateAgent,
 };
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::ToolCallContext;
@@ -32,7 +32,10 @@ use crate::resources;
 
 const INSTRUCTIONS: &str = "Agent orchestration platform. Create agents with create_agent; every \
 update_agent makes a new immutable version. Talk to an agent with start_session and send_message \
-(or run_agent for one turn). Read agents and their lineage as agent:// resources.";
+(or run_agent for one turn); rate turns with submit_feedback. A version serves traffic once \
+deployed: deploy_version, or start_canary to try it on a share of new sessions (promoted or \
+rolled back on live feedback); propose_version and review_proposal for reviewed changes. Read \
+agents, lineage and deployments as agent:// resources and canaries as canary://.";
 
 /// Arguments naming one agent and optionally one of its versions.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -103,30 +106,44 @@ pub struct ListInteractionsArgs {
 #[derive(Debug, Clone, Copy)]
 pub struct RequestDeadline(pub std::time::Instant);
 
+/// The services the tools call.
+#[derive(Clone)]
+pub struct Services {
+    pub agents: AgentService,
+    pub conversations: ConversationService,
+    pub feedback: FeedbackService,
+    pub deployments: DeploymentService,
+    pub proposals: ProposalService,
+}
+
 /// The platform's MCP server. Cheap to clone: one is made per stateless request.
 #[derive(Clone)]
 pub struct AgentServer {
-    agents: AgentService,
-    conversations: ConversationService,
-    feedback: FeedbackService,
+    pub(crate) agents: AgentService,
+    pub(crate) conversations: ConversationService,
+    pub(crate) feedback: FeedbackService,
+    pub(crate) deployments: DeploymentService,
+    pub(crate) proposals: ProposalService,
     metrics: Arc<Metrics>,
     tools: Arc<ToolRouter<Self>>,
 }
 
 #[tool_router(router = tool_router)]
 impl AgentServer {
-    pub fn new(
-        agents: AgentService,
-        conversations: ConversationService,
-        feedback: FeedbackService,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(services: Services, metrics: Arc<Metrics>) -> Self {
         Self {
-            agents,
-            conversations,
-            feedback,
+            agents: services.agents,
+            conversations: services.conversations,
+            feedback: services.feedback,
+            deployments: services.deployments,
+            proposals: services.proposals,
             metrics,
-            tools: Arc::new(Self::tool_router() + Self::feedback_router()),
+            tools: Arc::new(
+                Self::tool_router()
+                    + Self::feedback_router()
+                    + Self::deployment_router()
+                    + Self::proposal_router(),
+            ),
         }
     }
 
@@ -337,6 +354,17 @@ impl AgentServer {
     }
 }
 
+/// Who is calling: the principal authentication put in the HTTP request; anonymous when there
+/// is none (an in-process caller).
+pub(crate) fn principal(context: &RequestContext<RoleServer>) -> aop_core::principal::Principal {
+    context
+        .extensions
+        .get::<http::request::Parts>()
+        .and_then(|p| p.extensions.get::<aop_core::principal::Principal>())
+        .cloned()
+        .unwrap_or_else(aop_core::principal::Principal::anonymous)
+}
+
 /// The deadline the entry point attached to the HTTP request, if any.
 fn request_deadline(context: &RequestContext<RoleServer>) -> Option<std::time::Instant> {
     context
@@ -477,7 +505,7 @@ impl ServerHandler for AgentServer {
             request_id = %request_id::from_context(&context),
             uri = %request.uri,
         );
-        resources::read(&self.agents, &request.uri)
+        resources::read(&self.agents, &self.deployments, &request.uri)
             .instrument(span)
             .await
     }

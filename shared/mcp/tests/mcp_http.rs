@@ -3,12 +3,16 @@
 
 use std::sync::Arc;
 
+use aop_core::deployment::CanaryPolicy;
 use aop_core::llm::UnconfiguredModel;
 use aop_core::pricing::PriceTable;
 use aop_core::services::conversation::TurnLimits;
-use aop_core::{AgentService, SystemClock};
-use aop_core::{ConversationService, FeedbackService};
-use aop_mcp::{AgentServer, HttpOptions, Metrics};
+use aop_core::services::proposals::ReviewRules;
+use aop_core::{
+    AgentService, ConversationService, DeploymentService, FeedbackService, ProposalService,
+    SystemClock,
+};
+use aop_mcp::{AgentServer, HttpOptions, Metrics, Services};
 use aop_store_sqlite::SqliteStore;
 use axum::body::Body;
 use http::{Request, StatusCode};
@@ -55,16 +59,29 @@ impl TestApp {
             store.clone(),
             Arc::new(SystemClock),
         );
+        let deployments = DeploymentService::new(
+            store.clone(),
+            store.clone(),
+            Arc::new(SystemClock),
+            CanaryPolicy::default(),
+        );
+        let proposals = ProposalService::new(
+            agents.clone(),
+            deployments.clone(),
+            store.clone(),
+            Arc::new(SystemClock),
+            ReviewRules::default(),
+        );
+        let services = Services {
+            agents,
+            conversations,
+            feedback,
+            deployments,
+            proposals,
+        };
         let m = metrics.clone();
         let router = aop_mcp::router(
-            move || {
-                AgentServer::new(
-                    agents.clone(),
-                    conversations.clone(),
-                    feedback.clone(),
-                    m.clone(),
-                )
-            },
+            move || AgentServer::new(services.clone(), m.clone()),
             options,
             metrics,
             store,
@@ -159,15 +176,24 @@ async fn every_tool_is_listed_with_input_and_output_schemas() {
         [
             "archive_agent",
             "create_agent",
+            "deploy_version",
             "end_session",
             "get_agent",
+            "get_canary",
             "get_feedback_metrics",
             "get_messages",
             "list_agent_versions",
             "list_agents",
+            "list_deployments",
             "list_interactions",
+            "list_proposals",
+            "promote_canary",
+            "propose_version",
+            "review_proposal",
+            "rollback_agent",
             "run_agent",
             "send_message",
+            "start_canary",
             "start_session",
             "submit_feedback",
             "update_agent"
@@ -313,7 +339,9 @@ async fn resources_serve_agents_versions_and_lineage() {
         [
             "agent://{agent_id}",
             "agent://{agent_id}/versions/{version}",
-            "agent://{agent_id}/lineage"
+            "agent://{agent_id}/lineage",
+            "agent://{agent_id}/deployments",
+            "canary://{canary_id}"
         ]
     );
 

@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
-use aop_core::{AgentStore, Clock, FeedbackStore, Outbox, SessionStore, StoreError, SystemClock};
+use aop_core::{
+    AgentStore, Clock, DeploymentStore, FeedbackStore, Outbox, ProposalStore, SessionStore,
+    StoreError, SystemClock,
+};
 use aop_store_neo4j::{CredentialSource, Neo4jSettings, Neo4jStore};
 use aop_store_sqlite::SqliteStore;
 
@@ -16,6 +19,8 @@ pub struct Stores {
     pub agents: Arc<dyn AgentStore>,
     pub sessions: Arc<dyn SessionStore>,
     pub feedback: Arc<dyn FeedbackStore>,
+    pub deployments: Arc<dyn DeploymentStore>,
+    pub proposals: Arc<dyn ProposalStore>,
     pub outbox: Arc<dyn Outbox>,
     pub clock: Arc<dyn Clock>,
     description: String,
@@ -67,12 +72,20 @@ impl Stores {
         neo4j: Option<Neo4jStore>,
     ) -> Self
     where
-        S: AgentStore + SessionStore + Outbox + FeedbackStore + 'static,
+        S: AgentStore
+            + SessionStore
+            + Outbox
+            + FeedbackStore
+            + DeploymentStore
+            + ProposalStore
+            + 'static,
     {
         Self {
             agents: store.clone(),
             sessions: store.clone(),
             feedback: store.clone(),
+            deployments: store.clone(),
+            proposals: store.clone(),
             outbox: store,
             clock,
             description,

@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use aop_aws::SecretsSettings;
 use aop_config::{Kind, Loader, Problems, Section, Setting, help_lines};
+use aop_core::deployment::CanaryPolicy;
+use aop_core::principal::Principal;
 use aop_core::services::conversation::TurnLimits;
+use aop_core::services::proposals::ReviewRules;
 use aop_events::KafkaSettings;
 use aop_store_neo4j::Neo4jSettings;
 use aop_store_sqlite::SqliteSettings;
@@ -136,6 +139,156 @@ impl Section for AgentsSettings {
     }
 }
 
+/// The `deployments` section: the default canary policy, who reviews proposals, and how often
+/// the controller checks a canary.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeploymentsSettings {
+    pub canary: CanaryPolicy,
+    /// Principals (API key names, token subjects) allowed to review; empty: any authenticated
+    /// caller.
+    pub reviewers: Vec<String>,
+    /// Approvals a proposal needs; 0 means min(2, number of reviewers), or 1 without a list.
+    pub required_approvals: u32,
+    pub proposal_ttl_hours: u64,
+    /// How often a canary is checked at most (after traffic, and on the schedule).
+    #[serde(rename = "check_interval_seconds", with = "aop_config::seconds")]
+    pub check_interval: Duration,
+}
+
+impl Default for DeploymentsSettings {
+    fn default() -> Self {
+        Self {
+            canary: CanaryPolicy::default(),
+            reviewers: Vec::new(),
+            required_approvals: 0,
+            proposal_ttl_hours: 7 * 24,
+            check_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl DeploymentsSettings {
+    /// Who reviews and how many approvals a proposal needs.
+    pub fn review_rules(&self) -> ReviewRules {
+        ReviewRules {
+            reviewers: self.reviewers.iter().map(|r| Principal::named(r)).collect(),
+            required_approvals: (self.required_approvals > 0).then_some(self.required_approvals),
+            ttl_ms: i64::try_from(self.proposal_ttl_hours.saturating_mul(3_600_000))
+                .unwrap_or(i64::MAX),
+        }
+    }
+
+    pub fn check_interval_ms(&self) -> i64 {
+        i64::try_from(self.check_interval.as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
+impl Section for DeploymentsSettings {
+    const NAME: &'static str = "deployments";
+    const SETTINGS: &'static [Setting] = &[
+        Setting::new("canary.steps", "AOP_CANARY_STEPS", Kind::Numbers),
+        Setting::new(
+            "canary.min_rated_turns",
+            "AOP_CANARY_MIN_RATED_TURNS",
+            Kind::Whole,
+        ),
+        Setting::new(
+            "canary.promote_probability",
+            "AOP_CANARY_PROMOTE_PROBABILITY",
+            Kind::Number,
+        ),
+        Setting::new(
+            "canary.max_relative_loss",
+            "AOP_CANARY_MAX_RELATIVE_LOSS",
+            Kind::Number,
+        ),
+        Setting::new(
+            "canary.rollback_probability",
+            "AOP_CANARY_ROLLBACK_PROBABILITY",
+            Kind::Number,
+        ),
+        Setting::new("canary.alpha", "AOP_CANARY_ALPHA", Kind::Number),
+        Setting::new(
+            "canary.max_error_rate",
+            "AOP_CANARY_MAX_ERROR_RATE",
+            Kind::Number,
+        ),
+        Setting::new(
+            "canary.hard_limit_checks",
+            "AOP_CANARY_HARD_LIMIT_CHECKS",
+            Kind::Whole,
+        ),
+        Setting::new(
+            "canary.max_latency_increase",
+            "AOP_CANARY_MAX_LATENCY_INCREASE",
+            Kind::Number,
+        ),
+        Setting::new(
+            "canary.max_cost_increase",
+            "AOP_CANARY_MAX_COST_INCREASE",
+            Kind::Number,
+        ),
+        Setting::new(
+            "canary.step_min_seconds",
+            "AOP_CANARY_STEP_MIN_SECONDS",
+            Kind::Whole,
+        ),
+        Setting::new(
+            "canary.step_min_sessions",
+            "AOP_CANARY_STEP_MIN_SESSIONS",
+            Kind::Whole,
+        ),
+        Setting::new("canary.srm_p", "AOP_CANARY_SRM_P", Kind::Number),
+        Setting::new(
+            "canary.timeout_seconds",
+            "AOP_CANARY_TIMEOUT_SECONDS",
+            Kind::Whole,
+        ),
+        Setting::new(
+            "canary.bake_seconds",
+            "AOP_CANARY_BAKE_SECONDS",
+            Kind::Whole,
+        ),
+        Setting::new(
+            "canary.bake_max_drop",
+            "AOP_CANARY_BAKE_MAX_DROP",
+            Kind::Number,
+        ),
+        Setting::new(
+            "canary.auto_rollback",
+            "AOP_CANARY_AUTO_ROLLBACK",
+            Kind::Flag,
+        ),
+        Setting::new(
+            "canary.bake_min_rated_turns",
+            "AOP_CANARY_BAKE_MIN_RATED_TURNS",
+            Kind::Whole,
+        ),
+        Setting::new("reviewers", "AOP_REVIEWERS", Kind::List),
+        Setting::new("required_approvals", "AOP_REQUIRED_APPROVALS", Kind::Whole),
+        Setting::new("proposal_ttl_hours", "AOP_PROPOSAL_TTL_HOURS", Kind::Whole),
+        Setting::new(
+            "check_interval_seconds",
+            "AOP_DEPLOYMENT_CHECK_SECONDS",
+            Kind::Whole,
+        )
+        .expecting("a whole number of seconds"),
+    ];
+
+    fn check(&self, problems: &mut Problems) {
+        if let Err(e) = self.canary.check("canary") {
+            problems.push(&e.field, e.reason);
+        }
+        if self.proposal_ttl_hours == 0 {
+            problems.push("proposal_ttl_hours", "must be at least 1");
+        }
+        if self.check_interval.is_zero() {
+            problems.push("check_interval_seconds", "must be at least 1");
+        }
+    }
+}
+
 /// The whole configuration: each section owned by the adapter it configures.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -148,6 +301,7 @@ pub struct Config {
     pub kafka: KafkaSettings,
     pub openai: OpenAiSettings,
     pub agents: AgentsSettings,
+    pub deployments: DeploymentsSettings,
     pub secrets: SecretsSettings,
 }
 
@@ -180,6 +334,7 @@ impl Config {
         let kafka: KafkaSettings = loader.section();
         let openai: OpenAiSettings = loader.section();
         let agents: AgentsSettings = loader.section();
+        let deployments: DeploymentsSettings = loader.section();
         let secrets: SecretsSettings = loader.section();
 
         if sqlite.data_dir.as_os_str().is_empty() {
@@ -211,6 +366,7 @@ impl Config {
             kafka,
             openai,
             agents,
+            deployments,
             secrets,
         })
     }
@@ -238,6 +394,7 @@ pub fn settings_help() -> String {
         help_lines::<KafkaSettings>(),
         help_lines::<OpenAiSettings>(),
         help_lines::<AgentsSettings>(),
+        help_lines::<DeploymentsSettings>(),
     ];
     for (key, var, default) in lines.into_iter().flatten() {
         let shown = if default.is_empty() {
@@ -266,6 +423,45 @@ mod tests {
 
     fn load(file: Option<&Path>, e: &[(&str, &str)], o: &Overrides) -> Result<Config, ConfigError> {
         Config::from_sources(file, &env(e), o)
+    }
+
+    #[test]
+    fn every_runtime_section_declares_every_field() {
+        for problems in [
+            aop_config::undeclared::<GeneralSettings>(),
+            aop_config::undeclared::<AgentsSettings>(),
+            aop_config::undeclared::<DeploymentsSettings>(),
+        ] {
+            assert!(problems.is_empty(), "{problems:?}");
+        }
+    }
+
+    #[test]
+    fn canary_defaults_come_from_the_deployments_section() {
+        let c = load(
+            None,
+            &[
+                ("AOP_CANARY_STEPS", "20, 50"),
+                ("AOP_CANARY_MIN_RATED_TURNS", "30"),
+                ("AOP_REVIEWERS", "bob,carol"),
+            ],
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.deployments.canary.steps, [20, 50]);
+        assert_eq!(c.deployments.canary.min_rated_turns, 30);
+        assert_eq!(c.deployments.review_rules().required(), 2);
+        let err = load(
+            None,
+            &[("AOP_CANARY_STEPS", "50,20")],
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("deployments.canary.steps (AOP_CANARY_STEPS, from environment variable AOP_CANARY_STEPS): shares must rise"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -338,6 +338,32 @@ async fn write_version(txn: &mut Txn, agent_id: &str, v: &VersionWrite) -> Resul
     Ok(())
 }
 
+/// Locks an agent for the rest of the transaction (a write to its node takes its lock, so
+/// what follows sees the latest committed state) and reads it with its aliases.
+pub(crate) async fn locked_agent(txn: &mut Txn, agent_id: &str) -> Result<Option<Agent>, Failure> {
+    let found = rows(
+        txn,
+        query(&format!(
+            "MATCH (a:Agent {{agent_id: $agent_id}})
+             SET a.latest_version = a.latest_version
+             WITH a{RETURN_AGENT}"
+        ))
+        .param("agent_id", agent_id),
+    )
+    .await?;
+    found
+        .first()
+        .map(decode_agent)
+        .transpose()
+        .map_err(Failure::from)
+}
+
+/// Replaces an agent's alias routes by those of `agent`.
+pub(crate) async fn rewrite_routes(txn: &mut Txn, agent: &Agent) -> Result<(), Failure> {
+    let routes = route_rows(agent)?;
+    write_routes(txn, agent.agent_id.as_str(), &routes).await
+}
+
 async fn write_routes(txn: &mut Txn, agent_id: &str, routes: &BoltType) -> Result<(), Failure> {
     run(
         txn,
@@ -399,8 +425,10 @@ impl AgentStore for Neo4jStore {
         &self,
         agent: &Agent,
         version: &AgentVersion,
+        previous_aliases: &[Alias],
         events: &[DomainEvent],
     ) -> Result<(), StoreError> {
+        let previous_aliases = previous_aliases.to_vec();
         let id = agent.agent_id.to_string();
         let number = version.version;
         let write = AgentWrite {
@@ -416,32 +444,28 @@ impl AgentStore for Neo4jStore {
             events: event_rows(events)?,
         };
         self.transact("insert_version", |txn| -> Work<'_, ()> {
-            let (id, write) = (id.clone(), write.clone());
+            let (id, write, previous_aliases) =
+                (id.clone(), write.clone(), previous_aliases.clone());
             Box::pin(async move {
-                // Writing the agent first takes its lock, so the check below sees the latest
-                // committed state; the unique version key guards servers that lock later.
-                let current = rows(
-                    txn,
-                    query(
-                        "MATCH (a:Agent {agent_id: $agent_id})
-                         SET a.latest_version = a.latest_version
-                         RETURN a.latest_version AS latest, a.status AS status",
-                    )
-                    .param("agent_id", id.as_str()),
-                )
-                .await?;
-                let Some(row) = current.first() else {
+                // The lock makes the checks below see the latest committed state; the unique
+                // version key guards servers that lock later.
+                let Some(current) = locked_agent(txn, &id).await? else {
                     return Err(StoreError::Permanent {
                         message: format!("agent '{id}' does not exist"),
                         source: None,
                     }
                     .into());
                 };
-                let latest: u32 = column(row, "latest", "latest version")?;
-                let status: String = column(row, "status", "agent status")?;
-                if status != AgentStatus::Active.as_str() {
+                let latest = current.latest_version;
+                if current.status != AgentStatus::Active {
                     return Err(StoreError::Conflict(format!(
                         "agent '{id}' was archived meanwhile"
+                    ))
+                    .into());
+                }
+                if current.aliases != previous_aliases {
+                    return Err(StoreError::Conflict(format!(
+                        "an alias of agent '{id}' moved meanwhile"
                     ))
                     .into());
                 }

@@ -7,11 +7,13 @@
 //! operation. A refused login re-reads the credentials once (they may have been rotated).
 
 mod agents;
+mod deployments;
 mod error;
 mod feedback;
 pub mod migrations;
 mod outbox;
 mod params;
+mod proposals;
 mod sessions;
 
 use std::future::Future;

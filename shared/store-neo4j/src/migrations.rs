@@ -15,31 +15,48 @@ pub struct Migration {
 }
 
 /// Every migration, in order; the version of migration `i` is `i + 1`.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    name: "unique ids and lookup indexes",
-    statements: &[
-        "CREATE CONSTRAINT schema_migration_version IF NOT EXISTS FOR (n:SchemaMigration) REQUIRE n.version IS UNIQUE",
-        "CREATE CONSTRAINT agent_id IF NOT EXISTS FOR (n:Agent) REQUIRE n.agent_id IS UNIQUE",
-        "CREATE CONSTRAINT agent_version_key IF NOT EXISTS FOR (n:AgentVersion) REQUIRE n.key IS UNIQUE",
-        "CREATE CONSTRAINT capability_key IF NOT EXISTS FOR (n:Capability) REQUIRE n.key IS UNIQUE",
-        "CREATE CONSTRAINT session_id IF NOT EXISTS FOR (n:Session) REQUIRE n.session_id IS UNIQUE",
-        "CREATE CONSTRAINT message_key IF NOT EXISTS FOR (n:Message) REQUIRE n.key IS UNIQUE",
-        "CREATE CONSTRAINT interaction_id IF NOT EXISTS FOR (n:Interaction) REQUIRE n.interaction_id IS UNIQUE",
-        "CREATE CONSTRAINT feedback_id IF NOT EXISTS FOR (n:Feedback) REQUIRE n.feedback_id IS UNIQUE",
-        "CREATE CONSTRAINT user_id IF NOT EXISTS FOR (n:User) REQUIRE n.user_id IS UNIQUE",
-        "CREATE CONSTRAINT fitness_key IF NOT EXISTS FOR (n:Fitness) REQUIRE n.key IS UNIQUE",
-        "CREATE CONSTRAINT processed_event_id IF NOT EXISTS FOR (n:ProcessedEvent) REQUIRE n.event_id IS UNIQUE",
-        "CREATE CONSTRAINT outbox_event_id IF NOT EXISTS FOR (n:OutboxEvent) REQUIRE n.event_id IS UNIQUE",
-        "CREATE CONSTRAINT quarantined_event_id IF NOT EXISTS FOR (n:QuarantinedEvent) REQUIRE n.event_id IS UNIQUE",
-        "CREATE CONSTRAINT evolution_id IF NOT EXISTS FOR (n:Evolution) REQUIRE n.evolution_id IS UNIQUE",
-        "CREATE INDEX agent_version_agent IF NOT EXISTS FOR (n:AgentVersion) ON (n.agent_id)",
-        "CREATE INDEX message_session IF NOT EXISTS FOR (n:Message) ON (n.session_id)",
-        "CREATE INDEX interaction_agent IF NOT EXISTS FOR (n:Interaction) ON (n.agent_id)",
-        "CREATE INDEX rating_agent IF NOT EXISTS FOR (n:Rating) ON (n.agent_id)",
-        "CREATE INDEX fitness_agent IF NOT EXISTS FOR (n:Fitness) ON (n.agent_id)",
-        "CREATE INDEX agent_domain IF NOT EXISTS FOR (n:Agent) ON (n.domain)",
-    ],
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        name: "unique ids and lookup indexes",
+        statements: &[
+            "CREATE CONSTRAINT schema_migration_version IF NOT EXISTS FOR (n:SchemaMigration) REQUIRE n.version IS UNIQUE",
+            "CREATE CONSTRAINT agent_id IF NOT EXISTS FOR (n:Agent) REQUIRE n.agent_id IS UNIQUE",
+            "CREATE CONSTRAINT agent_version_key IF NOT EXISTS FOR (n:AgentVersion) REQUIRE n.key IS UNIQUE",
+            "CREATE CONSTRAINT capability_key IF NOT EXISTS FOR (n:Capability) REQUIRE n.key IS UNIQUE",
+            "CREATE CONSTRAINT session_id IF NOT EXISTS FOR (n:Session) REQUIRE n.session_id IS UNIQUE",
+            "CREATE CONSTRAINT message_key IF NOT EXISTS FOR (n:Message) REQUIRE n.key IS UNIQUE",
+            "CREATE CONSTRAINT interaction_id IF NOT EXISTS FOR (n:Interaction) REQUIRE n.interaction_id IS UNIQUE",
+            "CREATE CONSTRAINT feedback_id IF NOT EXISTS FOR (n:Feedback) REQUIRE n.feedback_id IS UNIQUE",
+            "CREATE CONSTRAINT user_id IF NOT EXISTS FOR (n:User) REQUIRE n.user_id IS UNIQUE",
+            "CREATE CONSTRAINT fitness_key IF NOT EXISTS FOR (n:Fitness) REQUIRE n.key IS UNIQUE",
+            "CREATE CONSTRAINT processed_event_id IF NOT EXISTS FOR (n:ProcessedEvent) REQUIRE n.event_id IS UNIQUE",
+            "CREATE CONSTRAINT outbox_event_id IF NOT EXISTS FOR (n:OutboxEvent) REQUIRE n.event_id IS UNIQUE",
+            "CREATE CONSTRAINT quarantined_event_id IF NOT EXISTS FOR (n:QuarantinedEvent) REQUIRE n.event_id IS UNIQUE",
+            "CREATE CONSTRAINT evolution_id IF NOT EXISTS FOR (n:Evolution) REQUIRE n.evolution_id IS UNIQUE",
+            "CREATE INDEX agent_version_agent IF NOT EXISTS FOR (n:AgentVersion) ON (n.agent_id)",
+            "CREATE INDEX message_session IF NOT EXISTS FOR (n:Message) ON (n.session_id)",
+            "CREATE INDEX interaction_agent IF NOT EXISTS FOR (n:Interaction) ON (n.agent_id)",
+            "CREATE INDEX rating_agent IF NOT EXISTS FOR (n:Rating) ON (n.agent_id)",
+            "CREATE INDEX fitness_agent IF NOT EXISTS FOR (n:Fitness) ON (n.agent_id)",
+            "CREATE INDEX agent_domain IF NOT EXISTS FOR (n:Agent) ON (n.domain)",
+        ],
+    },
+    Migration {
+        name: "deployments, canaries, proposals and reviews",
+        statements: &[
+            "CREATE CONSTRAINT deployment_id IF NOT EXISTS FOR (n:Deployment) REQUIRE n.deployment_id IS UNIQUE",
+            "CREATE CONSTRAINT canary_id IF NOT EXISTS FOR (n:Canary) REQUIRE n.canary_id IS UNIQUE",
+            "CREATE CONSTRAINT proposal_id IF NOT EXISTS FOR (n:Proposal) REQUIRE n.proposal_id IS UNIQUE",
+            "CREATE CONSTRAINT review_key IF NOT EXISTS FOR (n:Review) REQUIRE n.key IS UNIQUE",
+            "CREATE INDEX deployment_agent IF NOT EXISTS FOR (n:Deployment) ON (n.agent_id)",
+            "CREATE INDEX canary_agent IF NOT EXISTS FOR (n:Canary) ON (n.agent_id)",
+            "CREATE INDEX canary_status IF NOT EXISTS FOR (n:Canary) ON (n.status)",
+            "CREATE INDEX proposal_agent IF NOT EXISTS FOR (n:Proposal) ON (n.agent_id)",
+            "CREATE INDEX proposal_status IF NOT EXISTS FOR (n:Proposal) ON (n.status)",
+            "CREATE INDEX session_agent IF NOT EXISTS FOR (n:Session) ON (n.agent_id)",
+        ],
+    },
+];
 
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;

@@ -102,7 +102,12 @@ async fn a_use_case_that_fails_half_way_leaves_no_partial_nodes() {
     }];
     let event = aop_core::samples::event(aop_core::EventType::AgentVersionCreated, &agent.agent_id);
     let err = store
-        .insert_version(&agent, &version, std::slice::from_ref(&event))
+        .insert_version(
+            &agent,
+            &version,
+            &agent.aliases,
+            std::slice::from_ref(&event),
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("parent"), "{err}");

@@ -4,9 +4,11 @@
 //! `BEGIN IMMEDIATE` transactions makes each use case atomic, and the schema is migrated at
 //! open.
 
+mod deployments;
 mod error;
 mod feedback;
 mod migrations;
+mod proposals;
 mod rows;
 mod sessions;
 mod settings;
@@ -15,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use aop_core::{
-    Agent, AgentFilter, AgentId, AgentStatus, AgentStore, AgentVersion, Clock, DomainEvent, Outbox,
-    PageRequest, StatusFilter, StoreError, StoreHealth, SystemClock,
+    Agent, AgentFilter, AgentId, AgentStatus, AgentStore, AgentVersion, Alias, Clock, DomainEvent,
+    Outbox, PageRequest, StatusFilter, StoreError, StoreHealth, SystemClock,
 };
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
@@ -161,32 +163,41 @@ impl AgentStore for SqliteStore {
         &self,
         agent: &Agent,
         version: &AgentVersion,
+        previous_aliases: &[Alias],
         events: &[DomainEvent],
     ) -> Result<(), StoreError> {
         let agent = agent.clone();
         let version = version.clone();
+        let previous_aliases = previous_aliases.to_vec();
         let events = events.to_vec();
         self.with(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(map_err)?;
-            let current: Option<(u32, String)> = tx
+            let current: Option<(u32, String, String)> = tx
                 .query_row(
-                    "SELECT latest_version, status FROM agents WHERE agent_id = ?1",
+                    "SELECT latest_version, status, aliases FROM agents WHERE agent_id = ?1",
                     [agent.agent_id.as_str()],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .optional()
                 .map_err(map_err)?;
-            if let Some((_, status)) = &current
-                && status != "active"
-            {
-                return Err(StoreError::Conflict(format!(
-                    "agent '{}' was archived meanwhile",
-                    agent.agent_id
-                )));
+            if let Some((_, status, aliases)) = &current {
+                if status != "active" {
+                    return Err(StoreError::Conflict(format!(
+                        "agent '{}' was archived meanwhile",
+                        agent.agent_id
+                    )));
+                }
+                let stored: Vec<Alias> = rows::parse("aliases", aliases)?;
+                if stored != previous_aliases {
+                    return Err(StoreError::Conflict(format!(
+                        "an alias of agent '{}' moved meanwhile",
+                        agent.agent_id
+                    )));
+                }
             }
-            match current.map(|(latest, _)| latest) {
+            match current.map(|(latest, _, _)| latest) {
                 None => {
                     return Err(StoreError::Permanent {
                         message: format!("agent '{}' does not exist", agent.agent_id),

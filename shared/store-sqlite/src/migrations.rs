@@ -148,6 +148,44 @@ const MIGRATIONS: &[(&str, &str)] = &[
         quarantined_at INTEGER NOT NULL
     );",
     ),
+    (
+        "deployments, canaries and proposals; indexes for windowed statistics",
+        "CREATE TABLE deployments (
+        deployment_id TEXT PRIMARY KEY,
+        agent_id      TEXT NOT NULL,
+        alias         TEXT NOT NULL,
+        kind          TEXT NOT NULL,
+        canary_id     TEXT,
+        created_at    INTEGER NOT NULL,
+        body          TEXT NOT NULL
+    );
+    CREATE INDEX deployments_by_agent ON deployments (agent_id, deployment_id);
+    CREATE TABLE canaries (
+        canary_id  TEXT PRIMARY KEY,
+        agent_id   TEXT NOT NULL,
+        alias      TEXT NOT NULL,
+        status     TEXT NOT NULL,
+        started_at INTEGER NOT NULL,
+        revision   INTEGER NOT NULL,
+        body       TEXT NOT NULL
+    );
+    CREATE INDEX canaries_by_alias ON canaries (agent_id, alias, canary_id);
+    CREATE INDEX canaries_by_status ON canaries (status, canary_id);
+    CREATE TABLE proposals (
+        proposal_id TEXT PRIMARY KEY,
+        agent_id    TEXT NOT NULL,
+        status      TEXT NOT NULL,
+        expires_at  INTEGER NOT NULL,
+        revision    INTEGER NOT NULL,
+        body        TEXT NOT NULL
+    );
+    CREATE INDEX proposals_by_agent ON proposals (agent_id, proposal_id);
+    CREATE INDEX proposals_by_status ON proposals (status, expires_at);
+    CREATE INDEX sessions_by_alias_time ON sessions (agent_id, alias, created_at);
+    CREATE INDEX interactions_by_session ON interactions (session_id);
+    CREATE INDEX interactions_by_agent_time ON interactions (agent_id, created_at);
+    CREATE INDEX feedback_by_interaction ON feedback (interaction_id);",
+    ),
 ];
 
 pub(crate) fn apply(conn: &mut Connection, clock: &dyn aop_core::Clock) -> Result<(), StoreError> {

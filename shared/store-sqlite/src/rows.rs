@@ -14,15 +14,18 @@ pub(crate) const AGENT_COLUMNS_A: &str = "a.agent_id, a.name, a.domain, a.descri
 pub(crate) const VERSION_COLUMNS: &str = "agent_id, version, instructions, model, parameters, \
      capabilities, knowledge_sources, created_at, created_by, parents, generation, change_summary";
 
-fn json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+pub(crate) fn json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::permanent("cannot encode value", e))
 }
 
-fn parse<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T, StoreError> {
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(
+    what: &str,
+    text: &str,
+) -> Result<T, StoreError> {
     serde_json::from_str(text).map_err(|e| corrupt(what, e))
 }
 
-fn agent_id(text: String) -> Result<AgentId, StoreError> {
+pub(crate) fn agent_id(text: String) -> Result<AgentId, StoreError> {
     AgentId::try_from(text).map_err(|reason| StoreError::Permanent {
         message: format!("stored agent id is invalid: {reason}"),
         source: None,
@@ -278,4 +281,9 @@ pub(crate) fn decode_all<P: Params, R, T>(
         .collect::<Result<Vec<_>, _>>()
         .map_err(map_err)?;
     raws.into_iter().map(decode).collect()
+}
+
+/// A revision counter as SQLite stores it.
+pub(crate) fn revision(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }

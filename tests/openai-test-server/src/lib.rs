@@ -4,7 +4,8 @@
 //! it needs; with nothing scripted it echoes the last user message at once.
 //!
 //! Tests in Rust use [`TestLlm`]; other processes use the binary and its control endpoints:
-//! `POST /__script` (a JSON array of [`Reply`]), `GET /__requests`, `POST /__reset`.
+//! `POST /__script` (a JSON array of [`Reply`]), `GET /__requests`, `POST /__reset`. Requests for
+//! the model [`REFUSING_MODEL`] always get a 400.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -18,6 +19,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+
+/// A model name the server refuses (HTTP 400) whatever is scripted.
+pub const REFUSING_MODEL: &str = "always-refuses";
 
 /// One scripted answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -215,12 +219,22 @@ async fn chat(
         *c += 1;
         *c
     };
+    let model = body["model"].as_str().unwrap_or("test-model").to_owned();
+    // A model by this name refuses every request, whatever is scripted: a version of an agent
+    // that always fails its turns.
+    if model == REFUSING_MODEL {
+        return error(
+            400,
+            "this model refuses every request",
+            Some("model_refuses"),
+            None,
+        );
+    }
     let mut reply = lock(&s.script).pop_front();
     while let Some(Reply::Delay { millis }) = reply {
         tokio::time::sleep(Duration::from_millis(millis)).await;
         reply = lock(&s.script).pop_front();
     }
-    let model = body["model"].as_str().unwrap_or("test-model").to_owned();
     match reply {
         None => completion(n, &model, Some(&echo(&body)), &[], 20, 10),
         Some(Reply::Text {

@@ -16,6 +16,7 @@ use crate::error::StoreError;
 use crate::events::{DomainEvent, payload};
 use crate::page::{Cursor, Page, PageRequest};
 use crate::ports::{AgentFilter, AgentStore, NoSignal, OutboxSignal, StatusFilter};
+use crate::proposal::VersionChanges;
 use crate::validate::{self, Problems};
 
 /// How often an update is retried when a concurrent writer created a version first.
@@ -79,6 +80,26 @@ pub struct UpdateAgent {
     pub change_summary: Option<String>,
     #[serde(default)]
     pub created_by: Option<String>,
+}
+
+/// A version to derive from a base version: what `update_agent`, reviewed proposals and
+/// evolutions have in common.
+#[derive(Debug, Clone)]
+pub struct NewVersion {
+    pub agent_id: AgentId,
+    /// The version the changes apply to; the latest when `None`.
+    pub base: Option<u32>,
+    /// Refuse unless the latest version is this one (optimistic locking).
+    pub expected_latest: Option<u32>,
+    pub changes: VersionChanges,
+    /// Why the version was made. Default: the list of changed fields.
+    pub change_summary: Option<String>,
+    pub created_by: String,
+    /// Added to the base's generation: 0 for people's edits, 1 for an evolution's.
+    pub generation_step: u32,
+    /// Whether aliases that follow the latest version move to it (`update_agent`) or not
+    /// (reviewed proposals and evolutions go live through a deployment).
+    pub moves_aliases: bool,
 }
 
 /// An agent with one of its versions.
@@ -305,26 +326,55 @@ impl AgentService {
     }
 
     /// Makes version n+1 from the latest version and the given changes. Nothing is edited in
-    /// place; `prod` moves to the new version unless a deployment pinned it.
+    /// place; aliases that follow the latest version (`prod` of a fresh agent) move to it.
     ///
     /// # Errors
     /// `NotFound` for an unknown agent; `Invalid` for bad fields; `Conflict` when the agent is
     /// archived, nothing changes, or `expected_version` is not the latest.
     #[instrument(name = "update_agent", skip_all, fields(agent_id = %input.agent_id))]
     pub async fn update(&self, input: UpdateAgent) -> Result<AgentDetail, ServiceError> {
+        let created_by = input
+            .created_by
+            .clone()
+            .unwrap_or_else(|| ANONYMOUS.to_owned());
+        self.derive(NewVersion {
+            agent_id: input.agent_id,
+            base: None,
+            expected_latest: input.expected_version,
+            changes: VersionChanges {
+                instructions: input.instructions,
+                model: input.model,
+                parameters: input.parameters,
+                capabilities: input.capabilities,
+                knowledge_sources: input.knowledge_sources,
+            },
+            change_summary: input.change_summary,
+            created_by,
+            generation_step: 0,
+            moves_aliases: true,
+        })
+        .await
+    }
+
+    /// Derives a new version (number latest + 1) from a base version and changes.
+    ///
+    /// # Errors
+    /// As [`AgentService::update`]; `Invalid` naming `base_version` when the base does not
+    /// exist.
+    pub async fn derive(&self, new: NewVersion) -> Result<AgentDetail, ServiceError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.try_update(&input).await {
+            match self.try_derive(&new).await {
                 Err(ServiceError::Store(StoreError::Conflict(reason)))
-                    if input.expected_version.is_none() && attempt < UPDATE_ATTEMPTS =>
+                    if new.expected_latest.is_none() && attempt < UPDATE_ATTEMPTS =>
                 {
-                    tracing::debug!(attempt, %reason, "concurrent update, retrying");
+                    tracing::debug!(attempt, %reason, "concurrent change, retrying");
                 }
                 Err(ServiceError::Store(StoreError::Conflict(_))) => {
                     return Err(ServiceError::Conflict(format!(
-                        "agent '{}' was updated concurrently; read it again and retry",
-                        input.agent_id
+                        "agent '{}' was changed concurrently; read it again and retry",
+                        new.agent_id
                     )));
                 }
                 other => return other,
@@ -332,7 +382,7 @@ impl AgentService {
         }
     }
 
-    async fn try_update(&self, input: &UpdateAgent) -> Result<AgentDetail, ServiceError> {
+    async fn try_derive(&self, input: &NewVersion) -> Result<AgentDetail, ServiceError> {
         let agent = self.agent(&input.agent_id).await?;
         if agent.status == AgentStatus::Archived {
             return Err(ServiceError::Conflict(format!(
@@ -340,7 +390,7 @@ impl AgentService {
                 agent.agent_id
             )));
         }
-        if let Some(expected) = input.expected_version
+        if let Some(expected) = input.expected_latest
             && expected != agent.latest_version
         {
             return Err(ServiceError::Conflict(format!(
@@ -348,39 +398,47 @@ impl AgentService {
                 agent.agent_id, agent.latest_version
             )));
         }
-        let base = self.version(&agent.agent_id, agent.latest_version).await?;
+        let base_number = input.base.unwrap_or(agent.latest_version);
+        let base = match self.store.get_version(&agent.agent_id, base_number).await? {
+            Some(v) => v,
+            None => {
+                return Err(ServiceError::invalid(
+                    "base_version",
+                    format!(
+                        "agent '{}' has no version {base_number} (latest is {})",
+                        agent.agent_id, agent.latest_version
+                    ),
+                ));
+            }
+        };
 
         let mut p = Problems::default();
         let mut next = base.clone();
         let mut changed = Vec::new();
-        if let Some(text) = &input.instructions {
+        let changes = &input.changes;
+        if let Some(text) = &changes.instructions {
             next.instructions = p.text("instructions", text, 1, validate::MAX_INSTRUCTIONS);
         }
-        if let Some(model) = &input.model {
+        if let Some(model) = &changes.model {
             next.model = p.token("model", model, validate::MAX_MODEL);
         }
-        if let Some(params) = &input.parameters {
+        if let Some(params) = &changes.parameters {
             p.parameters("parameters", params);
             next.parameters = params.clone();
         }
-        if let Some(caps) = &input.capabilities {
+        if let Some(caps) = &changes.capabilities {
             next.capabilities = p.capabilities("capabilities", caps);
             self.check_delegates(&mut p, Some(&agent.agent_id), &next.capabilities)
                 .await?;
         }
-        if let Some(sources) = &input.knowledge_sources {
+        if let Some(sources) = &changes.knowledge_sources {
             next.knowledge_sources = p.knowledge_sources("knowledge_sources", sources);
         }
         let summary = input
             .change_summary
             .as_deref()
             .map(|s| p.text("change_summary", s, 1, validate::MAX_CHANGE_SUMMARY));
-        let created_by = p.text(
-            "created_by",
-            input.created_by.as_deref().unwrap_or(ANONYMOUS),
-            1,
-            validate::MAX_CREATED_BY,
-        );
+        let created_by = p.text("created_by", &input.created_by, 1, validate::MAX_CREATED_BY);
         p.finish()?;
 
         for (field, differs) in [
@@ -405,22 +463,28 @@ impl AgentService {
         }
 
         let now = self.clock.now_ms();
-        next.version = base.version + 1;
+        next.version = agent.latest_version + 1;
         next.created_at = now;
         next.created_by = created_by;
         next.parents = vec![base.reference()];
+        next.generation = base.generation + input.generation_step;
         next.change_summary = summary.unwrap_or_else(|| format!("changed {}", changed.join(", ")));
 
+        let previous_aliases = agent.aliases.clone();
         let mut agent = agent;
         agent.latest_version = next.version;
         agent.updated_at = now;
-        for alias in agent.aliases.iter_mut().filter(|a| a.follows_latest) {
-            *alias = Alias::following(&alias.name, next.version, now);
+        if input.moves_aliases {
+            for alias in agent.aliases.iter_mut().filter(|a| a.follows_latest) {
+                *alias = Alias::following(&alias.name, next.version, now);
+            }
         }
         let events = [version_created(&agent, &next, now)];
-        self.store.insert_version(&agent, &next, &events).await?;
+        self.store
+            .insert_version(&agent, &next, &previous_aliases, &events)
+            .await?;
         self.signal.notify();
-        tracing::info!(version = next.version, changed = ?changed, "agent updated");
+        tracing::info!(version = next.version, changed = ?changed, "version created");
         Ok(AgentDetail {
             agent,
             version: next,

@@ -2,6 +2,9 @@
 //! rule lives in a handler of an entry point.
 
 pub mod agents;
+pub mod controller;
 pub mod conversation;
+pub mod deployments;
 pub mod feedback;
 pub mod fitness;
+pub mod proposals;

@@ -10,7 +10,7 @@ use aop_mcp::Metrics;
 use aop_mcp::metrics::EventOutcome;
 
 use super::mcp::McpRole;
-use super::{Role, Subscription, handlers, settle, subscriptions};
+use super::{Role, Schedule, Subscription, handlers, settle, subscriptions};
 use crate::config::Config;
 use crate::error::StartupError;
 use crate::relay::{InProcessSink, OutboxRelay, RelayObserver};
@@ -21,6 +21,8 @@ use crate::secrets::Secrets;
 pub struct Platform {
     pub mcp: McpRole,
     pub handlers: Vec<Arc<dyn EventHandler>>,
+    /// Canary checks and proposal expiry, on a timer.
+    pub schedule: Schedule,
     topics: Topics,
 }
 
@@ -51,10 +53,12 @@ impl Platform {
     /// As [`Platform::build`].
     pub fn build_with(config: &Config, secrets: Option<&Secrets>) -> Result<Self, StartupError> {
         let mcp = McpRole::build(config, secrets)?;
-        let handlers = handlers(&mcp.stores);
+        let handlers = handlers(config, &mcp.stores);
+        let schedule = Schedule::new(config, &mcp.stores);
         Ok(Self {
             mcp,
             handlers,
+            schedule,
             topics: config.kafka.topics.clone(),
         })
     }

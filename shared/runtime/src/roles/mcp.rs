@@ -1,11 +1,14 @@
-//! The MCP server role: the agent, conversation and feedback services on the store and the
-//! model, behind the MCP Router. No Kafka: its events wait in the outbox for the relay.
+//! The MCP server role: the agent, conversation, feedback, deployment and proposal services on
+//! the store and the model, behind the MCP Router. No Kafka: its events wait in the outbox for
+//! the relay.
 
 use std::sync::Arc;
 
 use aop_core::llm::{ChatModel, UnconfiguredModel};
-use aop_core::{AgentService, ConversationService, FeedbackService};
-use aop_mcp::{AgentServer, HttpOptions, Metrics};
+use aop_core::{
+    AgentService, ConversationService, DeploymentService, FeedbackService, ProposalService,
+};
+use aop_mcp::{AgentServer, HttpOptions, Metrics, Services};
 
 use super::{Role, open_stores, settle};
 use crate::adapters::{Stores, openai_model};
@@ -20,6 +23,8 @@ pub struct McpRole {
     pub agents: AgentService,
     pub conversations: ConversationService,
     pub feedback: FeedbackService,
+    pub deployments: DeploymentService,
+    pub proposals: ProposalService,
     pub metrics: Arc<Metrics>,
     pub stores: Stores,
     /// Woken after every commit that wrote events.
@@ -72,6 +77,15 @@ impl McpRole {
             config.openai.model.clone(),
         )
         .with_signal(wake.clone());
+        let deployments = super::deployment_service(config, &stores).with_signal(wake.clone());
+        let proposals = ProposalService::new(
+            agents.clone(),
+            deployments.clone(),
+            stores.proposals.clone(),
+            clock.clone(),
+            config.deployments.review_rules(),
+        )
+        .with_signal(wake.clone());
         let feedback = FeedbackService::new(
             stores.agents.clone(),
             stores.sessions.clone(),
@@ -94,6 +108,8 @@ impl McpRole {
             agents,
             conversations,
             feedback,
+            deployments,
+            proposals,
             metrics,
             stores,
             outbox_signal: signal,
@@ -103,9 +119,13 @@ impl McpRole {
     /// A fresh MCP server over these services.
     pub fn mcp_server(&self) -> AgentServer {
         AgentServer::new(
-            self.agents.clone(),
-            self.conversations.clone(),
-            self.feedback.clone(),
+            Services {
+                agents: self.agents.clone(),
+                conversations: self.conversations.clone(),
+                feedback: self.feedback.clone(),
+                deployments: self.deployments.clone(),
+                proposals: self.proposals.clone(),
+            },
             self.metrics.clone(),
         )
     }

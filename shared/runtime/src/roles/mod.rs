@@ -22,7 +22,10 @@ pub mod relay;
 
 use std::sync::Arc;
 
-use aop_core::{EventHandler, EventType, FitnessHandler};
+use aop_core::{
+    AgentService, DeploymentController, DeploymentService, EventHandler, EventType, FitnessHandler,
+    ProposalService,
+};
 use aop_events::Topics;
 
 use crate::adapters::Stores;
@@ -63,9 +66,85 @@ pub fn open_stores(config: &Config, secrets: Option<&Secrets>) -> Result<Stores,
     Stores::open(config, credentials)
 }
 
-/// Every event handler of the platform.
-pub fn handlers(stores: &Stores) -> Vec<Arc<dyn EventHandler>> {
-    vec![Arc::new(FitnessHandler::new(stores.feedback.clone()))]
+/// Every event handler of the platform: fitness statistics, and the deployment controller.
+pub fn handlers(config: &Config, stores: &Stores) -> Vec<Arc<dyn EventHandler>> {
+    vec![
+        Arc::new(FitnessHandler::new(stores.feedback.clone())),
+        Arc::new(DeploymentController::new(
+            deployment_service(config, stores),
+            stores.clock.clone(),
+            config.deployments.check_interval_ms(),
+        )),
+    ]
+}
+
+/// Deployments on the store, with the configured canary policy.
+pub fn deployment_service(config: &Config, stores: &Stores) -> DeploymentService {
+    DeploymentService::new(
+        stores.agents.clone(),
+        stores.deployments.clone(),
+        stores.clock.clone(),
+        config.deployments.canary.clone(),
+    )
+}
+
+/// What runs on a schedule: checks of canaries no traffic reached, and expiry of proposals.
+#[derive(Clone)]
+pub struct Schedule {
+    deployments: DeploymentService,
+    proposals: ProposalService,
+    interval_ms: i64,
+}
+
+impl Schedule {
+    pub fn new(config: &Config, stores: &Stores) -> Self {
+        let deployments = deployment_service(config, stores);
+        let agents = AgentService::new(
+            stores.agents.clone(),
+            stores.clock.clone(),
+            config.openai.model.clone(),
+        );
+        let proposals = ProposalService::new(
+            agents,
+            deployments.clone(),
+            stores.proposals.clone(),
+            stores.clock.clone(),
+            config.deployments.review_rules(),
+        );
+        Self {
+            deployments,
+            proposals,
+            interval_ms: config.deployments.check_interval_ms(),
+        }
+    }
+
+    /// One pass: returns how many canaries were decided and proposals expired.
+    ///
+    /// # Errors
+    /// When the store cannot list what is due.
+    pub async fn run_once(&self) -> Result<(usize, usize), aop_core::ServiceError> {
+        let decided = self.deployments.tick(self.interval_ms).await?;
+        let expired = self.proposals.expire().await?;
+        if decided + expired > 0 {
+            tracing::info!(decided, expired, "scheduled pass");
+        }
+        Ok((decided, expired))
+    }
+
+    /// Runs a pass every check interval until `shutdown`.
+    pub async fn run(self, shutdown: tokio_util::sync::CancellationToken) {
+        let period =
+            std::time::Duration::from_millis(u64::try_from(self.interval_ms).unwrap_or(60_000));
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(period) => {}
+            }
+            if let Err(e) = self.run_once().await {
+                tracing::warn!(error = %e, "scheduled pass failed");
+            }
+        }
+    }
 }
 
 /// A handler, the topics it reads (those of the event types it wants) and its consumer group.
@@ -136,15 +215,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_fitness_handler_reads_agent_and_feedback_events_in_its_own_group() {
+    fn each_handler_reads_agent_and_feedback_events_in_its_own_group() {
         let dir = tempfile::tempdir().unwrap();
         let mut config =
             Config::from_sources(None, &Default::default(), &Default::default()).unwrap();
         config.sqlite.data_dir = dir.path().to_owned();
         let stores = Stores::open(&config, None).unwrap();
-        let subs = subscriptions(&handlers(&stores), &Topics::default());
-        assert_eq!(subs.len(), 1);
+        let subs = subscriptions(&handlers(&config, &stores), &Topics::default());
+        assert_eq!(subs.len(), 2);
         assert_eq!(subs[0].group, "aop-fitness");
         assert_eq!(subs[0].topics, ["agent_events", "feedback_events"]);
+        assert_eq!(subs[1].group, "aop-deployments");
+        assert_eq!(subs[1].topics, ["agent_events", "feedback_events"]);
     }
 }

@@ -1,18 +1,21 @@
-//! The event processor role (the MSK-triggered function): the platform's event handlers on the
-//! store, with dead letters to Kafka. No model.
+//! The event processor role (the MSK-triggered function): the platform's event handlers
+//! (fitness, the deployment controller) on the store, with dead letters to Kafka, and the
+//! scheduled pass. No model.
 
 use aop_core::HandlerSet;
 use aop_events::kafka::KafkaDeadLetters;
 
-use super::{Role, handlers, open_stores, settle};
+use super::{Role, Schedule, handlers, open_stores, settle};
 use crate::adapters::{Stores, kafka_client};
 use crate::config::Config;
 use crate::error::StartupError;
 
-/// Every handler behind one, and where poison records go.
+/// Every handler behind one, where poison records go, and the scheduled pass (the function's
+/// schedule trigger runs it).
 pub struct ProcessorRole {
     pub handlers: HandlerSet,
     pub dead_letters: KafkaDeadLetters,
+    pub schedule: Schedule,
     pub stores: Stores,
 }
 
@@ -35,8 +38,9 @@ impl ProcessorRole {
         stores.prepare(&config).await?;
         let dead_letters = KafkaDeadLetters::new(&kafka_client(&config)?)?;
         let role = Self {
-            handlers: HandlerSet::new(handlers(&stores)),
+            handlers: HandlerSet::new(handlers(&config, &stores)),
             dead_letters,
+            schedule: Schedule::new(&config, &stores),
             stores,
         };
         Ok((config, role))

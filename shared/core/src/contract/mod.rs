@@ -12,7 +12,9 @@ use crate::events::{EventData, EventType, payload};
 use crate::feedback::Metric;
 use crate::handler::{EventHandler, Handled};
 use crate::page::PageRequest;
-use crate::ports::{AgentStore, FeedbackStore, Outbox, SessionStore, StoreError};
+use crate::ports::{
+    AgentStore, DeploymentStore, FeedbackStore, Outbox, ProposalStore, SessionStore, StoreError,
+};
 use crate::services::agents::{AgentService, CreateAgent, ListAgents, UpdateAgent};
 use crate::services::feedback::{FeedbackService, MetricsQuery, SubmitFeedback};
 use crate::services::fitness::FitnessHandler;
@@ -27,6 +29,8 @@ pub struct Fixture {
     pub sessions: Arc<dyn SessionStore>,
     pub outbox: Arc<dyn Outbox>,
     pub feedback: Arc<dyn FeedbackStore>,
+    pub deployments: Arc<dyn DeploymentStore>,
+    pub proposals: Arc<dyn ProposalStore>,
     _guard: Box<dyn Any + Send>,
 }
 
@@ -34,13 +38,21 @@ impl Fixture {
     /// A store adapter implements every store port.
     pub fn new<S>(store: Arc<S>, guard: impl Any + Send) -> Self
     where
-        S: AgentStore + SessionStore + Outbox + FeedbackStore + 'static,
+        S: AgentStore
+            + SessionStore
+            + Outbox
+            + FeedbackStore
+            + DeploymentStore
+            + ProposalStore
+            + 'static,
     {
         Self {
             store: store.clone(),
             sessions: store.clone(),
             outbox: store.clone(),
-            feedback: store,
+            feedback: store.clone(),
+            deployments: store.clone(),
+            proposals: store,
             _guard: Box::new(guard),
         }
     }
@@ -91,6 +103,14 @@ macro_rules! store_contract_tests {
             an_ended_session_takes_no_turns,
             messages_page_in_order_and_recent_ones_come_last,
             interactions_round_trip_and_list_by_agent,
+            deploying_pins_an_alias,
+            alias_moves_are_compare_and_set,
+            a_canary_splits_an_alias_and_only_one_holds_it,
+            rollback_without_a_canary_returns_to_the_previous_version,
+            turns_since_counts_the_agents_own_turns_of_new_sessions,
+            proposals_round_trip_and_compare_and_set,
+            a_proposal_needs_its_approvals_and_not_its_proposers,
+            racing_controllers_and_redelivery_move_an_alias_once,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -103,6 +123,9 @@ macro_rules! store_contract_tests {
         )*
     };
 }
+
+mod deployments;
+pub use deployments::*;
 
 fn agent(name: &str) -> CreateAgent {
     CreateAgent {
@@ -231,7 +254,7 @@ pub async fn insert_version_conflict_writes_nothing(f: &Fixture) {
     rival.agent.name = "renamed by a loser".into();
     let err = f
         .store
-        .insert_version(&rival.agent, &rival.version, &[])
+        .insert_version(&rival.agent, &rival.version, &v2.agent.aliases, &[])
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
@@ -245,7 +268,7 @@ pub async fn insert_version_conflict_writes_nothing(f: &Fixture) {
     gap.agent.latest_version = 4;
     let err = f
         .store
-        .insert_version(&gap.agent, &gap.version, &[])
+        .insert_version(&gap.agent, &gap.version, &v2.agent.aliases, &[])
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
@@ -514,7 +537,7 @@ pub async fn archive_persists_and_hides_from_default_list(f: &Fixture) {
     stale.version.version = 2;
     let err = f
         .store
-        .insert_version(&stale.agent, &stale.version, &[])
+        .insert_version(&stale.agent, &stale.version, &stale.agent.aliases, &[])
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
@@ -958,7 +981,12 @@ pub async fn writes_and_their_events_commit_together(f: &Fixture) {
     );
     let err = f
         .store
-        .insert_version(&rival.agent, &rival.version, std::slice::from_ref(&doomed))
+        .insert_version(
+            &rival.agent,
+            &rival.version,
+            &rival.agent.aliases,
+            std::slice::from_ref(&doomed),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
