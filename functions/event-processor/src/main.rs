@@ -2,7 +2,8 @@
 //! through `aop_events::msk::process_batch` to the platform's event handlers (fitness, the
 //! deployment controller), poison records to `<topic>.dlq`, and the response lists the records
 //! to deliver again (`ReportBatchItemFailures`). A scheduled event runs the scheduled pass:
-//! canaries no traffic reached are checked, and proposals past their time expire.
+//! canaries no traffic reached are checked, proposals past their time expire, and evolution
+//! runs nothing moved for a while are asked for their iteration again.
 
 use std::sync::Arc;
 
@@ -34,10 +35,12 @@ async fn main() -> Result<(), Error> {
             // Two triggers: the MSK event source, and the schedule (EventBridge) that checks
             // canaries no traffic reached and expires proposals.
             if event.payload.get("eventSource").and_then(Value::as_str) != Some("aws:kafka") {
-                let (decided, expired) = schedule.run_once().await?;
-                return Ok::<_, Error>(
-                    json!({"canaries_decided": decided, "proposals_expired": expired}),
-                );
+                let pass = schedule.run_once().await?;
+                return Ok::<_, Error>(json!({
+                    "canaries_decided": pass.canaries_decided,
+                    "proposals_expired": pass.proposals_expired,
+                    "evolutions_resumed": pass.evolutions_resumed,
+                }));
             }
             let batch: KafkaEvent = serde_json::from_value(event.payload)?;
             let (response, stats) =

@@ -36,6 +36,51 @@ enum Command {
     /// Kafka topics.
     #[command(subcommand)]
     Topics(TopicsCommand),
+    /// Evolve an agent from its feedback and evaluation cases, in this process, with a progress
+    /// bar: the winner becomes a proposal (or a canary with --mode auto); no alias moves.
+    Evolve(EvolveArgs),
+}
+
+#[derive(Args, Clone)]
+struct EvolveArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// The agent to evolve.
+    #[arg(value_name = "AGENT_ID", required_unless_present = "resume")]
+    agent_id: Option<String>,
+    /// Carry on with a run that is already running instead of starting one.
+    #[arg(long, value_name = "EVOLUTION_ID", conflicts_with = "agent_id")]
+    resume: Option<String>,
+    /// The alias whose most-served version is the seed [default: prod]
+    #[arg(long)]
+    alias: Option<String>,
+    /// review (the winner becomes a proposal) or auto (a canary) [default: review]
+    #[arg(long)]
+    mode: Option<String>,
+    /// Metric-call budget [default: 300]
+    #[arg(long, value_name = "N")]
+    max_metric_calls: Option<u32>,
+    /// Cost budget in US dollars [default: 5]
+    #[arg(long, value_name = "USD")]
+    max_cost_usd: Option<f64>,
+    /// Time budget in seconds [default: 3600]
+    #[arg(long, value_name = "SECONDS")]
+    max_seconds: Option<u64>,
+    /// Cases held out for validation [default: 30]
+    #[arg(long, value_name = "N")]
+    valset_size: Option<usize>,
+    /// Training cases per iteration [default: 3]
+    #[arg(long, value_name = "N")]
+    minibatch_size: Option<usize>,
+    /// Replay rated turns from this many days back [default: 14]
+    #[arg(long, value_name = "DAYS")]
+    window_days: Option<u32>,
+    /// The model that rewrites instructions [default: the agent's]
+    #[arg(long, value_name = "MODEL")]
+    reflection_model: Option<String>,
+    /// The model of judge checks [default: the agent's]
+    #[arg(long, value_name = "MODEL")]
+    judge_model: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -117,6 +162,7 @@ fn main() -> ExitCode {
         Some(Command::Migrate(args)) => migrate(&args),
         Some(Command::Doctor(args)) => doctor(&args),
         Some(Command::Topics(TopicsCommand::Apply(args))) => topics_apply(&args),
+        Some(Command::Evolve(args)) => evolve::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -133,6 +179,8 @@ fn main() -> ExitCode {
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+mod evolve;
 
 fn load(common: &CommonArgs, overrides: &Overrides) -> Result<Config, BoxError> {
     let config = Config::load(common.config.as_deref(), overrides)?;
@@ -308,7 +356,14 @@ async fn run(config: Config) -> Result<(), BoxError> {
             platform.in_process_relay().run(shutdown.clone()),
         ));
     }
-    // Canary checks no traffic triggers (time-based steps, timeouts) and proposal expiry.
+    // Evolution runs a stopped process left behind carry on where they were.
+    match platform.evolution.resume().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(runs = n, "evolution runs resumed"),
+        Err(e) => tracing::warn!(error = %e, "cannot resume evolution runs"),
+    }
+    // Canary checks no traffic triggers (time-based steps, timeouts), proposal expiry and
+    // stalled evolution runs.
     background.push(tokio::spawn(
         platform.schedule.clone().run(shutdown.clone()),
     ));

@@ -131,6 +131,17 @@ event_types! {
     ProposalApproved = "proposal.approved" in AgentEvents;
     ProposalRejected = "proposal.rejected" in AgentEvents;
     ProposalExpired = "proposal.expired" in AgentEvents;
+    EvolutionStarted = "evolution.started" in EvolutionEvents;
+    /// Asks the evolution worker for one iteration of a run.
+    EvolutionGenerationRequested = "evolution.generation.requested" in EvolutionEvents;
+    EvolutionGenerationCompleted = "evolution.generation.completed" in EvolutionEvents;
+    EvolutionCandidateAccepted = "evolution.candidate.accepted" in EvolutionEvents;
+    EvolutionCandidateRejected = "evolution.candidate.rejected" in EvolutionEvents;
+    /// A candidate became a version on its way out (a proposal or a canary).
+    EvolutionCandidateSelected = "evolution.candidate.selected" in EvolutionEvents;
+    EvolutionCompleted = "evolution.completed" in EvolutionEvents;
+    EvolutionFailed = "evolution.failed" in EvolutionEvents;
+    EvolutionCancelled = "evolution.cancelled" in EvolutionEvents;
 }
 
 impl EventType {
@@ -176,8 +187,13 @@ pub mod payload {
     use serde::{Deserialize, Serialize};
 
     use crate::agent::{Agent, AgentVersion, Alias};
-    use crate::deployment::{Canary, Deployment};
+    use crate::deployment::{Canary, CanaryId, Deployment};
+    use crate::evolution::{
+        Candidate, CandidateId, EvolutionId, EvolutionMode, EvolutionSettings, Spend, Winner,
+    };
     use crate::feedback::Feedback;
+    use crate::principal::Principal;
+    use crate::proposal::ProposalId;
     use crate::proposal::{Proposal, Review};
     use crate::session::{Interaction, Session};
 
@@ -307,6 +323,86 @@ pub mod payload {
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
     pub struct ProposalExpired {
         pub proposal: Proposal,
+    }
+
+    /// `evolution.started`: the run without its cases (they can be large).
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    pub struct EvolutionStarted {
+        pub evolution_id: EvolutionId,
+        pub alias: String,
+        pub mode: EvolutionMode,
+        pub seed_version: u32,
+        pub settings: EvolutionSettings,
+        pub valset_size: usize,
+        pub trainset_size: usize,
+        pub started_by: Principal,
+    }
+
+    /// `evolution.generation.requested`
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    pub struct EvolutionGenerationRequested {
+        pub evolution_id: EvolutionId,
+        pub iteration: u32,
+    }
+
+    /// `evolution.generation.completed`
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    pub struct EvolutionGenerationCompleted {
+        pub evolution_id: EvolutionId,
+        pub iteration: u32,
+        pub outcome: String,
+        pub detail: String,
+        pub best_val: f64,
+        pub spend: Spend,
+    }
+
+    /// `evolution.candidate.accepted`
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    pub struct EvolutionCandidateAccepted {
+        pub candidate: Candidate,
+    }
+
+    /// `evolution.candidate.rejected`
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    pub struct EvolutionCandidateRejected {
+        pub candidate: Candidate,
+    }
+
+    /// `evolution.candidate.selected`
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    pub struct EvolutionCandidateSelected {
+        pub evolution_id: EvolutionId,
+        pub candidate_id: CandidateId,
+        pub version: u32,
+        pub proposal_id: Option<ProposalId>,
+        pub canary_id: Option<CanaryId>,
+    }
+
+    /// `evolution.completed`
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    pub struct EvolutionCompleted {
+        pub evolution_id: EvolutionId,
+        pub stop_reason: String,
+        pub seed_score: Option<f64>,
+        pub best_score: Option<f64>,
+        pub winner: Option<Winner>,
+        pub spend: Spend,
+    }
+
+    /// `evolution.failed`
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    pub struct EvolutionFailed {
+        pub evolution_id: EvolutionId,
+        pub error: String,
+        pub spend: Spend,
+    }
+
+    /// `evolution.cancelled`
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    pub struct EvolutionCancelled {
+        pub evolution_id: EvolutionId,
+        pub by: Principal,
+        pub spend: Spend,
     }
 }
 

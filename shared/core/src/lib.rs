@@ -5,8 +5,8 @@
 //! Read it bottom-up; no module imports one listed after it:
 //! 1. `error`, `clock`, `stats`, `time`: errors, time and statistics, importing nothing of the
 //!    crate;
-//! 2. `agent`, `session`, `feedback`, `principal`, `deployment`, `proposal`, `page`, `pricing`,
-//!    `llm`, `validate`: domain types, the model port and input checks;
+//! 2. `agent`, `session`, `feedback`, `principal`, `deployment`, `proposal`, `evolution`, `page`,
+//!    `pricing`, `llm`, `validate`: domain types, the model port and input checks;
 //! 3. `events`: one typed payload per event type;
 //! 4. `ports`, `handler`: what adapters implement, and what consumes events;
 //! 5. `services`: the use cases every entry point calls.
@@ -19,6 +19,7 @@ pub mod time;
 
 pub mod agent;
 pub mod deployment;
+pub mod evolution;
 pub mod feedback;
 pub mod llm;
 pub mod page;
@@ -42,7 +43,7 @@ pub mod samples;
 
 pub use agent::{
     Agent, AgentId, AgentStatus, AgentVersion, Alias, AliasRoute, Capability, Lineage, LineageEdge,
-    ModelParameters, VersionRef,
+    ModelParameters, VersionOrigin, VersionRef,
 };
 pub use clock::{Clock, SystemClock};
 pub use error::{FieldError, ServiceError, StoreError};
@@ -50,13 +51,14 @@ pub use events::{DomainEvent, EventData, EventType, Stream};
 pub use handler::{EventHandler, HandleError, Handled, HandlerSet};
 pub use page::{Cursor, Page, PageRequest};
 pub use ports::{
-    AgentFilter, AgentStore, DeploymentStore, EventSink, FeedbackStore, NoSignal, Outbox,
-    OutboxSignal, ProposalStore, SessionStore, StatusFilter, StoreHealth,
+    AgentFilter, AgentStore, DeploymentStore, EventSink, EvolutionStore, FeedbackStore, NoSignal,
+    Outbox, OutboxSignal, ProposalStore, SessionStore, StatusFilter, StoreHealth,
 };
 pub use services::agents::{AgentDetail, AgentService, CreateAgent, ListAgents, UpdateAgent};
 pub use services::controller::DeploymentController;
 pub use services::conversation::ConversationService;
 pub use services::deployments::DeploymentService;
+pub use services::evolution::{EvolutionRules, EvolutionService, EvolutionWorker};
 pub use services::feedback::FeedbackService;
 pub use services::fitness::FitnessHandler;
 pub use services::proposals::ProposalService;

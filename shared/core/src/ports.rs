@@ -9,6 +9,7 @@ use crate::agent::{Agent, AgentId, AgentStatus, AgentVersion, Alias};
 use crate::deployment::{Canary, CanaryId, Deployment, TurnSample};
 pub use crate::error::StoreError;
 use crate::events::DomainEvent;
+use crate::evolution::{Candidate, EvalCase, EvalCaseId, Evolution, EvolutionId, Spend};
 use crate::feedback::{Feedback, FitnessUpdate, Metric, MetricStats};
 use crate::page::PageRequest;
 use crate::proposal::{Proposal, ProposalId, ProposalStatus};
@@ -360,6 +361,118 @@ pub trait ProposalStore: Send + Sync {
 
     /// Pending proposals that expire at or before `now`.
     async fn expiring_proposals(&self, now: i64) -> Result<Vec<Proposal>, StoreError>;
+}
+
+/// A recorded turn with the feedback given on it: what an evolution replays.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RatedTurn {
+    pub interaction_id: crate::session::InteractionId,
+    pub version: u32,
+    pub input: String,
+    pub output: Option<String>,
+    pub failed: bool,
+    /// Mean normalised rating per metric.
+    pub ratings: Vec<(String, f64)>,
+    pub comments: Vec<String>,
+    pub created_at: i64,
+}
+
+/// One paid model result an evolution keeps, so the same call is never paid twice.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheEntry {
+    pub key: String,
+    /// The iteration that paid for it.
+    pub iteration: u32,
+    pub spend: Spend,
+    pub value: serde_json::Value,
+}
+
+/// Persistence of evaluation cases and evolution runs. Every method is atomic.
+#[async_trait]
+pub trait EvolutionStore: Send + Sync {
+    async fn insert_eval_cases(&self, cases: &[EvalCase]) -> Result<(), StoreError>;
+
+    /// An agent's cases, oldest first, after the cursor's case id, at most `page.limit + 1`.
+    async fn list_eval_cases(
+        &self,
+        agent_id: &AgentId,
+        page: &PageRequest,
+    ) -> Result<Vec<EvalCase>, StoreError>;
+
+    /// Removes a case; `false` when the agent has no such case.
+    async fn remove_eval_case(
+        &self,
+        agent_id: &AgentId,
+        case_id: &EvalCaseId,
+    ) -> Result<bool, StoreError>;
+
+    /// The agent's own turns made at or after `since` that have feedback, newest first, at
+    /// most `limit`.
+    async fn rated_turns(
+        &self,
+        agent_id: &AgentId,
+        since: i64,
+        limit: usize,
+    ) -> Result<Vec<RatedTurn>, StoreError>;
+
+    /// Stores a new run with its events.
+    ///
+    /// # Errors
+    /// `Conflict` when the agent has a running evolution already.
+    async fn insert_evolution(
+        &self,
+        run: &Evolution,
+        events: &[DomainEvent],
+    ) -> Result<(), StoreError>;
+
+    /// Writes a run's new state, the candidates it made and its events.
+    ///
+    /// # Errors
+    /// `Conflict` when its revision is no longer `expected_revision`; nothing is written then.
+    async fn save_evolution(
+        &self,
+        run: &Evolution,
+        expected_revision: u64,
+        candidates: &[Candidate],
+        events: &[DomainEvent],
+    ) -> Result<(), StoreError>;
+
+    async fn evolution(&self, evolution_id: &EvolutionId) -> Result<Option<Evolution>, StoreError>;
+
+    /// Every running run.
+    async fn running_evolutions(&self) -> Result<Vec<Evolution>, StoreError>;
+
+    /// Runs, newest first, optionally of one agent, after the cursor's id, at most
+    /// `page.limit + 1`.
+    async fn list_evolutions(
+        &self,
+        agent_id: Option<&AgentId>,
+        page: &PageRequest,
+    ) -> Result<Vec<Evolution>, StoreError>;
+
+    /// Every candidate of a run, in the order they were made.
+    async fn candidates(&self, evolution_id: &EvolutionId) -> Result<Vec<Candidate>, StoreError>;
+
+    /// The cached results among `keys`.
+    async fn cached(
+        &self,
+        evolution_id: &EvolutionId,
+        keys: &[String],
+    ) -> Result<Vec<CacheEntry>, StoreError>;
+
+    /// Keeps paid results; a key kept before stays as it was.
+    async fn cache(
+        &self,
+        evolution_id: &EvolutionId,
+        entries: &[CacheEntry],
+    ) -> Result<(), StoreError>;
+
+    /// What the cached results paid for in `iteration` cost, together.
+    async fn spent_in(
+        &self,
+        evolution_id: &EvolutionId,
+        iteration: u32,
+    ) -> Result<Spend, StoreError>;
 }
 
 /// The transactional outbox: events written with their changes, waiting to be published.

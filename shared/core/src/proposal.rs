@@ -119,10 +119,21 @@ pub struct Proposal {
     pub created_at: i64,
     pub expires_at: i64,
     pub updated_at: i64,
-    /// The version it became, once applied.
+    /// The version it became, once applied; set from the start for a version that exists
+    /// already (an evolution's winner), which approval only puts live.
     pub version: Option<u32>,
+    /// The alias it goes live on.
+    #[serde(default = "prod_alias")]
+    pub alias: String,
+    /// What made it when not a person: `evolution:<id>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     /// Incremented by every change; writes compare it.
     pub revision: u64,
+}
+
+fn prod_alias() -> String {
+    crate::agent::PROD_ALIAS.to_owned()
 }
 
 impl Proposal {

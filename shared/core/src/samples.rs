@@ -47,6 +47,7 @@ pub fn version(agent_id: &AgentId, version: u32, instructions: &str) -> AgentVer
         parents: Vec::new(),
         generation: 0,
         change_summary: "created".into(),
+        origin: None,
     }
 }
 
@@ -182,7 +183,37 @@ pub fn proposal(agent_id: &AgentId, now: i64) -> Proposal {
         expires_at: now + 7 * 24 * 3_600_000,
         updated_at: now,
         version: None,
+        alias: crate::agent::PROD_ALIAS.into(),
+        source: None,
         revision: 0,
+    }
+}
+
+/// A reflection candidate of a run.
+pub fn candidate(evolution_id: &crate::evolution::EvolutionId) -> crate::evolution::Candidate {
+    use crate::evolution::{Candidate, CandidateId, Components, MinibatchScores, Operator};
+    let components = Components {
+        instructions: "Answer with the label only.".into(),
+        capability_descriptions: Vec::new(),
+    };
+    Candidate {
+        candidate_id: CandidateId::generate(),
+        evolution_id: evolution_id.clone(),
+        iteration: 1,
+        parents: vec![CandidateId::generate()],
+        operator: Operator::Reflection,
+        hash: components.hash("sample-model"),
+        components,
+        minibatch: Some(MinibatchScores {
+            case_ids: vec!["case_1".into()],
+            parent: vec![0.0],
+            child: vec![1.0],
+        }),
+        val_scores: vec![1.0, 0.5],
+        val_mean: Some(0.75),
+        accepted: true,
+        rationale: "named the labels".into(),
+        created_at: 1_790_000_000_000,
     }
 }
 
@@ -345,6 +376,95 @@ pub fn event(event_type: EventType, agent_id: &AgentId) -> DomainEvent {
             time,
             payload::ProposalExpired {
                 proposal: proposal(agent_id, time),
+            },
+        ),
+        EventType::EvolutionStarted => DomainEvent::new(
+            agent_id,
+            time,
+            payload::EvolutionStarted {
+                evolution_id: crate::evolution::EvolutionId::generate(),
+                alias: PROD_ALIAS.into(),
+                mode: crate::evolution::EvolutionMode::Review,
+                seed_version: 1,
+                settings: crate::evolution::EvolutionSettings::default(),
+                valset_size: 30,
+                trainset_size: 70,
+                started_by: Principal::named("alice"),
+            },
+        ),
+        EventType::EvolutionGenerationRequested => DomainEvent::new(
+            agent_id,
+            time,
+            payload::EvolutionGenerationRequested {
+                evolution_id: crate::evolution::EvolutionId::generate(),
+                iteration: 3,
+            },
+        ),
+        EventType::EvolutionGenerationCompleted => DomainEvent::new(
+            agent_id,
+            time,
+            payload::EvolutionGenerationCompleted {
+                evolution_id: crate::evolution::EvolutionId::generate(),
+                iteration: 3,
+                outcome: "accepted".into(),
+                detail: "2.0 > 1.0 on the minibatch".into(),
+                best_val: 0.8,
+                spend: crate::evolution::Spend::default(),
+            },
+        ),
+        EventType::EvolutionCandidateAccepted => DomainEvent::new(
+            agent_id,
+            time,
+            payload::EvolutionCandidateAccepted {
+                candidate: candidate(&crate::evolution::EvolutionId::generate()),
+            },
+        ),
+        EventType::EvolutionCandidateRejected => DomainEvent::new(
+            agent_id,
+            time,
+            payload::EvolutionCandidateRejected {
+                candidate: candidate(&crate::evolution::EvolutionId::generate()),
+            },
+        ),
+        EventType::EvolutionCandidateSelected => DomainEvent::new(
+            agent_id,
+            time,
+            payload::EvolutionCandidateSelected {
+                evolution_id: crate::evolution::EvolutionId::generate(),
+                candidate_id: crate::evolution::CandidateId::generate(),
+                version: 2,
+                proposal_id: Some(ProposalId::generate()),
+                canary_id: None,
+            },
+        ),
+        EventType::EvolutionCompleted => DomainEvent::new(
+            agent_id,
+            time,
+            payload::EvolutionCompleted {
+                evolution_id: crate::evolution::EvolutionId::generate(),
+                stop_reason: "10 iterations without a new best".into(),
+                seed_score: Some(0.4),
+                best_score: Some(0.7),
+                winner: None,
+                spend: crate::evolution::Spend::default(),
+            },
+        ),
+        EventType::EvolutionFailed => DomainEvent::new(
+            agent_id,
+            time,
+            payload::EvolutionFailed {
+                evolution_id: crate::evolution::EvolutionId::generate(),
+                error: "the model refused the request".into(),
+                spend: crate::evolution::Spend::default(),
+            },
+        ),
+        EventType::EvolutionCancelled => DomainEvent::new(
+            agent_id,
+            time,
+            payload::EvolutionCancelled {
+                evolution_id: crate::evolution::EvolutionId::generate(),
+                by: Principal::named("alice"),
+                spend: crate::evolution::Spend::default(),
             },
         ),
     }

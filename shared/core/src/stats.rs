@@ -3,6 +3,35 @@
 //! always-valid confidence sequences (so checking every few minutes does not inflate false
 //! alarms). Pure functions; nothing here imports the rest of the crate.
 
+/// SplitMix64: a small, seedable, reproducible generator, for sampling that must come out the
+/// same when a step is run again (a redelivered evolution iteration).
+#[derive(Debug, Clone)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform on [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform on 0..n (n > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.uniform() * n as f64) as usize % n.max(1)
+    }
+}
+
 /// Count, mean and the sum of squared differences from the mean (Welford), of a stream.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Summary {

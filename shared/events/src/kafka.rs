@@ -497,6 +497,7 @@ mod tests {
             parents: Vec::new(),
             generation: 0,
             change_summary: "created".into(),
+            origin: None,
         };
         DomainEvent::new(
             agent,

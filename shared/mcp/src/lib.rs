@@ -9,6 +9,8 @@ mod auth;
 #[cfg(feature = "server")]
 mod errors;
 #[cfg(feature = "server")]
+mod evolution;
+#[cfg(feature = "server")]
 pub mod http;
 #[cfg(feature = "server")]
 pub mod metrics;

@@ -1,8 +1,12 @@
 //! The resources: an agent, one of its versions, its lineage and its deployments
-//! (`agent://`), and canaries (`canary://`), as JSON.
+//! (`agent://`), canaries (`canary://`) and evolution runs with their lineage and performance
+//! history (`evolution://`), as JSON; lineages also as Mermaid text.
 
 use aop_core::deployment::CanaryId;
-use aop_core::{AgentId, AgentService, DeploymentService, ListAgents, ServiceError};
+use aop_core::evolution::EvolutionId;
+use aop_core::{
+    AgentId, AgentService, DeploymentService, EvolutionService, ListAgents, ServiceError,
+};
 use rmcp::ErrorData;
 use rmcp::model::{
     ListResourcesResult, ReadResourceResponse, ReadResourceResult, Resource, ResourceContents,
@@ -12,6 +16,7 @@ use rmcp::model::{
 use crate::errors::protocol_error;
 
 const JSON: &str = "application/json";
+const MERMAID: &str = "text/vnd.mermaid";
 
 /// What an `agent://` URI names.
 #[derive(Debug, PartialEq, Eq)]
@@ -21,6 +26,9 @@ enum AgentResource {
     Lineage(AgentId),
     Deployments(AgentId),
     Canary(CanaryId),
+    Evolution(EvolutionId),
+    EvolutionLineage(EvolutionId),
+    EvolutionHistory(EvolutionId),
 }
 
 fn parse(uri: &str) -> Result<AgentResource, String> {
@@ -29,8 +37,23 @@ fn parse(uri: &str) -> Result<AgentResource, String> {
             .map(AgentResource::Canary)
             .map_err(|e| format!("bad resource {uri}: {e}"));
     }
+    if let Some(rest) = uri.strip_prefix("evolution://") {
+        let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
+        let id = EvolutionId::parse("evolution_id", id)
+            .map_err(|e| format!("bad resource {uri}: {e}"))?;
+        return match tail {
+            "" => Ok(AgentResource::Evolution(id)),
+            "lineage" => Ok(AgentResource::EvolutionLineage(id)),
+            "performance_history" => Ok(AgentResource::EvolutionHistory(id)),
+            _ => Err(format!(
+                "unknown resource {uri}: expected evolution://{{evolution_id}}, \
+                 evolution://{{evolution_id}}/lineage or \
+                 evolution://{{evolution_id}}/performance_history"
+            )),
+        };
+    }
     let rest = uri.strip_prefix("agent://").ok_or_else(|| {
-        format!("unknown resource {uri}: only agent:// and canary:// URIs are served")
+        format!("unknown resource {uri}: only agent://, canary:// and evolution:// URIs are served")
     })?;
     let mut parts = rest.split('/');
     let id = parts.next().unwrap_or_default();
@@ -77,6 +100,23 @@ pub fn templates() -> Vec<ResourceTemplate> {
             .with_title("Canary")
             .with_description("A canary's split, per-arm statistics, and its last decision and why")
             .with_mime_type(JSON),
+        ResourceTemplate::new("evolution://{evolution_id}", "evolution")
+            .with_title("Evolution run")
+            .with_description("An evolution run: status, budget spent, scores, winner")
+            .with_mime_type(JSON),
+        ResourceTemplate::new("evolution://{evolution_id}/lineage", "evolution_lineage")
+            .with_title("Evolution lineage")
+            .with_description(
+                "Which candidate came from which, how and with what score: JSON, and a Mermaid flowchart (text/vnd.mermaid)",
+            )
+            .with_mime_type(JSON),
+        ResourceTemplate::new(
+            "evolution://{evolution_id}/performance_history",
+            "evolution_performance_history",
+        )
+        .with_title("Evolution performance history")
+        .with_description("Best and mean validation score per iteration, and the budget spent")
+        .with_mime_type(JSON),
     ]
 }
 
@@ -112,10 +152,25 @@ pub async fn list(
 pub async fn read(
     agents: &AgentService,
     deployments: &DeploymentService,
+    evolutions: &EvolutionService,
     uri: &str,
 ) -> Result<ReadResourceResponse, ErrorData> {
     let resource = parse(uri).map_err(|m| ErrorData::resource_not_found(m, None))?;
+    if let AgentResource::EvolutionLineage(id) = &resource {
+        let lineage = evolutions
+            .lineage(id)
+            .await
+            .map_err(|e| protocol_error(&e, uri))?;
+        return Ok(ReadResourceResult::new(vec![
+            ResourceContents::text(to_json(&lineage), uri).with_mime_type(JSON),
+            ResourceContents::text(lineage.mermaid(), uri).with_mime_type(MERMAID),
+        ])
+        .into());
+    }
     let body = match resource {
+        AgentResource::Evolution(id) => evolutions.status(&id).await.map(|v| to_json(&v)),
+        AgentResource::EvolutionHistory(id) => evolutions.history(&id).await.map(|h| to_json(&h)),
+        AgentResource::EvolutionLineage(_) => unreachable!("answered above"),
         AgentResource::Deployments(id) => {
             all_deployments(deployments, &id).await.map(|d| to_json(&d))
         }
@@ -196,7 +251,7 @@ mod tests {
         assert!(
             parse("file:///etc/passwd")
                 .unwrap_err()
-                .contains("only agent:// and canary://")
+                .contains("only agent://, canary:// and evolution://")
         );
         assert!(
             parse("agent://a1/versions/0")
@@ -210,5 +265,27 @@ mod tests {
                 .contains("expected agent://")
         );
         assert!(parse("agent://a b").unwrap_err().contains("agent_id"));
+        assert!(
+            parse("evolution://evo_1/other")
+                .unwrap_err()
+                .contains("expected evolution://")
+        );
+    }
+
+    #[test]
+    fn parses_every_evolution_uri_form() {
+        let id = EvolutionId::parse("e", "evo_1").unwrap();
+        assert_eq!(
+            parse("evolution://evo_1"),
+            Ok(AgentResource::Evolution(id.clone()))
+        );
+        assert_eq!(
+            parse("evolution://evo_1/lineage"),
+            Ok(AgentResource::EvolutionLineage(id.clone()))
+        );
+        assert_eq!(
+            parse("evolution://evo_1/performance_history"),
+            Ok(AgentResource::EvolutionHistory(id))
+        );
     }
 }

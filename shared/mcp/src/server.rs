@@ -7,8 +7,8 @@ use aop_core::services::conversation::{RunAgent, SendMessage, StartSession};
 use aop_core::services::feedback::{MetricsQuery, SubmitFeedback};
 use aop_core::session::SessionId;
 use aop_core::{
-    AgentId, AgentService, ConversationService, CreateAgent, DeploymentService, FeedbackService,
-    ListAgents, ProposalService, UpdateAgent,
+    AgentId, AgentService, ConversationService, CreateAgent, DeploymentService, EvolutionService,
+    FeedbackService, ListAgents, ProposalService, UpdateAgent,
 };
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::ToolCallContext;
@@ -34,8 +34,10 @@ const INSTRUCTIONS: &str = "Agent orchestration platform. Create agents with cre
 update_agent makes a new immutable version. Talk to an agent with start_session and send_message \
 (or run_agent for one turn); rate turns with submit_feedback. A version serves traffic once \
 deployed: deploy_version, or start_canary to try it on a share of new sessions (promoted or \
-rolled back on live feedback); propose_version and review_proposal for reviewed changes. Read \
-agents, lineage and deployments as agent:// resources and canaries as canary://.";
+rolled back on live feedback); propose_version and review_proposal for reviewed changes. \
+initialize_evolution evolves an agent from its feedback and add_eval_cases cases; its winner \
+becomes a proposal or a canary. Read agents, lineage and deployments as agent:// resources, \
+canaries as canary:// and evolutions as evolution://.";
 
 /// Arguments naming one agent and optionally one of its versions.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -114,6 +116,7 @@ pub struct Services {
     pub feedback: FeedbackService,
     pub deployments: DeploymentService,
     pub proposals: ProposalService,
+    pub evolutions: EvolutionService,
 }
 
 /// The platform's MCP server. Cheap to clone: one is made per stateless request.
@@ -124,6 +127,7 @@ pub struct AgentServer {
     pub(crate) feedback: FeedbackService,
     pub(crate) deployments: DeploymentService,
     pub(crate) proposals: ProposalService,
+    pub(crate) evolutions: EvolutionService,
     metrics: Arc<Metrics>,
     tools: Arc<ToolRouter<Self>>,
 }
@@ -137,12 +141,14 @@ impl AgentServer {
             feedback: services.feedback,
             deployments: services.deployments,
             proposals: services.proposals,
+            evolutions: services.evolutions,
             metrics,
             tools: Arc::new(
                 Self::tool_router()
                     + Self::feedback_router()
                     + Self::deployment_router()
-                    + Self::proposal_router(),
+                    + Self::proposal_router()
+                    + Self::evolution_router(),
             ),
         }
     }
@@ -505,8 +511,13 @@ impl ServerHandler for AgentServer {
             request_id = %request_id::from_context(&context),
             uri = %request.uri,
         );
-        resources::read(&self.agents, &self.deployments, &request.uri)
-            .instrument(span)
-            .await
+        resources::read(
+            &self.agents,
+            &self.deployments,
+            &self.evolutions,
+            &request.uri,
+        )
+        .instrument(span)
+        .await
     }
 }

@@ -9,8 +9,8 @@ use aop_core::pricing::PriceTable;
 use aop_core::services::conversation::TurnLimits;
 use aop_core::services::proposals::ReviewRules;
 use aop_core::{
-    AgentService, ConversationService, DeploymentService, FeedbackService, ProposalService,
-    SystemClock,
+    AgentService, ConversationService, DeploymentService, EvolutionRules, EvolutionService,
+    FeedbackService, ProposalService, SystemClock,
 };
 use aop_mcp::{AgentServer, HttpOptions, Metrics, Services};
 use aop_store_sqlite::SqliteStore;
@@ -72,12 +72,23 @@ impl TestApp {
             Arc::new(SystemClock),
             ReviewRules::default(),
         );
+        let evolutions = EvolutionService::new(
+            agents.clone(),
+            deployments.clone(),
+            proposals.clone(),
+            store.clone(),
+            Arc::new(UnconfiguredModel),
+            PriceTable::default(),
+            Arc::new(SystemClock),
+            EvolutionRules::default(),
+        );
         let services = Services {
             agents,
             conversations,
             feedback,
             deployments,
             proposals,
+            evolutions,
         };
         let m = metrics.clone();
         let router = aop_mcp::router(
@@ -174,24 +185,33 @@ async fn every_tool_is_listed_with_input_and_output_schemas() {
     assert_eq!(
         names,
         [
+            "add_eval_cases",
             "archive_agent",
+            "cancel_evolution",
             "create_agent",
             "deploy_version",
             "end_session",
             "get_agent",
             "get_canary",
+            "get_evolution_status",
             "get_feedback_metrics",
             "get_messages",
+            "initialize_evolution",
             "list_agent_versions",
             "list_agents",
+            "list_candidates",
             "list_deployments",
+            "list_eval_cases",
+            "list_evolutions",
             "list_interactions",
             "list_proposals",
             "promote_canary",
             "propose_version",
+            "remove_eval_case",
             "review_proposal",
             "rollback_agent",
             "run_agent",
+            "select_evolution_candidate",
             "send_message",
             "start_canary",
             "start_session",
@@ -341,7 +361,10 @@ async fn resources_serve_agents_versions_and_lineage() {
             "agent://{agent_id}/versions/{version}",
             "agent://{agent_id}/lineage",
             "agent://{agent_id}/deployments",
-            "canary://{canary_id}"
+            "canary://{canary_id}",
+            "evolution://{evolution_id}",
+            "evolution://{evolution_id}/lineage",
+            "evolution://{evolution_id}/performance_history"
         ]
     );
 

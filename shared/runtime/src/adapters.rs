@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use aop_core::{
-    AgentStore, Clock, DeploymentStore, FeedbackStore, Outbox, ProposalStore, SessionStore,
-    StoreError, SystemClock,
+    AgentStore, Clock, DeploymentStore, EvolutionStore, FeedbackStore, Outbox, ProposalStore,
+    SessionStore, StoreError, SystemClock,
 };
 use aop_store_neo4j::{CredentialSource, Neo4jSettings, Neo4jStore};
 use aop_store_sqlite::SqliteStore;
@@ -21,6 +21,7 @@ pub struct Stores {
     pub feedback: Arc<dyn FeedbackStore>,
     pub deployments: Arc<dyn DeploymentStore>,
     pub proposals: Arc<dyn ProposalStore>,
+    pub evolutions: Arc<dyn EvolutionStore>,
     pub outbox: Arc<dyn Outbox>,
     pub clock: Arc<dyn Clock>,
     description: String,
@@ -78,6 +79,7 @@ impl Stores {
             + FeedbackStore
             + DeploymentStore
             + ProposalStore
+            + EvolutionStore
             + 'static,
     {
         Self {
@@ -86,6 +88,7 @@ impl Stores {
             feedback: store.clone(),
             deployments: store.clone(),
             proposals: store.clone(),
+            evolutions: store.clone(),
             outbox: store,
             clock,
             description,

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use aop_aws::SecretsSettings;
 use aop_config::{Kind, Loader, Problems, Section, Setting, help_lines};
+use aop_core::EvolutionRules;
 use aop_core::deployment::CanaryPolicy;
+use aop_core::evolution::EvolutionSettings;
 use aop_core::principal::Principal;
 use aop_core::services::conversation::TurnLimits;
 use aop_core::services::proposals::ReviewRules;
@@ -289,6 +291,188 @@ impl Section for DeploymentsSettings {
     }
 }
 
+/// The `evolution` section: the defaults of every evolution run and how the worker steps them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvolutionConfig {
+    pub max_metric_calls: u32,
+    pub max_cost_usd: f64,
+    pub max_seconds: u64,
+    pub minibatch_size: usize,
+    pub valset_size: usize,
+    pub window_days: u32,
+    pub max_replayed: usize,
+    pub patience: u32,
+    pub target: f64,
+    pub max_candidates: usize,
+    pub min_improvement: f64,
+    pub max_regression: f64,
+    /// The model that rewrites instructions; empty: each agent's own.
+    pub reflection_model: String,
+    /// The model of judge checks; empty: each agent's own.
+    pub judge_model: String,
+    pub call_timeout_seconds: u64,
+    /// Cases scored at the same time.
+    pub concurrency: usize,
+    /// How long one step may start model calls before it asks for a continuation.
+    pub step_seconds: u64,
+    /// Transient model failures in a row before a run fails.
+    pub max_retries: u32,
+    /// A running run nothing moved for this long is asked for its iteration again.
+    pub stall_seconds: u64,
+}
+
+impl Default for EvolutionConfig {
+    fn default() -> Self {
+        let rules = EvolutionRules::default();
+        let d = rules.defaults;
+        Self {
+            max_metric_calls: d.budget.max_metric_calls,
+            max_cost_usd: d.budget.max_cost_usd,
+            max_seconds: d.budget.max_seconds,
+            minibatch_size: d.minibatch_size,
+            valset_size: d.valset_size,
+            window_days: d.window_days,
+            max_replayed: d.max_replayed,
+            patience: d.patience,
+            target: d.target,
+            max_candidates: d.max_candidates,
+            min_improvement: d.min_improvement,
+            max_regression: d.max_regression,
+            reflection_model: String::new(),
+            judge_model: String::new(),
+            call_timeout_seconds: d.call_timeout_seconds,
+            concurrency: rules.concurrency,
+            step_seconds: rules.step_seconds,
+            max_retries: rules.max_retries,
+            stall_seconds: 1_800,
+        }
+    }
+}
+
+impl EvolutionConfig {
+    /// The rules every run starts from.
+    pub fn rules(&self) -> EvolutionRules {
+        let mut defaults = EvolutionSettings::default();
+        defaults.budget.max_metric_calls = self.max_metric_calls;
+        defaults.budget.max_cost_usd = self.max_cost_usd;
+        defaults.budget.max_seconds = self.max_seconds;
+        defaults.minibatch_size = self.minibatch_size;
+        defaults.valset_size = self.valset_size;
+        defaults.window_days = self.window_days;
+        defaults.max_replayed = self.max_replayed;
+        defaults.patience = self.patience;
+        defaults.target = self.target;
+        defaults.max_candidates = self.max_candidates;
+        defaults.min_improvement = self.min_improvement;
+        defaults.max_regression = self.max_regression;
+        defaults.reflection_model =
+            (!self.reflection_model.is_empty()).then(|| self.reflection_model.clone());
+        defaults.judge_model = (!self.judge_model.is_empty()).then(|| self.judge_model.clone());
+        defaults.call_timeout_seconds = self.call_timeout_seconds;
+        EvolutionRules {
+            defaults,
+            concurrency: self.concurrency,
+            step_seconds: self.step_seconds,
+            max_retries: self.max_retries,
+        }
+    }
+
+    pub fn stall_ms(&self) -> i64 {
+        i64::try_from(self.stall_seconds.saturating_mul(1_000)).unwrap_or(i64::MAX)
+    }
+}
+
+impl Section for EvolutionConfig {
+    const NAME: &'static str = "evolution";
+    const SETTINGS: &'static [Setting] = &[
+        Setting::new(
+            "max_metric_calls",
+            "AOP_EVOLUTION_MAX_METRIC_CALLS",
+            Kind::Whole,
+        ),
+        Setting::new("max_cost_usd", "AOP_EVOLUTION_MAX_COST_USD", Kind::Number),
+        Setting::new("max_seconds", "AOP_EVOLUTION_MAX_SECONDS", Kind::Whole),
+        Setting::new(
+            "minibatch_size",
+            "AOP_EVOLUTION_MINIBATCH_SIZE",
+            Kind::Whole,
+        ),
+        Setting::new("valset_size", "AOP_EVOLUTION_VALSET_SIZE", Kind::Whole),
+        Setting::new("window_days", "AOP_EVOLUTION_WINDOW_DAYS", Kind::Whole),
+        Setting::new("max_replayed", "AOP_EVOLUTION_MAX_REPLAYED", Kind::Whole),
+        Setting::new("patience", "AOP_EVOLUTION_PATIENCE", Kind::Whole),
+        Setting::new("target", "AOP_EVOLUTION_TARGET", Kind::Number),
+        Setting::new(
+            "max_candidates",
+            "AOP_EVOLUTION_MAX_CANDIDATES",
+            Kind::Whole,
+        ),
+        Setting::new(
+            "min_improvement",
+            "AOP_EVOLUTION_MIN_IMPROVEMENT",
+            Kind::Number,
+        ),
+        Setting::new(
+            "max_regression",
+            "AOP_EVOLUTION_MAX_REGRESSION",
+            Kind::Number,
+        ),
+        Setting::new(
+            "reflection_model",
+            "AOP_EVOLUTION_REFLECTION_MODEL",
+            Kind::Text,
+        ),
+        Setting::new("judge_model", "AOP_EVOLUTION_JUDGE_MODEL", Kind::Text),
+        Setting::new(
+            "call_timeout_seconds",
+            "AOP_EVOLUTION_CALL_TIMEOUT_SECONDS",
+            Kind::Whole,
+        ),
+        Setting::new("concurrency", "AOP_EVOLUTION_CONCURRENCY", Kind::Whole),
+        Setting::new("step_seconds", "AOP_EVOLUTION_STEP_SECONDS", Kind::Whole),
+        Setting::new("max_retries", "AOP_EVOLUTION_MAX_RETRIES", Kind::Whole),
+        Setting::new("stall_seconds", "AOP_EVOLUTION_STALL_SECONDS", Kind::Whole),
+    ];
+
+    fn check(&self, problems: &mut Problems) {
+        problems.at_least("max_metric_calls", u64::from(self.max_metric_calls), 1);
+        if !(self.max_cost_usd.is_finite() && self.max_cost_usd > 0.0) {
+            problems.push("max_cost_usd", "must be a positive number of dollars");
+        }
+        problems.at_least("max_seconds", self.max_seconds, 1);
+        problems.at_least("minibatch_size", self.minibatch_size, 1);
+        problems.at_least("valset_size", self.valset_size, 1);
+        problems.at_least("window_days", u64::from(self.window_days), 1);
+        problems.at_least("patience", u64::from(self.patience), 1);
+        for (key, value) in [
+            ("target", self.target),
+            ("min_improvement", self.min_improvement),
+            ("max_regression", self.max_regression),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                problems.push(key, "must be between 0 and 1");
+            }
+        }
+        problems.at_least("max_candidates", self.max_candidates, 2);
+        problems.at_least("call_timeout_seconds", self.call_timeout_seconds, 1);
+        problems.at_least("concurrency", self.concurrency, 1);
+        problems.at_least("step_seconds", self.step_seconds, 1);
+        problems.at_least("max_retries", u64::from(self.max_retries), 1);
+        problems.at_least("stall_seconds", self.stall_seconds, 1);
+        let minimum = self.rules().defaults.minimum_metric_calls();
+        if self.max_metric_calls < minimum {
+            problems.push(
+                "max_metric_calls",
+                format!(
+                    "must be at least {minimum} for valset_size {} and minibatch_size {}",
+                    self.valset_size, self.minibatch_size
+                ),
+            );
+        }
+    }
+}
+
 /// The whole configuration: each section owned by the adapter it configures.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -302,6 +486,7 @@ pub struct Config {
     pub openai: OpenAiSettings,
     pub agents: AgentsSettings,
     pub deployments: DeploymentsSettings,
+    pub evolution: EvolutionConfig,
     pub secrets: SecretsSettings,
 }
 
@@ -335,6 +520,7 @@ impl Config {
         let openai: OpenAiSettings = loader.section();
         let agents: AgentsSettings = loader.section();
         let deployments: DeploymentsSettings = loader.section();
+        let evolution: EvolutionConfig = loader.section();
         let secrets: SecretsSettings = loader.section();
 
         if sqlite.data_dir.as_os_str().is_empty() {
@@ -367,6 +553,7 @@ impl Config {
             openai,
             agents,
             deployments,
+            evolution,
             secrets,
         })
     }
@@ -395,6 +582,7 @@ pub fn settings_help() -> String {
         help_lines::<OpenAiSettings>(),
         help_lines::<AgentsSettings>(),
         help_lines::<DeploymentsSettings>(),
+        help_lines::<EvolutionConfig>(),
     ];
     for (key, var, default) in lines.into_iter().flatten() {
         let shown = if default.is_empty() {
@@ -431,6 +619,7 @@ mod tests {
             aop_config::undeclared::<GeneralSettings>(),
             aop_config::undeclared::<AgentsSettings>(),
             aop_config::undeclared::<DeploymentsSettings>(),
+            aop_config::undeclared::<EvolutionConfig>(),
         ] {
             assert!(problems.is_empty(), "{problems:?}");
         }

@@ -7,6 +7,8 @@ pub enum Role {
     McpServer,
     EventProcessor,
     OutboxRelay,
+    /// The evolution worker (Lambda on MSK): one iteration of an evolution per request.
+    EvolutionWorker,
     /// `aop`: every role in one process.
     Local,
 }
@@ -17,17 +19,21 @@ impl Role {
             Self::McpServer => "mcp-server",
             Self::EventProcessor => "event-processor",
             Self::OutboxRelay => "outbox-relay",
+            Self::EvolutionWorker => "evolution-worker",
             Self::Local => "aop",
         }
     }
 
     /// Whether the role calls the model (and so reads its key).
     pub fn uses_llm(self) -> bool {
-        matches!(self, Self::McpServer | Self::Local)
+        matches!(self, Self::McpServer | Self::EvolutionWorker | Self::Local)
     }
 
     /// Whether the role talks to Kafka (and so reads its credentials and finds its brokers).
     pub fn uses_kafka(self) -> bool {
-        matches!(self, Self::EventProcessor | Self::OutboxRelay | Self::Local)
+        matches!(
+            self,
+            Self::EventProcessor | Self::OutboxRelay | Self::EvolutionWorker | Self::Local
+        )
     }
 }

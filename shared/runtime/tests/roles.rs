@@ -108,10 +108,25 @@ async fn every_role_reads_only_the_secrets_it_uses() {
         assert!(c.openai.api_key.is_none(), "{role:?}");
     }
 
+    // The evolution worker calls the model and dead-letters to Kafka: it reads all three.
+    let mut c = config(&openai, &neo4j, &kafka);
+    resolve_from(&mut c, Role::EvolutionWorker, client.clone())
+        .await
+        .expect("the evolution worker reads its three secrets");
+    assert_eq!(
+        c.openai.api_key.as_ref().unwrap().expose_secret(),
+        "sk-role-test"
+    );
+    assert_eq!(c.kafka.sasl_username, "producer");
+    assert_eq!(c.kafka.sasl_password.expose_secret(), "kafka-pw");
+    assert_eq!(c.neo4j.as_ref().unwrap().username, "graph");
+
     // A role that uses a secret fails when it is missing, naming it.
     for (role, c) in [
         (Role::McpServer, config(&missing, &neo4j, &kafka)),
         (Role::EventProcessor, config(&openai, &neo4j, &missing)),
+        (Role::EvolutionWorker, config(&missing, &neo4j, &kafka)),
+        (Role::EvolutionWorker, config(&openai, &neo4j, &missing)),
         (Role::Local, config(&openai, &neo4j, &missing)),
     ] {
         let mut c = c;

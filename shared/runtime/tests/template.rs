@@ -1,6 +1,8 @@
 //! Least privilege in `template.yaml` follows the code: each function is given the settings of
 //! exactly the dependencies its role uses ([`Role::uses_llm`], [`Role::uses_kafka`]) and its
-//! IAM role may read exactly those secrets and, for Kafka, look up the brokers.
+//! IAM role may read exactly those secrets and, for Kafka, look up the brokers. Each MSK event
+//! source reads one topic in a consumer group of its own function, sends what keeps failing to
+//! that topic's `.dlq`, and its function's role is granted exactly those with IAM.
 
 use std::collections::BTreeSet;
 
@@ -62,6 +64,29 @@ fn statements<'a>(t: &'a Value, role: &str) -> Vec<&'a Value> {
         .collect()
 }
 
+/// The names of the template's Lambda functions.
+fn functions(t: &Value) -> BTreeSet<String> {
+    t["Resources"]
+        .as_mapping()
+        .unwrap()
+        .iter()
+        .filter(|(_, r)| r["Type"].as_str() == Some("AWS::Serverless::Function"))
+        .map(|(name, _)| name.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The template text of `!Sub 'text'` or `!Sub ['text', {variables}]`.
+fn sub_text(value: &Value) -> Option<String> {
+    match value {
+        Value::Tagged(t) if t.tag == "Sub" => match &t.value {
+            Value::String(text) => Some(text.clone()),
+            Value::Sequence(items) => items.first()?.as_str().map(str::to_owned),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 fn allows(statement: &Value, action: &str) -> bool {
     match &statement["Action"] {
         Value::String(a) => a == action,
@@ -79,11 +104,26 @@ fn each_function_is_configured_and_granted_only_what_its_role_uses() {
         .keys()
         .map(|k| k.as_str().unwrap().to_owned())
         .collect();
-    for (function, role) in [
+    let roles = [
         ("McpServerFunction", Role::McpServer),
         ("EventProcessorFunction", Role::EventProcessor),
+        ("EvolutionWorkerFunction", Role::EvolutionWorker),
         ("OutboxRelayFunction", Role::OutboxRelay),
-    ] {
+    ];
+    assert_eq!(
+        functions(&t),
+        roles
+            .iter()
+            .map(|(f, _)| (*f).to_owned())
+            .collect::<BTreeSet<_>>(),
+        "every function of the template has its role here"
+    );
+    for (function, role) in roles {
+        assert_eq!(
+            t["Resources"][function]["Metadata"]["BuildProperties"]["Binary"].as_str(),
+            Some(role.name()),
+            "{function}: built as its role's binary"
+        );
         let props = &t["Resources"][function]["Properties"];
         let mut env = globals.clone();
         if let Some(vars) = props["Environment"]["Variables"].as_mapping() {
@@ -138,4 +178,111 @@ fn each_function_is_configured_and_granted_only_what_its_role_uses() {
             "{function}: only Kafka roles decrypt the Kafka secret's key"
         );
     }
+}
+
+#[test]
+fn each_msk_event_source_reads_one_topic_in_its_own_group_and_dead_letters_to_its_dlq() {
+    let t = template();
+    let mut sources = 0;
+    for function in functions(&t) {
+        let resource = &t["Resources"][function.as_str()];
+        let binary = resource["Metadata"]["BuildProperties"]["Binary"]
+            .as_str()
+            .unwrap();
+        let props = &resource["Properties"];
+        let iam_role = tagged_text(&props["Role"], "GetAtt").unwrap();
+        let granted = statements(&t, iam_role.trim_end_matches(".Arn"));
+        let resources_of = |action: &str| -> BTreeSet<String> {
+            granted
+                .iter()
+                .filter(|s| allows(s, action))
+                .flat_map(|s| s["Resource"].as_sequence().into_iter().flatten())
+                .filter_map(sub_text)
+                .collect()
+        };
+        let (mut topics, mut dead, mut groups) =
+            (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+        for (name, event) in props["Events"].as_mapping().into_iter().flatten() {
+            if event["Type"].as_str() != Some("MSK") {
+                continue;
+            }
+            sources += 1;
+            let name = name.as_str().unwrap();
+            let p = &event["Properties"];
+            let read = p["Topics"].as_sequence().unwrap();
+            assert_eq!(
+                read.len(),
+                1,
+                "{function}.{name}: one topic per event source"
+            );
+            let topic = tagged_text(&read[0], "Ref").expect("a topic parameter");
+            let group = format!("${{AWS::StackName}}-{binary}-${{{topic}}}");
+            assert_eq!(
+                sub_text(&p["ConsumerGroupId"]).as_deref(),
+                Some(group.as_str()),
+                "{function}.{name}: a consumer group of its own"
+            );
+            assert_eq!(
+                sub_text(&p["DestinationConfig"]["OnFailure"]["Destination"]),
+                Some(format!("kafka://${{{topic}}}.dlq")),
+                "{function}.{name}: what keeps failing goes to its topic's .dlq"
+            );
+            assert!(
+                p["FunctionResponseTypes"]
+                    .as_sequence()
+                    .is_some_and(|r| r.iter().any(|r| r == "ReportBatchItemFailures")),
+                "{function}.{name}: the function answers with the records to deliver again"
+            );
+            topics.insert(format!("${{Prefix}}:topic/${{Cluster}}/${{{topic}}}"));
+            dead.insert(format!("${{Prefix}}:topic/${{Cluster}}/${{{topic}}}.dlq"));
+            groups.insert(format!("${{Prefix}}:group/${{Cluster}}/{group}"));
+        }
+        // With IAM the event source reads as the function's role: exactly its own topics, their
+        // dead-letter topics and its consumer groups.
+        assert_eq!(
+            resources_of("kafka-cluster:ReadData"),
+            topics,
+            "{function}: topics it may read"
+        );
+        assert_eq!(
+            resources_of("kafka-cluster:WriteData"),
+            dead,
+            "{function}: topics it may write"
+        );
+        assert_eq!(
+            resources_of("kafka-cluster:AlterGroup"),
+            groups,
+            "{function}: consumer groups it may use"
+        );
+    }
+    assert_eq!(
+        sources, 3,
+        "agent and feedback events (event processor), evolution events (evolution worker)"
+    );
+}
+
+/// One iteration per invocation, and a step that stops starting model calls in time for its
+/// last call to end inside the function's timeout.
+#[test]
+fn the_evolution_worker_ends_a_step_inside_its_timeout() {
+    let t = template();
+    let props = &t["Resources"]["EvolutionWorkerFunction"]["Properties"];
+    let timeout = props["Timeout"].as_u64().unwrap();
+    assert!(timeout <= 900, "Lambda's limit is 900 s, not {timeout}");
+    let env = &props["Environment"]["Variables"];
+    let seconds = |name: &str| -> u64 {
+        env[name]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} is set"))
+            .parse()
+            .unwrap()
+    };
+    let step = seconds("AOP_EVOLUTION_STEP_SECONDS");
+    let call = seconds("AOP_EVOLUTION_CALL_TIMEOUT_SECONDS");
+    assert!(
+        step + call + 60 <= timeout,
+        "a step of {step} s plus a last call of {call} s leaves a minute of the {timeout} s"
+    );
+    let source = &props["Events"]["EvolutionEvents"]["Properties"];
+    assert_eq!(source["BatchSize"].as_u64(), Some(1));
 }

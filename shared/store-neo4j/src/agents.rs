@@ -119,6 +119,7 @@ struct RawVersion {
     generation: u32,
     #[serde(default)]
     change_summary: String,
+    origin: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -185,6 +186,10 @@ fn decode_version(row: &Row) -> Result<AgentVersion, StoreError> {
         parents,
         generation: raw.generation,
         change_summary: raw.change_summary,
+        origin: raw
+            .origin
+            .map(|o| serde_json::from_str(&o).map_err(|e| corrupt("version origin", e)))
+            .transpose()?,
     })
 }
 
@@ -205,6 +210,8 @@ struct VersionWrite {
     parents: BoltType,
     parent_count: usize,
     generation: i64,
+    /// The `EVOLVED_FROM` properties of an evolved version.
+    origin: BoltType,
 }
 
 fn agent_props(a: &Agent) -> Result<BoltType, StoreError> {
@@ -277,7 +284,13 @@ fn version_write(v: &AgentVersion) -> Result<VersionWrite, StoreError> {
             "created_by": v.created_by,
             "generation": v.generation,
             "change_summary": v.change_summary,
+            "origin": v.origin.as_ref().map(json_text).transpose()?,
         }))?,
+        origin: bolt(match &v.origin {
+            Some(o) => json!({"evolution_id": o.evolution_id, "operator": o.operator,
+                "improvement": o.improvement}),
+            None => json!({}),
+        })?,
         key,
         capabilities: bolt(Value::Array(capabilities))?,
         parent_count: parents.len(),
@@ -312,12 +325,14 @@ async fn write_version(txn: &mut Txn, agent_id: &str, v: &VersionWrite) -> Resul
                 "MATCH (child:AgentVersion {key: $key})
                  UNWIND $parents AS p
                  MATCH (parent:AgentVersion {key: p.key})
-                 CREATE (child)-[:EVOLVED_FROM {ord: p.ord, generation: $generation}]->(parent)
+                 CREATE (child)-[e:EVOLVED_FROM {ord: p.ord, generation: $generation}]->(parent)
+                 SET e += $origin
                  RETURN count(*) AS n",
             )
             .param("key", v.key.as_str())
             .param("parents", v.parents.clone())
-            .param("generation", v.generation),
+            .param("generation", v.generation)
+            .param("origin", v.origin.clone()),
         )
         .await?;
         let n: i64 = linked

@@ -9,6 +9,7 @@
 mod agents;
 mod deployments;
 mod error;
+mod evolutions;
 mod feedback;
 pub mod migrations;
 mod outbox;

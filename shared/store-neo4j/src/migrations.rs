@@ -56,6 +56,20 @@ pub const MIGRATIONS: &[Migration] = &[
             "CREATE INDEX session_agent IF NOT EXISTS FOR (n:Session) ON (n.agent_id)",
         ],
     },
+    Migration {
+        name: "evaluation cases, evolution candidates and the evaluation cache",
+        statements: &[
+            "CREATE CONSTRAINT eval_case_id IF NOT EXISTS FOR (n:EvalCase) REQUIRE n.case_id IS UNIQUE",
+            "CREATE CONSTRAINT candidate_id IF NOT EXISTS FOR (n:Candidate) REQUIRE n.candidate_id IS UNIQUE",
+            "CREATE CONSTRAINT evaluation_key IF NOT EXISTS FOR (n:Evaluation) REQUIRE n.key IS UNIQUE",
+            "CREATE INDEX eval_case_agent IF NOT EXISTS FOR (n:EvalCase) ON (n.agent_id)",
+            "CREATE INDEX evolution_agent IF NOT EXISTS FOR (n:Evolution) ON (n.agent_id)",
+            "CREATE INDEX evolution_status IF NOT EXISTS FOR (n:Evolution) ON (n.status)",
+            "CREATE INDEX candidate_evolution IF NOT EXISTS FOR (n:Candidate) ON (n.evolution_id)",
+            "CREATE INDEX evaluation_evolution IF NOT EXISTS FOR (n:Evaluation) ON (n.evolution_id)",
+            "CREATE INDEX feedback_interaction IF NOT EXISTS FOR (n:Feedback) ON (n.interaction_id)",
+        ],
+    },
 ];
 
 /// The schema version this build writes and reads.

@@ -6,6 +6,7 @@
 
 mod deployments;
 mod error;
+mod evolutions;
 mod feedback;
 mod migrations;
 mod proposals;

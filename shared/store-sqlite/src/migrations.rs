@@ -186,6 +186,43 @@ const MIGRATIONS: &[(&str, &str)] = &[
     CREATE INDEX interactions_by_agent_time ON interactions (agent_id, created_at);
     CREATE INDEX feedback_by_interaction ON feedback (interaction_id);",
     ),
+    (
+        "evolutions: eval cases, runs, candidates, the evaluation cache; version origins",
+        "ALTER TABLE agent_versions ADD COLUMN origin TEXT;
+    CREATE TABLE eval_cases (
+        case_id    TEXT PRIMARY KEY,
+        agent_id   TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        body       TEXT NOT NULL
+    );
+    CREATE INDEX eval_cases_by_agent ON eval_cases (agent_id, case_id);
+    CREATE TABLE evolutions (
+        evolution_id TEXT PRIMARY KEY,
+        agent_id     TEXT NOT NULL,
+        status       TEXT NOT NULL,
+        revision     INTEGER NOT NULL,
+        body         TEXT NOT NULL
+    );
+    CREATE INDEX evolutions_by_agent ON evolutions (agent_id, evolution_id);
+    CREATE UNIQUE INDEX one_running_evolution ON evolutions (agent_id) WHERE status = 'running';
+    CREATE TABLE candidates (
+        candidate_id TEXT PRIMARY KEY,
+        evolution_id TEXT NOT NULL,
+        body         TEXT NOT NULL
+    );
+    CREATE INDEX candidates_by_evolution ON candidates (evolution_id, candidate_id);
+    CREATE TABLE evaluation_cache (
+        evolution_id TEXT NOT NULL,
+        key          TEXT NOT NULL,
+        iteration    INTEGER NOT NULL,
+        metric_calls INTEGER NOT NULL,
+        llm_calls    INTEGER NOT NULL,
+        tokens       INTEGER NOT NULL,
+        cost_usd     REAL NOT NULL,
+        value        TEXT NOT NULL,
+        PRIMARY KEY (evolution_id, key)
+    ) WITHOUT ROWID;",
+    ),
 ];
 
 pub(crate) fn apply(conn: &mut Connection, clock: &dyn aop_core::Clock) -> Result<(), StoreError> {

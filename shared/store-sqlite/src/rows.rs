@@ -12,7 +12,8 @@ pub(crate) const AGENT_COLUMNS: &str = "agent_id, name, domain, description, sta
 pub(crate) const AGENT_COLUMNS_A: &str = "a.agent_id, a.name, a.domain, a.description, a.status, \
      a.created_at, a.updated_at, a.latest_version, a.aliases";
 pub(crate) const VERSION_COLUMNS: &str = "agent_id, version, instructions, model, parameters, \
-     capabilities, knowledge_sources, created_at, created_by, parents, generation, change_summary";
+     capabilities, knowledge_sources, created_at, created_by, parents, generation, change_summary, \
+     origin";
 
 pub(crate) fn json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::permanent("cannot encode value", e))
@@ -76,7 +77,7 @@ pub(crate) fn insert_version(tx: &Transaction<'_>, v: &AgentVersion) -> Result<(
     tx.execute(
         &format!(
             "INSERT INTO agent_versions ({VERSION_COLUMNS}) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
         ),
         params![
             v.agent_id.as_str(),
@@ -91,6 +92,7 @@ pub(crate) fn insert_version(tx: &Transaction<'_>, v: &AgentVersion) -> Result<(
             json(&v.parents)?,
             v.generation,
             v.change_summary,
+            v.origin.as_ref().map(json).transpose()?,
         ],
     )
     .map_err(map_err)?;
@@ -158,6 +160,7 @@ pub(crate) struct RawVersion {
     parents: String,
     generation: u32,
     change_summary: String,
+    origin: Option<String>,
 }
 
 impl RawVersion {
@@ -175,6 +178,7 @@ impl RawVersion {
             parents: r.get(9)?,
             generation: r.get(10)?,
             change_summary: r.get(11)?,
+            origin: r.get(12)?,
         })
     }
 
@@ -192,6 +196,11 @@ impl RawVersion {
             parents: parse("parents", &self.parents)?,
             generation: self.generation,
             change_summary: self.change_summary,
+            origin: self
+                .origin
+                .as_deref()
+                .map(|o| parse("origin", o))
+                .transpose()?,
         })
     }
 }

@@ -1,7 +1,8 @@
 //! An OpenAI-compatible Chat Completions server for tests. It speaks the real wire format
 //! (completions with usage, tool calls, error bodies, 429 with `Retry-After`, slow answers), so
 //! the code under test is the real `async-openai` client over HTTP. Each test scripts the replies
-//! it needs; with nothing scripted it echoes the last user message at once.
+//! it needs; with nothing scripted it asks the test's responder (a function of the request), and
+//! without one it echoes the last user message at once.
 //!
 //! Tests in Rust use [`TestLlm`]; other processes use the binary and its control endpoints:
 //! `POST /__script` (a JSON array of [`Reply`]), `GET /__requests`, `POST /__reset`. Requests for
@@ -109,11 +110,15 @@ pub struct Recorded {
     pub body: Value,
 }
 
+/// Answers a request from its body when nothing is scripted; `None` falls back to the echo.
+pub type Responder = Arc<dyn Fn(&Value) -> Option<Reply> + Send + Sync>;
+
 #[derive(Default)]
 struct Shared {
     script: Mutex<VecDeque<Reply>>,
     requests: Mutex<Vec<Recorded>>,
     counter: Mutex<u64>,
+    responder: Mutex<Option<Responder>>,
 }
 
 /// A running test server.
@@ -157,6 +162,12 @@ impl TestLlm {
     /// Queues replies; they are used in order, one per request.
     pub fn push(&self, replies: impl IntoIterator<Item = Reply>) {
         lock(&self.shared.script).extend(replies);
+    }
+
+    /// Answers every request nothing is scripted for with `f` (a model whose answer depends on
+    /// what it is asked, for concurrent callers).
+    pub fn respond_with(&self, f: impl Fn(&Value) -> Option<Reply> + Send + Sync + 'static) {
+        *lock(&self.shared.responder) = Some(Arc::new(f));
     }
 
     /// Every chat completion request received so far.
@@ -235,6 +246,10 @@ async fn chat(
         tokio::time::sleep(Duration::from_millis(millis)).await;
         reply = lock(&s.script).pop_front();
     }
+    if reply.is_none() {
+        let responder = lock(&s.responder).clone();
+        reply = responder.and_then(|f| f(&body));
+    }
     match reply {
         None => completion(n, &model, Some(&echo(&body)), &[], 20, 10),
         Some(Reply::Text {
@@ -260,7 +275,11 @@ async fn chat(
             code,
             retry_after,
         }) => error(status, &message, code.as_deref(), retry_after),
-        Some(Reply::Delay { .. }) => unreachable!("delays are consumed above"),
+        // Only a responder can still give a delay here: wait, then echo.
+        Some(Reply::Delay { millis }) => {
+            tokio::time::sleep(Duration::from_millis(millis)).await;
+            completion(n, &model, Some(&echo(&body)), &[], 20, 10)
+        }
     }
 }
 

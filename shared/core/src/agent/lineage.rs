@@ -3,7 +3,7 @@
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use super::{AgentId, AgentVersion, VersionRef};
+use super::{AgentId, AgentVersion, VersionOrigin, VersionRef};
 
 /// One version in a lineage graph.
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
@@ -21,6 +21,9 @@ pub struct LineageNode {
 pub struct LineageEdge {
     pub child: VersionRef,
     pub parent: VersionRef,
+    /// For an evolved child: the run, the operator and the improvement.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<VersionOrigin>,
 }
 
 /// Every version of an agent and how they derive from each other.
@@ -51,6 +54,7 @@ impl Lineage {
                 v.parents.iter().map(move |p| LineageEdge {
                     child: v.reference(),
                     parent: p.clone(),
+                    origin: v.origin.clone(),
                 })
             })
             .collect();

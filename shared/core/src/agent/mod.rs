@@ -162,6 +162,20 @@ pub struct AgentVersion {
     /// Evolution generation; 0 for versions written by people.
     pub generation: u32,
     pub change_summary: String,
+    /// For a version an evolution made: which run, by which operator, and how much better it
+    /// scored than its parent (the properties of its `EVOLVED_FROM` links).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<VersionOrigin>,
+}
+
+/// How an evolved version came to be.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct VersionOrigin {
+    pub evolution_id: String,
+    /// `reflection` or `merge`.
+    pub operator: String,
+    /// Validation mean over the parent's.
+    pub improvement: f64,
 }
 
 impl AgentVersion {

@@ -13,7 +13,8 @@ use crate::feedback::Metric;
 use crate::handler::{EventHandler, Handled};
 use crate::page::PageRequest;
 use crate::ports::{
-    AgentStore, DeploymentStore, FeedbackStore, Outbox, ProposalStore, SessionStore, StoreError,
+    AgentStore, DeploymentStore, EvolutionStore, FeedbackStore, Outbox, ProposalStore,
+    SessionStore, StoreError,
 };
 use crate::services::agents::{AgentService, CreateAgent, ListAgents, UpdateAgent};
 use crate::services::feedback::{FeedbackService, MetricsQuery, SubmitFeedback};
@@ -31,6 +32,7 @@ pub struct Fixture {
     pub feedback: Arc<dyn FeedbackStore>,
     pub deployments: Arc<dyn DeploymentStore>,
     pub proposals: Arc<dyn ProposalStore>,
+    pub evolutions: Arc<dyn EvolutionStore>,
     _guard: Box<dyn Any + Send>,
 }
 
@@ -44,6 +46,7 @@ impl Fixture {
             + FeedbackStore
             + DeploymentStore
             + ProposalStore
+            + EvolutionStore
             + 'static,
     {
         Self {
@@ -52,7 +55,8 @@ impl Fixture {
             outbox: store.clone(),
             feedback: store.clone(),
             deployments: store.clone(),
-            proposals: store,
+            proposals: store.clone(),
+            evolutions: store,
             _guard: Box::new(guard),
         }
     }
@@ -111,6 +115,10 @@ macro_rules! store_contract_tests {
             proposals_round_trip_and_compare_and_set,
             a_proposal_needs_its_approvals_and_not_its_proposers,
             racing_controllers_and_redelivery_move_an_alias_once,
+            eval_cases_round_trip_page_and_remove,
+            one_running_evolution_per_agent_and_runs_are_compare_and_set,
+            the_evaluation_cache_keeps_first_results_and_sums_spend_per_iteration,
+            rated_turns_bring_their_ratings_and_comments_newest_first,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -126,6 +134,8 @@ macro_rules! store_contract_tests {
 
 mod deployments;
 pub use deployments::*;
+mod evolutions;
+pub use evolutions::*;
 
 fn agent(name: &str) -> CreateAgent {
     CreateAgent {

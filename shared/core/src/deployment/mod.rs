@@ -4,7 +4,7 @@
 //! feedback by the rule in [`analysis`].
 
 pub mod analysis;
-mod policy;
+pub mod policy;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

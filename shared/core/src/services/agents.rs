@@ -100,6 +100,8 @@ pub struct NewVersion {
     /// Whether aliases that follow the latest version move to it (`update_agent`) or not
     /// (reviewed proposals and evolutions go live through a deployment).
     pub moves_aliases: bool,
+    /// Set for a version an evolution made.
+    pub origin: Option<crate::agent::VersionOrigin>,
 }
 
 /// An agent with one of its versions.
@@ -237,6 +239,7 @@ impl AgentService {
             parents: Vec::new(),
             generation: 0,
             change_summary: "created".into(),
+            origin: None,
         };
         let events = [
             DomainEvent::new(
@@ -352,6 +355,7 @@ impl AgentService {
             created_by,
             generation_step: 0,
             moves_aliases: true,
+            origin: None,
         })
         .await
     }
@@ -468,6 +472,7 @@ impl AgentService {
         next.created_by = created_by;
         next.parents = vec![base.reference()];
         next.generation = base.generation + input.generation_step;
+        next.origin.clone_from(&input.origin);
         next.change_summary = summary.unwrap_or_else(|| format!("changed {}", changed.join(", ")));
 
         let previous_aliases = agent.aliases.clone();

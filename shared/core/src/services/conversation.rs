@@ -805,7 +805,7 @@ fn finish(interaction: Interaction) -> Result<TurnReply, ServiceError> {
 }
 
 /// Capabilities that delegate become function tools.
-fn delegation_tools(version: &AgentVersion) -> Vec<ToolSpec> {
+pub(crate) fn delegation_tools(version: &AgentVersion) -> Vec<ToolSpec> {
     version
         .capabilities
         .iter()

@@ -5,6 +5,7 @@ pub mod agents;
 pub mod controller;
 pub mod conversation;
 pub mod deployments;
+pub mod evolution;
 pub mod feedback;
 pub mod fitness;
 pub mod proposals;

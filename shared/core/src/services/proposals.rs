@@ -74,6 +74,22 @@ pub struct ProposeVersion {
     pub rollout: Option<Rollout>,
 }
 
+/// A version that exists already, proposed for review.
+#[derive(Debug, Clone)]
+pub struct ExistingVersion {
+    pub agent_id: AgentId,
+    pub version: u32,
+    /// The version it was made from.
+    pub base_version: u32,
+    /// What it changes from the base, for reviewers.
+    pub changes: VersionChanges,
+    pub rationale: String,
+    pub alias: String,
+    pub rollout: Rollout,
+    /// What made it: `evolution:<id>`.
+    pub source: String,
+}
+
 /// Input of `list_proposals`.
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -196,6 +212,8 @@ impl ProposalService {
             expires_at: now + self.rules.ttl_ms,
             updated_at: now,
             version: None,
+            alias: PROD_ALIAS.into(),
+            source: None,
             revision: 0,
         };
         let events = [DomainEvent::new(
@@ -208,6 +226,78 @@ impl ProposalService {
         self.store.insert_proposal(&proposal, &events).await?;
         self.signal.notify();
         Ok(proposal)
+    }
+
+    /// Proposes a version that exists already (an evolution's winner): approval puts it live
+    /// on `alias` without making another version.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown agent or version; `Store` when it cannot be written.
+    pub async fn propose_existing(
+        &self,
+        made: ExistingVersion,
+        proposer: &Principal,
+    ) -> Result<Proposal, ServiceError> {
+        let detail = self.agents.get(&made.agent_id, Some(made.version)).await?;
+        let now = self.clock.now_ms();
+        let proposal = Proposal {
+            proposal_id: ProposalId::generate(),
+            agent_id: made.agent_id,
+            base_version: made.base_version,
+            changes: made.changes,
+            rationale: made.rationale.chars().take(MAX_RATIONALE).collect(),
+            proposer: proposer.clone(),
+            status: ProposalStatus::Pending,
+            required_approvals: self.rules.required(),
+            rollout: made.rollout,
+            reviews: Vec::new(),
+            created_at: now,
+            expires_at: now + self.rules.ttl_ms,
+            updated_at: now,
+            version: Some(detail.version.version),
+            alias: made.alias,
+            source: Some(made.source),
+            revision: 0,
+        };
+        let events = [DomainEvent::new(
+            &proposal.agent_id,
+            now,
+            payload::ProposalCreated {
+                proposal: proposal.clone(),
+            },
+        )];
+        self.store.insert_proposal(&proposal, &events).await?;
+        self.signal.notify();
+        Ok(proposal)
+    }
+
+    /// The pending proposal of an existing version made by `source`, if there is one.
+    ///
+    /// # Errors
+    /// `Store` when proposals cannot be listed.
+    pub async fn find_by_source(
+        &self,
+        agent_id: &AgentId,
+        source: &str,
+    ) -> Result<Option<Proposal>, ServiceError> {
+        let mut page = PageRequest {
+            after: None,
+            limit: 100,
+        };
+        loop {
+            let rows = self
+                .store
+                .list_proposals(Some(agent_id), None, &page)
+                .await?;
+            if let Some(found) = rows.iter().find(|p| p.source.as_deref() == Some(source)) {
+                return Ok(Some(found.clone()));
+            }
+            if rows.len() <= page.limit as usize {
+                return Ok(None);
+            }
+            let last = &rows[page.limit as usize - 1];
+            page.after = Some(crate::page::Cursor::after(last.proposal_id.to_string()));
+        }
     }
 
     /// A proposal by id.
@@ -326,7 +416,10 @@ impl ProposalService {
         let approved = input.decision == ReviewDecision::Approve
             && next.approvals() >= next.required_approvals;
         let mut version = None;
-        if approved {
+        if approved && let Some(existing) = next.version {
+            version = Some(self.agents.get(&next.agent_id, Some(existing)).await?);
+            next.status = ProposalStatus::Applied;
+        } else if approved {
             let detail = self
                 .agents
                 .derive(NewVersion {
@@ -338,6 +431,7 @@ impl ProposalService {
                     created_by: format!("proposal:{}", next.proposal_id),
                     generation_step: 0,
                     moves_aliases: false,
+                    origin: None,
                 })
                 .await?;
             next.status = ProposalStatus::Applied;
@@ -461,7 +555,7 @@ impl ProposalService {
                         DeployVersion {
                             agent_id: proposal.agent_id.clone(),
                             version: detail.version.version,
-                            alias: Some(PROD_ALIAS.into()),
+                            alias: Some(proposal.alias.clone()),
                             reason: Some(reason),
                         },
                         reviewer,
@@ -474,7 +568,7 @@ impl ProposalService {
                         StartCanary {
                             agent_id: proposal.agent_id.clone(),
                             version: detail.version.version,
-                            alias: Some(PROD_ALIAS.into()),
+                            alias: Some(proposal.alias.clone()),
                             steps: None,
                             policy: None,
                             reason: Some(reason),

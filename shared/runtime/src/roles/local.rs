@@ -9,6 +9,7 @@ use aop_events::Topics;
 use aop_mcp::Metrics;
 use aop_mcp::metrics::EventOutcome;
 
+use super::evolution::Detached;
 use super::mcp::McpRole;
 use super::{Role, Schedule, Subscription, handlers, settle, subscriptions};
 use crate::config::Config;
@@ -20,8 +21,11 @@ use crate::secrets::Secrets;
 #[derive(Clone)]
 pub struct Platform {
     pub mcp: McpRole,
+    /// Every handler, the evolution worker among them in the background.
     pub handlers: Vec<Arc<dyn EventHandler>>,
-    /// Canary checks and proposal expiry, on a timer.
+    /// The evolution worker, stepping runs in the background.
+    pub evolution: Detached,
+    /// Canary checks, proposal expiry and stalled evolutions, on a timer.
     pub schedule: Schedule,
     topics: Topics,
 }
@@ -53,11 +57,14 @@ impl Platform {
     /// As [`Platform::build`].
     pub fn build_with(config: &Config, secrets: Option<&Secrets>) -> Result<Self, StartupError> {
         let mcp = McpRole::build(config, secrets)?;
-        let handlers = handlers(config, &mcp.stores);
-        let schedule = Schedule::new(config, &mcp.stores);
+        let evolution = Detached::new(aop_core::EvolutionWorker::new(mcp.evolutions.clone()));
+        let mut handlers = handlers(config, &mcp.stores);
+        handlers.push(Arc::new(evolution.clone()));
+        let schedule = Schedule::new(config, &mcp.stores)?;
         Ok(Self {
             mcp,
             handlers,
+            evolution,
             schedule,
             topics: config.kafka.topics.clone(),
         })

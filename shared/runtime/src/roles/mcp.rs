@@ -4,14 +4,15 @@
 
 use std::sync::Arc;
 
-use aop_core::llm::{ChatModel, UnconfiguredModel};
+use aop_core::llm::ChatModel;
 use aop_core::{
-    AgentService, ConversationService, DeploymentService, FeedbackService, ProposalService,
+    AgentService, ConversationService, DeploymentService, EvolutionService, FeedbackService,
+    ProposalService,
 };
 use aop_mcp::{AgentServer, HttpOptions, Metrics, Services};
 
 use super::{Role, open_stores, settle};
-use crate::adapters::{Stores, openai_model};
+use crate::adapters::Stores;
 use crate::config::Config;
 use crate::error::StartupError;
 use crate::relay::NotifySignal;
@@ -25,6 +26,7 @@ pub struct McpRole {
     pub feedback: FeedbackService,
     pub deployments: DeploymentService,
     pub proposals: ProposalService,
+    pub evolutions: EvolutionService,
     pub metrics: Arc<Metrics>,
     pub stores: Stores,
     /// Woken after every commit that wrote events.
@@ -49,7 +51,7 @@ impl McpRole {
     /// `StartupError` naming the setting or the store that failed.
     pub fn build(config: &Config, secrets: Option<&Secrets>) -> Result<Self, StartupError> {
         let stores = open_stores(config, secrets)?;
-        Self::on(config, stores, chat_model(config, secrets)?)
+        Self::on(config, stores, super::chat_model(config, secrets)?)
     }
 
     /// Builds the services on given adapters.
@@ -64,13 +66,7 @@ impl McpRole {
         let signal = NotifySignal::default();
         let wake = Arc::new(signal.clone());
         let clock = stores.clock.clone();
-        let prices = config
-            .openai
-            .price_table()
-            .map_err(|reason| StartupError::Unsupported {
-                setting: "openai.prices (AOP_MODEL_PRICES)",
-                reason,
-            })?;
+        let prices = super::prices(config)?;
         let agents = AgentService::new(
             stores.agents.clone(),
             clock.clone(),
@@ -94,6 +90,17 @@ impl McpRole {
         )
         .with_signal(wake.clone());
         let metrics = Arc::new(Metrics::new());
+        let evolutions = EvolutionService::new(
+            agents.clone(),
+            deployments.clone(),
+            proposals.clone(),
+            stores.evolutions.clone(),
+            model.clone(),
+            prices.clone(),
+            clock.clone(),
+            config.evolution.rules(),
+        )
+        .with_signal(wake.clone());
         let conversations = ConversationService::new(
             stores.agents.clone(),
             stores.sessions.clone(),
@@ -110,6 +117,7 @@ impl McpRole {
             feedback,
             deployments,
             proposals,
+            evolutions,
             metrics,
             stores,
             outbox_signal: signal,
@@ -125,6 +133,7 @@ impl McpRole {
                 feedback: self.feedback.clone(),
                 deployments: self.deployments.clone(),
                 proposals: self.proposals.clone(),
+                evolutions: self.evolutions.clone(),
             },
             self.metrics.clone(),
         )
@@ -139,28 +148,5 @@ impl McpRole {
             self.metrics.clone(),
             self.stores.agents.clone(),
         )
-    }
-}
-
-/// The model endpoint from configuration: OpenAI when only a key is given, the configured base
-/// URL otherwise (a local server may need no key), and none at all when neither is set. A key
-/// from a secret is re-read when the endpoint refuses it.
-fn chat_model(
-    config: &Config,
-    secrets: Option<&Secrets>,
-) -> Result<Arc<dyn ChatModel>, StartupError> {
-    if let (Some(secrets), Some(arn)) = (secrets, &config.secrets.openai_arn) {
-        return Ok(Arc::new(crate::secrets::RotatingModel::new(
-            config, secrets, arn,
-        )?));
-    }
-    match openai_model(config)? {
-        Some(model) => Ok(Arc::new(model)),
-        None => {
-            tracing::info!(
-                "no LLM configured (OPENAI_API_KEY / OPENAI_BASE_URL): agent turns will fail until one is"
-            );
-            Ok(Arc::new(UnconfiguredModel))
-        }
     }
 }

@@ -6,11 +6,14 @@
 //! | MCP server (Lambda behind API Gateway) | `mcp` | yes | yes | no |
 //! | event processor (Lambda on MSK) | `processor` | yes | no | dead letters |
 //! | outbox relay (Lambda on a schedule) | `relay` | yes | no | producer |
+//! | evolution worker (Lambda on MSK) | `evolution` | yes | yes | dead letters |
 //! | `aop` (everything in one process) | `local` | yes | yes | when configured |
 //!
 //! The event handlers and the topics and consumer group each reads are decided here too, once,
 //! for Lambda and `aop serve` alike.
 
+#[cfg(feature = "evolution")]
+pub mod evolution;
 #[cfg(feature = "local")]
 pub mod local;
 #[cfg(feature = "mcp")]
@@ -22,9 +25,11 @@ pub mod relay;
 
 use std::sync::Arc;
 
+use aop_core::llm::{ChatModel, UnconfiguredModel};
+use aop_core::pricing::PriceTable;
 use aop_core::{
-    AgentService, DeploymentController, DeploymentService, EventHandler, EventType, FitnessHandler,
-    ProposalService,
+    AgentService, DeploymentController, DeploymentService, EventHandler, EventType,
+    EvolutionService, FitnessHandler, ProposalService,
 };
 use aop_events::Topics;
 
@@ -88,16 +93,104 @@ pub fn deployment_service(config: &Config, stores: &Stores) -> DeploymentService
     )
 }
 
-/// What runs on a schedule: checks of canaries no traffic reached, and expiry of proposals.
+/// The configured model prices.
+///
+/// # Errors
+/// `Unsupported` naming `openai.prices` when they do not parse.
+pub fn prices(config: &Config) -> Result<PriceTable, StartupError> {
+    config
+        .openai
+        .price_table()
+        .map_err(|reason| StartupError::Unsupported {
+            setting: "openai.prices (AOP_MODEL_PRICES)",
+            reason,
+        })
+}
+
+/// Evolution runs on the store, stepping with `model`.
+///
+/// # Errors
+/// As [`prices`].
+pub fn evolution_service(
+    config: &Config,
+    stores: &Stores,
+    model: Arc<dyn ChatModel>,
+) -> Result<EvolutionService, StartupError> {
+    let agents = AgentService::new(
+        stores.agents.clone(),
+        stores.clock.clone(),
+        config.openai.model.clone(),
+    );
+    let deployments = deployment_service(config, stores);
+    let proposals = ProposalService::new(
+        agents.clone(),
+        deployments.clone(),
+        stores.proposals.clone(),
+        stores.clock.clone(),
+        config.deployments.review_rules(),
+    );
+    Ok(EvolutionService::new(
+        agents,
+        deployments,
+        proposals,
+        stores.evolutions.clone(),
+        model,
+        prices(config)?,
+        stores.clock.clone(),
+        config.evolution.rules(),
+    ))
+}
+
+/// The model endpoint from configuration: OpenAI when only a key is given, the configured base
+/// URL otherwise (a local server may need no key), and none at all when neither is set. A key
+/// from a secret is re-read when the endpoint refuses it.
+///
+/// # Errors
+/// `StartupError` naming the OpenAI setting that is wrong.
+#[cfg(feature = "llm")]
+pub fn chat_model(
+    config: &Config,
+    secrets: Option<&crate::secrets::Secrets>,
+) -> Result<Arc<dyn ChatModel>, StartupError> {
+    if let (Some(secrets), Some(arn)) = (secrets, &config.secrets.openai_arn) {
+        return Ok(Arc::new(crate::secrets::RotatingModel::new(
+            config, secrets, arn,
+        )?));
+    }
+    match crate::adapters::openai_model(config)? {
+        Some(model) => Ok(Arc::new(model)),
+        None => {
+            tracing::info!(
+                "no LLM configured (OPENAI_API_KEY / OPENAI_BASE_URL): agent turns will fail until one is"
+            );
+            Ok(Arc::new(UnconfiguredModel))
+        }
+    }
+}
+
+/// What runs on a schedule: checks of canaries no traffic reached, expiry of proposals, and a
+/// new request for evolution runs nothing moved for a while.
 #[derive(Clone)]
 pub struct Schedule {
     deployments: DeploymentService,
     proposals: ProposalService,
+    evolutions: EvolutionService,
     interval_ms: i64,
+    stall_ms: i64,
+}
+
+/// What one scheduled pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pass {
+    pub canaries_decided: usize,
+    pub proposals_expired: usize,
+    pub evolutions_resumed: usize,
 }
 
 impl Schedule {
-    pub fn new(config: &Config, stores: &Stores) -> Self {
+    /// # Errors
+    /// As [`prices`].
+    pub fn new(config: &Config, stores: &Stores) -> Result<Self, StartupError> {
         let deployments = deployment_service(config, stores);
         let agents = AgentService::new(
             stores.agents.clone(),
@@ -111,24 +204,31 @@ impl Schedule {
             stores.clock.clone(),
             config.deployments.review_rules(),
         );
-        Self {
+        // The schedule only asks for iterations again; the worker calls the model.
+        let evolutions = evolution_service(config, stores, Arc::new(UnconfiguredModel))?;
+        Ok(Self {
             deployments,
             proposals,
+            evolutions,
             interval_ms: config.deployments.check_interval_ms(),
-        }
+            stall_ms: config.evolution.stall_ms(),
+        })
     }
 
-    /// One pass: returns how many canaries were decided and proposals expired.
+    /// One pass.
     ///
     /// # Errors
     /// When the store cannot list what is due.
-    pub async fn run_once(&self) -> Result<(usize, usize), aop_core::ServiceError> {
-        let decided = self.deployments.tick(self.interval_ms).await?;
-        let expired = self.proposals.expire().await?;
-        if decided + expired > 0 {
-            tracing::info!(decided, expired, "scheduled pass");
+    pub async fn run_once(&self) -> Result<Pass, aop_core::ServiceError> {
+        let pass = Pass {
+            canaries_decided: self.deployments.tick(self.interval_ms).await?,
+            proposals_expired: self.proposals.expire().await?,
+            evolutions_resumed: self.evolutions.resume_stalled(self.stall_ms).await?,
+        };
+        if pass != Pass::default() {
+            tracing::info!(?pass, "scheduled pass");
         }
-        Ok((decided, expired))
+        Ok(pass)
     }
 
     /// Runs a pass every check interval until `shutdown`.

@@ -40,7 +40,7 @@ impl ProcessorRole {
         let role = Self {
             handlers: HandlerSet::new(handlers(&config, &stores)),
             dead_letters,
-            schedule: Schedule::new(&config, &stores),
+            schedule: Schedule::new(&config, &stores)?,
             stores,
         };
         Ok((config, role))

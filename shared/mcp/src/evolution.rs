@@ -1,0 +1,239 @@
+//! Evolution tools: evaluation cases, starting and watching runs, candidates. A run works in the
+//! background (the evolution worker); `initialize_evolution` returns at once and
+//! `get_evolution_status` can wait for progress, sending MCP progress notifications to a caller
+//! that asked for them.
+
+use std::time::{Duration, Instant};
+
+use aop_core::evolution::{Candidate, EvalCase, EvalCaseId, EvolutionId, EvolutionStatus};
+use aop_core::page::Page;
+use aop_core::services::evolution::{
+    AddEvalCases, EvolutionView, InitializeEvolution, ListEvalCases, ListEvolutions,
+    RemoveEvalCase, SelectCandidate, Selected,
+};
+use rmcp::handler::server::wrapper::Json;
+use rmcp::model::ProgressNotificationParam;
+use rmcp::service::RequestContext;
+use rmcp::{RoleServer, tool, tool_router};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::args::Parameters;
+use crate::errors::ToolFailure;
+use crate::server::{AgentServer, principal};
+
+/// The longest `get_evolution_status` waits: inside API Gateway's 29 s.
+const MAX_WAIT_SECONDS: u32 = 25;
+const POLL: Duration = Duration::from_millis(250);
+
+/// What `add_eval_cases` stored.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct AddedCases {
+    pub added: usize,
+    pub cases: Vec<EvalCase>,
+}
+
+/// What `remove_eval_case` removed.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RemovedCase {
+    pub removed: EvalCaseId,
+}
+
+/// Arguments of `get_evolution_status`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvolutionStatusArgs {
+    pub evolution_id: EvolutionId,
+    /// Wait up to this many seconds (at most 25) for the run to move on (an iteration, or its
+    /// end) before answering; progress notifications go to a caller that sent a progress token.
+    #[serde(default)]
+    pub wait_seconds: Option<u32>,
+}
+
+/// Arguments naming one run.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvolutionIdArgs {
+    pub evolution_id: EvolutionId,
+}
+
+/// What `list_candidates` answers.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Candidates {
+    pub evolution_id: EvolutionId,
+    pub candidates: Vec<Candidate>,
+}
+
+#[tool_router(router = evolution_router, vis = "pub(crate)")]
+impl AgentServer {
+    #[tool(
+        name = "add_eval_cases",
+        description = "Add evaluation cases to an agent: an input and checks its answer must pass (equals, contains, not_contains, regex, json_schema, max_chars, or judge with a rubric), optionally a reference answer and tags. Evolutions score candidates on them.",
+        annotations(destructive_hint = false, idempotent_hint = false)
+    )]
+    async fn add_eval_cases(
+        &self,
+        Parameters(input): Parameters<AddEvalCases>,
+    ) -> Result<Json<AddedCases>, ToolFailure> {
+        let cases = self.evolutions.add_eval_cases(input).await?;
+        Ok(Json(AddedCases {
+            added: cases.len(),
+            cases,
+        }))
+    }
+
+    #[tool(
+        name = "list_eval_cases",
+        description = "An agent's evaluation cases, oldest first.",
+        annotations(read_only_hint = true)
+    )]
+    async fn list_eval_cases(
+        &self,
+        Parameters(input): Parameters<ListEvalCases>,
+    ) -> Result<Json<Page<EvalCase>>, ToolFailure> {
+        Ok(Json(self.evolutions.list_eval_cases(input).await?))
+    }
+
+    #[tool(
+        name = "remove_eval_case",
+        description = "Remove an evaluation case from an agent. Runs already started keep their copy.",
+        annotations(destructive_hint = true, idempotent_hint = false)
+    )]
+    async fn remove_eval_case(
+        &self,
+        Parameters(input): Parameters<RemoveEvalCase>,
+    ) -> Result<Json<RemovedCase>, ToolFailure> {
+        let removed = input.case_id.clone();
+        self.evolutions.remove_eval_case(input).await?;
+        Ok(Json(RemovedCase { removed }))
+    }
+
+    #[tool(
+        name = "initialize_evolution",
+        description = "Start evolving an agent from its feedback and evaluation cases (reflective prompt evolution, GEPA): the version serving the most traffic on the alias is the seed; each iteration a reflection model rewrites a candidate from its failures and the child is kept only if it scores higher. Returns at once; watch it with get_evolution_status. The winner becomes a proposal (mode review, default) or a canary (mode auto); no alias moves on its own. Budget: metric calls (300), cost (USD 5), time (3600 s).",
+        annotations(destructive_hint = false, idempotent_hint = false)
+    )]
+    async fn initialize_evolution(
+        &self,
+        Parameters(input): Parameters<InitializeEvolution>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<Json<EvolutionView>, ToolFailure> {
+        Ok(Json(
+            self.evolutions
+                .initialize(input, &principal(&context))
+                .await?,
+        ))
+    }
+
+    #[tool(
+        name = "get_evolution_status",
+        description = "An evolution run: status, iteration, budget used, best and seed validation scores, why it stopped and the winner. With wait_seconds (at most 25) it waits for the next iteration or the end, sending progress notifications when the request carries a progress token.",
+        annotations(read_only_hint = true)
+    )]
+    async fn get_evolution_status(
+        &self,
+        Parameters(args): Parameters<EvolutionStatusArgs>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<Json<EvolutionView>, ToolFailure> {
+        let mut view = self.evolutions.status(&args.evolution_id).await?;
+        let wait = args.wait_seconds.unwrap_or(0).min(MAX_WAIT_SECONDS);
+        if wait == 0 || view.status != EvolutionStatus::Running {
+            return Ok(Json(view));
+        }
+        let token = context.meta.get_progress_token();
+        let until = Instant::now() + Duration::from_secs(u64::from(wait));
+        let started_at = (view.iteration, view.spend.metric_calls);
+        while Instant::now() < until && !context.ct.is_cancelled() {
+            tokio::time::sleep(POLL).await;
+            let next = self.evolutions.status(&args.evolution_id).await?;
+            let moved = (next.iteration, next.spend.metric_calls)
+                != (view.iteration, view.spend.metric_calls);
+            view = next;
+            if moved && let Some(token) = &token {
+                let message = format!(
+                    "iteration {}, {} of {} metric calls, best {}",
+                    view.iteration,
+                    view.spend.metric_calls,
+                    view.budget.max_metric_calls,
+                    view.best_score
+                        .map_or_else(|| "-".to_owned(), |b| format!("{b:.3}"))
+                );
+                let _ = context
+                    .peer
+                    .notify_progress(
+                        ProgressNotificationParam::new(
+                            token.clone(),
+                            f64::from(view.spend.metric_calls),
+                        )
+                        .with_total(f64::from(view.budget.max_metric_calls))
+                        .with_message(message),
+                    )
+                    .await;
+            }
+            if view.status != EvolutionStatus::Running || view.iteration != started_at.0 {
+                break;
+            }
+        }
+        Ok(Json(view))
+    }
+
+    #[tool(
+        name = "list_evolutions",
+        description = "Evolution runs, newest first, optionally of one agent.",
+        annotations(read_only_hint = true)
+    )]
+    async fn list_evolutions(
+        &self,
+        Parameters(input): Parameters<ListEvolutions>,
+    ) -> Result<Json<Page<EvolutionView>>, ToolFailure> {
+        Ok(Json(self.evolutions.list(input).await?))
+    }
+
+    #[tool(
+        name = "cancel_evolution",
+        description = "Stop a running evolution. Nothing it found goes out; its candidates stay readable.",
+        annotations(destructive_hint = true, idempotent_hint = false)
+    )]
+    async fn cancel_evolution(
+        &self,
+        Parameters(args): Parameters<EvolutionIdArgs>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<Json<EvolutionView>, ToolFailure> {
+        Ok(Json(
+            self.evolutions
+                .cancel(&args.evolution_id, &principal(&context))
+                .await?,
+        ))
+    }
+
+    #[tool(
+        name = "list_candidates",
+        description = "Every candidate of an evolution in the order made: parents, operator (seed, reflection, merge), the minibatch scores that accepted or rejected it, validation scores, and the reflection's rationale.",
+        annotations(read_only_hint = true)
+    )]
+    async fn list_candidates(
+        &self,
+        Parameters(args): Parameters<EvolutionIdArgs>,
+    ) -> Result<Json<Candidates>, ToolFailure> {
+        let candidates = self.evolutions.candidates(&args.evolution_id).await?;
+        Ok(Json(Candidates {
+            evolution_id: args.evolution_id,
+            candidates,
+        }))
+    }
+
+    #[tool(
+        name = "select_evolution_candidate",
+        description = "Make any candidate of an evolution (not only the winner) a version and a proposal for review.",
+        annotations(destructive_hint = false, idempotent_hint = true)
+    )]
+    async fn select_evolution_candidate(
+        &self,
+        Parameters(input): Parameters<SelectCandidate>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<Json<Selected>, ToolFailure> {
+        Ok(Json(
+            self.evolutions.select(input, &principal(&context)).await?,
+        ))
+    }
+}
