@@ -40,6 +40,7 @@ async fn main() -> Result<(), Error> {
                     "canaries_decided": pass.canaries_decided,
                     "proposals_expired": pass.proposals_expired,
                     "evolutions_resumed": pass.evolutions_resumed,
+                    "evolutions_started": pass.evolutions_started,
                 }));
             }
             let batch: KafkaEvent = serde_json::from_value(event.payload)?;

@@ -218,7 +218,7 @@ async fn the_scheduled_pass_rolls_back_a_canary_past_its_timeout() {
     let answer = lambda.invoke(scheduled.clone()).await.unwrap();
     assert_eq!(
         answer,
-        json!({"canaries_decided": 1, "proposals_expired": 0, "evolutions_resumed": 0})
+        json!({"canaries_decided": 1, "proposals_expired": 0, "evolutions_resumed": 0, "evolutions_started": 0})
     );
     let after = store.canary(&canary.canary_id).await.unwrap().unwrap();
     assert_eq!(after.status, CanaryStatus::RolledBack);
@@ -236,7 +236,7 @@ async fn the_scheduled_pass_rolls_back_a_canary_past_its_timeout() {
     let again = lambda.invoke(scheduled).await.unwrap();
     assert_eq!(
         again,
-        json!({"canaries_decided": 0, "proposals_expired": 0, "evolutions_resumed": 0}),
+        json!({"canaries_decided": 0, "proposals_expired": 0, "evolutions_resumed": 0, "evolutions_started": 0}),
         "nothing is decided twice"
     );
 }

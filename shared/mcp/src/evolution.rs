@@ -237,3 +237,152 @@ impl AgentServer {
         ))
     }
 }
+
+/// `initialize_evolution` as an MCP task (the `io.modelcontextprotocol/tasks` extension) for a
+/// client that declared it: the task is the run, its id the evolution id, so `tasks/get` works
+/// from any instance (the run is in the store) and `tasks/cancel` cancels the run.
+pub(crate) mod tasks {
+    use aop_core::evolution::{EvolutionId, EvolutionStatus};
+    use aop_core::services::evolution::EvolutionView;
+    use aop_core::time::rfc3339;
+    use aop_core::{EvolutionService, ServiceError};
+    use rmcp::ErrorData;
+    use rmcp::model::{
+        CallToolResponse, CallToolResult, CancelTaskParams, CreateTaskResult, DetailedTask,
+        GetTaskParams, GetTaskResult, JsonObject, Task, TaskPayload, TaskStatus,
+    };
+
+    use crate::errors::client_message;
+
+    /// The tool answered as a task.
+    pub(crate) const TOOL: &str = "initialize_evolution";
+    /// How often a client should poll.
+    const POLL_MS: u64 = 2_000;
+
+    fn task_of(view: &EvolutionView) -> Task {
+        let status = match view.status {
+            EvolutionStatus::Running => TaskStatus::Working,
+            EvolutionStatus::Completed => TaskStatus::Completed,
+            EvolutionStatus::Failed => TaskStatus::Failed,
+            EvolutionStatus::Cancelled => TaskStatus::Cancelled,
+        };
+        let message = format!(
+            "iteration {}, {} of {} metric calls, best {}",
+            view.iteration,
+            view.spend.metric_calls,
+            view.budget.max_metric_calls,
+            view.best_score
+                .map_or_else(|| "-".to_owned(), |b| format!("{b:.3}"))
+        );
+        Task::new(
+            view.evolution_id.to_string(),
+            status,
+            rfc3339(view.started_at),
+            rfc3339(view.updated_at),
+        )
+        .with_status_message(message)
+        .with_poll_interval_ms(POLL_MS)
+    }
+
+    /// A successful `initialize_evolution` result as a task handle; anything else as it was.
+    pub(crate) fn handle(response: CallToolResponse) -> CallToolResponse {
+        let CallToolResponse::Complete(result) = &response else {
+            return response;
+        };
+        if result.is_error == Some(true) {
+            return response;
+        }
+        match result
+            .structured_content
+            .clone()
+            .map(serde_json::from_value::<Started>)
+        {
+            Some(Ok(started)) => {
+                let task = Task::new(
+                    started.evolution_id,
+                    TaskStatus::Working,
+                    rfc3339(started.started_at),
+                    rfc3339(started.updated_at),
+                )
+                .with_poll_interval_ms(POLL_MS);
+                CallToolResponse::Task(CreateTaskResult::new(task))
+            }
+            _ => response,
+        }
+    }
+
+    /// The fields of the started run a task handle needs.
+    #[derive(serde::Deserialize)]
+    struct Started {
+        evolution_id: String,
+        started_at: i64,
+        updated_at: i64,
+    }
+
+    fn parse(task_id: &str) -> Result<EvolutionId, ErrorData> {
+        EvolutionId::parse("taskId", task_id)
+            .map_err(|e| ErrorData::invalid_params(e.to_string(), None))
+    }
+
+    fn not_found(e: &ServiceError, task_id: &str) -> ErrorData {
+        match e {
+            ServiceError::NotFound { .. } => {
+                ErrorData::invalid_params(format!("unknown task {task_id}"), None)
+            }
+            other => ErrorData::internal_error(client_message(other), None),
+        }
+    }
+
+    /// `tasks/get`: the run's state; once it ended, the tool result (the run as structured
+    /// content) or the reason it failed.
+    pub(crate) async fn get(
+        evolutions: &EvolutionService,
+        params: GetTaskParams,
+    ) -> Result<GetTaskResult, ErrorData> {
+        let id = parse(&params.task_id)?;
+        let view = evolutions
+            .status(&id)
+            .await
+            .map_err(|e| not_found(&e, &params.task_id))?;
+        let task = task_of(&view);
+        let payload = match view.status {
+            EvolutionStatus::Running => TaskPayload::Working,
+            EvolutionStatus::Cancelled => TaskPayload::Cancelled,
+            EvolutionStatus::Completed => {
+                let value = serde_json::to_value(&view).unwrap_or_default();
+                let result = CallToolResult::structured(value);
+                let object: JsonObject = match serde_json::to_value(result) {
+                    Ok(serde_json::Value::Object(o)) => o,
+                    _ => JsonObject::new(),
+                };
+                TaskPayload::Completed { result: object }
+            }
+            EvolutionStatus::Failed => {
+                let mut error = JsonObject::new();
+                error.insert("code".into(), (-32603).into());
+                error.insert(
+                    "message".into(),
+                    view.error
+                        .clone()
+                        .unwrap_or_else(|| "the evolution failed".into())
+                        .into(),
+                );
+                TaskPayload::Failed { error }
+            }
+        };
+        Ok(GetTaskResult::new(DetailedTask::new(task, payload)))
+    }
+
+    /// `tasks/cancel`: cancels the run; a run that already ended is left as it is.
+    pub(crate) async fn cancel(
+        evolutions: &EvolutionService,
+        params: CancelTaskParams,
+        caller: &aop_core::principal::Principal,
+    ) -> Result<(), ErrorData> {
+        let id = parse(&params.task_id)?;
+        match evolutions.cancel(&id, caller).await {
+            Ok(_) | Err(ServiceError::Conflict(_)) => Ok(()),
+            Err(e) => Err(not_found(&e, &params.task_id)),
+        }
+    }
+}

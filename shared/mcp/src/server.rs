@@ -26,6 +26,7 @@ use tracing::Instrument;
 
 use crate::args::{DESERIALIZE_PREFIX, Parameters};
 use crate::errors::ToolFailure;
+use crate::evolution;
 use crate::metrics::Metrics;
 use crate::request_id;
 use crate::resources;
@@ -383,17 +384,33 @@ fn request_deadline(context: &RequestContext<RoleServer>) -> Option<std::time::I
 impl AgentServer {
     /// Server identity and capabilities, shared with wrappers such as the conformance fixture.
     pub fn server_config() -> ServerConfig {
-        ServerConfig::new(
+        Self::config(
             ServerCapabilities::builder()
                 .enable_tools()
                 .enable_resources()
                 .build(),
         )
-        .with_server_info(
-            Implementation::new("agent-orchestration-platform", env!("CARGO_PKG_VERSION"))
-                .with_title("Agent Orchestration Platform"),
+    }
+
+    /// As [`AgentServer::server_config`], offering `initialize_evolution` as an MCP task to
+    /// clients that declare the tasks extension.
+    pub fn server_config_with_tasks() -> ServerConfig {
+        Self::config(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .enable_tasks()
+                .build(),
         )
-        .with_instructions(INSTRUCTIONS)
+    }
+
+    fn config(capabilities: ServerCapabilities) -> ServerConfig {
+        ServerConfig::new(capabilities)
+            .with_server_info(
+                Implementation::new("agent-orchestration-platform", env!("CARGO_PKG_VERSION"))
+                    .with_title("Agent Orchestration Platform"),
+            )
+            .with_instructions(INSTRUCTIONS)
     }
 
     pub fn tool_list(&self) -> Vec<rmcp::model::Tool> {
@@ -458,7 +475,7 @@ fn without_deserialize_prefix(response: CallToolResponse) -> CallToolResponse {
 
 impl ServerHandler for AgentServer {
     fn get_info(&self) -> ServerConfig {
-        Self::server_config()
+        Self::server_config_with_tasks()
     }
 
     async fn call_tool(
@@ -466,7 +483,32 @@ impl ServerHandler for AgentServer {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        self.call_tool_instrumented(request, context).await
+        let as_task = request.name == evolution::tasks::TOOL
+            && context
+                .client_capabilities()
+                .is_some_and(|caps| caps.supports_tasks());
+        let response = self.call_tool_instrumented(request, context).await?;
+        Ok(if as_task {
+            evolution::tasks::handle(response)
+        } else {
+            response
+        })
+    }
+
+    async fn get_task(
+        &self,
+        request: rmcp::model::GetTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::GetTaskResult, ErrorData> {
+        evolution::tasks::get(&self.evolutions, request).await
+    }
+
+    async fn cancel_task(
+        &self,
+        request: rmcp::model::CancelTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        evolution::tasks::cancel(&self.evolutions, request, &principal(&context)).await
     }
 
     async fn list_tools(

@@ -627,3 +627,100 @@ async fn without_an_llm_sessions_work_and_turns_name_the_settings() {
         .await;
     assert_eq!(missing, "session 'ses_missing' not found");
 }
+
+impl TestApp {
+    /// A stateless request from a client that declares the tasks extension.
+    async fn call_with_tasks(&self, method: &str, mut params: Value) -> Reply {
+        params["_meta"] = json!({
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "1"},
+            "io.modelcontextprotocol/clientCapabilities": {
+                "extensions": {"io.modelcontextprotocol/tasks": {}}
+            }
+        });
+        let mut builder = Self::rpc(method);
+        if let Some(name) = params
+            .get("name")
+            .or_else(|| params.get("taskId"))
+            .and_then(Value::as_str)
+        {
+            builder = builder.header("mcp-name", name);
+        }
+        let body = json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params});
+        self.send(builder.body(Body::from(body.to_string())).unwrap())
+            .await
+    }
+}
+
+#[tokio::test]
+async fn an_evolution_is_an_mcp_task_for_clients_that_take_tasks() {
+    let app = TestApp::new(|_| {});
+    let created = app
+        .ok("create_agent", json!({"name": "A", "instructions": "Add."}))
+        .await;
+    let id = created["agent"]["agent_id"].as_str().unwrap().to_owned();
+    let added = app
+        .ok(
+            "add_eval_cases",
+            json!({"agent_id": id, "cases": [
+                {"input": "1+1", "checks": [{"kind": "equals", "value": "2"}]},
+                {"input": "2+2", "checks": [{"kind": "regex", "pattern": "^4$"}]},
+                {"input": "3+3", "checks": [{"kind": "max_chars", "max": 3}]}
+            ]}),
+        )
+        .await;
+    assert_eq!(added["added"], 3);
+    let start = json!({"name": "initialize_evolution", "arguments": {
+        "agent_id": id, "valset_size": 1, "minibatch_size": 1,
+        "budget": {"max_metric_calls": 7}}});
+
+    // A client without the extension gets the run at once, as a tool result.
+    let plain = app.call("tools/call", start.clone()).await;
+    let run = &plain.body["result"]["structuredContent"];
+    assert_eq!(run["status"], "running", "{:?}", plain.body);
+    let first = run["evolution_id"].as_str().unwrap().to_owned();
+    app.ok("cancel_evolution", json!({"evolution_id": first}))
+        .await;
+
+    // One that declares it gets a task handle: the run's id, polled with tasks/get.
+    let reply = app.call_with_tasks("tools/call", start).await;
+    let result = &reply.body["result"];
+    assert_eq!(result["resultType"], "task", "{:?}", reply.body);
+    assert_eq!(result["status"], "working");
+    assert_eq!(result["pollIntervalMs"], 2000);
+    let task_id = result["taskId"].as_str().unwrap().to_owned();
+    assert!(task_id.starts_with("evo_"), "{task_id}");
+    assert_ne!(task_id, first);
+    let got = app
+        .call_with_tasks("tasks/get", json!({"taskId": task_id}))
+        .await;
+    assert_eq!(got.body["result"]["status"], "working", "{:?}", got.body);
+    assert!(
+        got.body["result"]["statusMessage"]
+            .as_str()
+            .unwrap()
+            .contains("0 of 7 metric calls")
+    );
+    let status = app
+        .ok("get_evolution_status", json!({"evolution_id": task_id}))
+        .await;
+    assert_eq!(status["status"], "running");
+
+    app.call_with_tasks("tasks/cancel", json!({"taskId": task_id}))
+        .await;
+    let got = app
+        .call_with_tasks("tasks/get", json!({"taskId": task_id}))
+        .await;
+    assert_eq!(got.body["result"]["status"], "cancelled", "{:?}", got.body);
+    let unknown = app
+        .call_with_tasks("tasks/get", json!({"taskId": "evo_unknown"}))
+        .await;
+    let message = unknown.body["error"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.contains("unknown task evo_unknown"),
+        "{:?}",
+        unknown.body
+    );
+}

@@ -320,6 +320,8 @@ pub struct EvolutionConfig {
     pub max_retries: u32,
     /// A running run nothing moved for this long is asked for its iteration again.
     pub stall_seconds: u64,
+    /// Start a run on an agent with this many new low-rated turns and no live canary; 0: off.
+    pub auto_trigger_low_rated: usize,
 }
 
 impl Default for EvolutionConfig {
@@ -346,6 +348,7 @@ impl Default for EvolutionConfig {
             step_seconds: rules.step_seconds,
             max_retries: rules.max_retries,
             stall_seconds: 1_800,
+            auto_trigger_low_rated: 0,
         }
     }
 }
@@ -433,6 +436,11 @@ impl Section for EvolutionConfig {
         Setting::new("step_seconds", "AOP_EVOLUTION_STEP_SECONDS", Kind::Whole),
         Setting::new("max_retries", "AOP_EVOLUTION_MAX_RETRIES", Kind::Whole),
         Setting::new("stall_seconds", "AOP_EVOLUTION_STALL_SECONDS", Kind::Whole),
+        Setting::new(
+            "auto_trigger_low_rated",
+            "AOP_EVOLUTION_AUTO_TRIGGER_LOW_RATED",
+            Kind::Whole,
+        ),
     ];
 
     fn check(&self, problems: &mut Problems) {

@@ -101,12 +101,11 @@ fn sum_asked(question: &str) -> Option<i64> {
     Some(a + b)
 }
 
-/// The text between the first pair of ``` fences of `text`.
-fn fenced(text: &str) -> String {
-    let start = text.find("```").map_or(0, |i| i + 3);
+/// The current text a reflection request shows, between `<current>` tags.
+fn current_text(text: &str) -> String {
+    let start = text.find("<current>").map_or(0, |i| i + "<current>".len());
     let rest = &text[start..];
-    let rest = rest.split_once('\n').map_or(rest, |(_, r)| r);
-    rest.split("```")
+    rest.split("</current>")
         .next()
         .unwrap_or_default()
         .trim()
@@ -119,7 +118,7 @@ fn calculator(helpful: bool) -> impl Fn(&Value) -> Option<Reply> + Send + Sync +
     let attempts = AtomicUsize::new(0);
     move |body: &Value| {
         if is_reflection(body) {
-            let current = fenced(&message(body, "user"));
+            let current = current_text(&message(body, "user"));
             let attempt = attempts.fetch_add(1, Ordering::SeqCst);
             let added = if helpful && !current.contains(RULE) {
                 RULE.to_owned()
@@ -844,4 +843,100 @@ async fn the_in_process_worker_runs_a_started_evolution_to_its_end() {
     shutdown.cancel();
     relay.await.unwrap();
     assert_eq!(status, EvolutionStatus::Completed);
+}
+
+#[tokio::test]
+async fn the_schedule_starts_runs_on_low_ratings_and_asks_again_for_stalled_ones() {
+    let s = setup(&[
+        ("AOP_EVOLUTION_AUTO_TRIGGER_LOW_RATED", "3"),
+        ("AOP_EVOLUTION_VALSET_SIZE", "2"),
+        ("AOP_EVOLUTION_MINIBATCH_SIZE", "1"),
+        ("AOP_EVOLUTION_STALL_SECONDS", "1"),
+    ])
+    .await;
+    let agent_id = calculator_agent(&s).await;
+    add_cases(&s, &agent_id, 4).await;
+    let rate = |score: f64| {
+        let (s, agent_id) = (&s, agent_id.clone());
+        async move {
+            s.llm.push([Reply::text("The answer is 3.")]);
+            let turn = s
+                .platform
+                .mcp
+                .conversations
+                .run_agent(
+                    aop_core::services::conversation::RunAgent {
+                        agent_id: agent_id.clone(),
+                        alias: None,
+                        input: "What is 1 plus 2?".into(),
+                        user_id: None,
+                    },
+                    None,
+                )
+                .await
+                .unwrap();
+            s.platform
+                .mcp
+                .feedback
+                .submit(
+                    serde_json::from_value(json!({
+                        "agent_id": agent_id,
+                        "interaction_id": turn.interaction_id,
+                        "ratings": {"accuracy": score},
+                        "scale": "0-1",
+                    }))
+                    .unwrap(),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    rate(0.9).await;
+    rate(0.1).await;
+    rate(0.2).await;
+    let schedule = &s.platform.schedule;
+    assert_eq!(
+        schedule.run_once().await.unwrap().evolutions_started,
+        0,
+        "two low-rated turns are not enough"
+    );
+    rate(0.0).await;
+    let pass = schedule.run_once().await.unwrap();
+    assert_eq!(pass.evolutions_started, 1);
+    let runs = s
+        .platform
+        .mcp
+        .evolutions
+        .list(aop_core::services::evolution::ListEvolutions {
+            agent_id: Some(agent_id.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].started_by.as_str(), "system:auto-evolution");
+    assert_eq!(runs[0].replayed_turns, 4);
+
+    // Nothing took the run's request (no worker here): once it stalls, it is asked for again.
+    let requests = |types: &[EventType]| {
+        types
+            .iter()
+            .filter(|t| **t == EventType::EvolutionGenerationRequested)
+            .count()
+    };
+    let before = requests(&event_types(&s.platform).await);
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let pass = schedule.run_once().await.unwrap();
+    assert_eq!((pass.evolutions_resumed, pass.evolutions_started), (1, 0));
+    assert_eq!(requests(&event_types(&s.platform).await), before + 1);
+
+    // Once that run ends, only new low-rated turns start another.
+    s.platform
+        .mcp
+        .evolutions
+        .cancel(&runs[0].evolution_id, &alice())
+        .await
+        .unwrap();
+    assert_eq!(schedule.run_once().await.unwrap().evolutions_started, 0);
 }

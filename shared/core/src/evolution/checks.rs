@@ -171,21 +171,46 @@ impl Check {
     }
 }
 
+/// What a schema asks for, in words: the top-level type and its keys. Clearer to a reflection
+/// model than the schema itself.
+fn shape(schema: &serde_json::Value) -> String {
+    let kind = schema
+        .get("type")
+        .and_then(|t| t.as_str())
+        .unwrap_or("value");
+    let mut out = format!("a JSON {kind}");
+    let keys: Vec<&str> = match schema.get("required").and_then(|r| r.as_array()) {
+        Some(required) => required.iter().filter_map(|k| k.as_str()).collect(),
+        None => schema
+            .get("properties")
+            .and_then(|p| p.as_object())
+            .map(|p| p.keys().map(String::as_str).collect())
+            .unwrap_or_default(),
+    };
+    if !keys.is_empty() {
+        out.push_str(&format!(" with the keys {}", keys.join(", ")));
+    }
+    if schema.get("additionalProperties") == Some(&serde_json::Value::Bool(false)) {
+        out.push_str(" and no others");
+    }
+    out
+}
+
 fn json_check(schema: &serde_json::Value, answer: &str) -> CheckResult {
     let text = answer.trim();
     let value: serde_json::Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(_) => {
             let hint = if text.starts_with("```") {
-                "it is wrapped in a Markdown code fence"
+                "it is wrapped in a Markdown code fence; answer with the bare JSON"
             } else if text.contains('{') {
-                "it has text around the JSON"
+                "it has text around the JSON; answer with the JSON alone"
             } else {
                 "it is prose"
             };
             return CheckResult::fail(format!(
-                "expected only a JSON value matching the schema {}; {hint}: `{}`",
-                quote(&schema.to_string()),
+                "expected only {}, nothing else; {hint}: `{}`",
+                shape(schema),
                 quote(text)
             ));
         }
@@ -209,11 +234,7 @@ fn json_check(schema: &serde_json::Value, answer: &str) -> CheckResult {
     if errors.is_empty() {
         CheckResult::pass("the answer is JSON matching the schema")
     } else {
-        CheckResult::fail(format!(
-            "the JSON does not match the schema {}: {}",
-            quote(&schema.to_string()),
-            errors.join("; ")
-        ))
+        CheckResult::fail(format!("expected {}: {}", shape(schema), errors.join("; ")))
     }
 }
 
@@ -394,7 +415,10 @@ mod tests {
         };
         assert_eq!(check.evaluate(r#"{"total": 12.5}"#).unwrap().score, 1.0);
         let prose = check.evaluate("The total is 12.5").unwrap();
-        assert!(prose.feedback.contains("it is prose"), "{}", prose.feedback);
+        assert_eq!(
+            prose.feedback,
+            "expected only a JSON object with the keys total, nothing else; it is prose: `The total is 12.5`"
+        );
         let fenced = check.evaluate("```json\n{\"total\": 1}\n```").unwrap();
         assert!(
             fenced.feedback.contains("code fence"),
@@ -403,12 +427,9 @@ mod tests {
         );
         let missing = check.evaluate(r#"{"sum": 12.5}"#).unwrap();
         assert_eq!(missing.score, 0.0);
-        assert!(
-            missing
-                .feedback
-                .contains("\"total\" is a required property"),
-            "{}",
-            missing.feedback
+        assert_eq!(
+            missing.feedback,
+            "expected a JSON object with the keys total: \"total\" is a required property"
         );
     }
 

@@ -177,6 +177,7 @@ pub struct Schedule {
     evolutions: EvolutionService,
     interval_ms: i64,
     stall_ms: i64,
+    auto_trigger: usize,
 }
 
 /// What one scheduled pass did.
@@ -185,6 +186,7 @@ pub struct Pass {
     pub canaries_decided: usize,
     pub proposals_expired: usize,
     pub evolutions_resumed: usize,
+    pub evolutions_started: usize,
 }
 
 impl Schedule {
@@ -212,6 +214,7 @@ impl Schedule {
             evolutions,
             interval_ms: config.deployments.check_interval_ms(),
             stall_ms: config.evolution.stall_ms(),
+            auto_trigger: config.evolution.auto_trigger_low_rated,
         })
     }
 
@@ -224,6 +227,7 @@ impl Schedule {
             canaries_decided: self.deployments.tick(self.interval_ms).await?,
             proposals_expired: self.proposals.expire().await?,
             evolutions_resumed: self.evolutions.resume_stalled(self.stall_ms).await?,
+            evolutions_started: self.evolutions.auto_trigger(self.auto_trigger).await?.len(),
         };
         if pass != Pass::default() {
             tracing::info!(?pass, "scheduled pass");

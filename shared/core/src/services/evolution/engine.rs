@@ -1176,7 +1176,7 @@ impl Ctx<'_> {
             ),
             Err(e) => return Err(halt_of(e)),
         };
-        let parsed = reflection::parse(&content);
+        let parsed = reflection::parse(&content, current);
         let value = match &parsed {
             Some((text, rationale)) => json!({"text": text, "rationale": rationale}),
             None => json!({"unreadable": kept(&content)}),

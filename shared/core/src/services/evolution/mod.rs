@@ -1003,6 +1003,119 @@ impl EvolutionService {
         Ok(resumed)
     }
 
+    /// The automatic trigger: starts a run, with the default settings, on every active agent
+    /// that collected `threshold` low-rated turns (a score under 0.5) since its last run started
+    /// (or within the window), has no running run and no live canary on `prod`. Off at 0.
+    /// Returns the runs it started; an agent without enough cases is passed over.
+    ///
+    /// # Errors
+    /// `Store` when agents or runs cannot be listed.
+    pub async fn auto_trigger(&self, threshold: usize) -> Result<Vec<EvolutionId>, ServiceError> {
+        if threshold == 0 {
+            return Ok(Vec::new());
+        }
+        let running: std::collections::HashSet<AgentId> = self
+            .store
+            .running_evolutions()
+            .await?
+            .into_iter()
+            .map(|r| r.agent_id)
+            .collect();
+        let now = self.clock.now_ms();
+        let window = i64::from(self.rules.defaults.window_days) * 86_400_000;
+        let mut started = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = self
+                .agents
+                .list(crate::services::agents::ListAgents {
+                    cursor,
+                    limit: Some(200),
+                    ..Default::default()
+                })
+                .await?;
+            for agent in &page.items {
+                if running.contains(&agent.agent_id) {
+                    continue;
+                }
+                let live = self
+                    .deployments
+                    .latest_canary(&agent.agent_id, Some(PROD_ALIAS))
+                    .await
+                    .is_ok_and(|c| {
+                        matches!(
+                            c.status,
+                            crate::deployment::CanaryStatus::Running
+                                | crate::deployment::CanaryStatus::Paused
+                                | crate::deployment::CanaryStatus::Baking
+                        )
+                    });
+                if live {
+                    continue;
+                }
+                let last = self
+                    .store
+                    .list_evolutions(
+                        Some(&agent.agent_id),
+                        &PageRequest {
+                            after: None,
+                            limit: 1,
+                        },
+                    )
+                    .await?;
+                let since = last
+                    .first()
+                    .map_or(now - window, |r| r.started_at.max(now - window));
+                let turns = self
+                    .store
+                    .rated_turns(&agent.agent_id, since, self.rules.defaults.max_replayed)
+                    .await?;
+                let low = turns
+                    .iter()
+                    .filter(|t| {
+                        t.failed
+                            || Criterion::score(&self.rules.defaults.objective, &t.ratings)
+                                .is_some_and(|s| s < 0.5)
+                    })
+                    .count();
+                if low < threshold {
+                    continue;
+                }
+                let input = InitializeEvolution {
+                    agent_id: agent.agent_id.clone(),
+                    alias: None,
+                    mode: None,
+                    objective: None,
+                    budget: None,
+                    minibatch_size: None,
+                    valset_size: None,
+                    window_days: None,
+                    reflection_model: None,
+                    judge_model: None,
+                    merge: None,
+                    seed: None,
+                };
+                match self
+                    .initialize(input, &Principal::named("system:auto-evolution"))
+                    .await
+                {
+                    Ok(view) => {
+                        tracing::info!(agent_id = %agent.agent_id, evolution_id = %view.evolution_id, low_rated = low, "evolution started automatically");
+                        started.push(view.evolution_id);
+                    }
+                    Err(ServiceError::Store(e)) => return Err(e.into()),
+                    Err(e) => {
+                        tracing::debug!(agent_id = %agent.agent_id, error = %e, "no automatic evolution");
+                    }
+                }
+            }
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(started),
+            }
+        }
+    }
+
     /// Running runs: what a process resumes when it starts.
     ///
     /// # Errors
