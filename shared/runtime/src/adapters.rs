@@ -8,7 +8,6 @@ use aop_core::{
     SessionStore, StoreError, SystemClock,
 };
 use aop_store_neo4j::{CredentialSource, Neo4jSettings, Neo4jStore};
-use aop_store_sqlite::SqliteStore;
 
 use crate::config::Config;
 use crate::error::StartupError;
@@ -51,19 +50,29 @@ impl Stores {
                     Some(store),
                 ))
             }
-            None => {
-                let dir = &config.sqlite.data_dir;
-                let store =
-                    SqliteStore::open_dir_with_clock(dir, clock.clone()).map_err(|source| {
-                        StartupError::Store {
-                            dir: dir.display().to_string(),
-                            source,
-                        }
-                    })?;
-                let description = format!("sqlite at {}", store.path().display());
-                Ok(Self::of(Arc::new(store), clock, description, None))
-            }
+            None => Self::embedded(config, clock),
         }
+    }
+
+    #[cfg(feature = "embedded")]
+    fn embedded(config: &Config, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
+        let dir = &config.sqlite.data_dir;
+        let store = aop_store_sqlite::SqliteStore::open_dir_with_clock(dir, clock.clone())
+            .map_err(|source| StartupError::Store {
+                dir: dir.display().to_string(),
+                source,
+            })?;
+        let description = format!("sqlite at {}", store.path().display());
+        Ok(Self::of(Arc::new(store), clock, description, None))
+    }
+
+    /// A build for Neo4j alone (the Lambda functions) has no embedded store to fall back on.
+    #[cfg(not(feature = "embedded"))]
+    fn embedded(_config: &Config, _clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
+        Err(StartupError::Unsupported {
+            setting: "database.uri (NEO4J_URI) or secrets.neo4j_arn (NEO4J_SECRET_ARN)",
+            reason: "must be set: this build runs on Neo4j and has no embedded store".into(),
+        })
     }
 
     fn of<S>(

@@ -949,7 +949,7 @@ impl Ctx<'_> {
         };
         let Some((text, rationale)) = reply else {
             return Ok(refuse(
-                "the reflection's reply had no fenced block to read".into(),
+                "the reflection's reply held no new text to read".into(),
             ));
         };
         let inputs: Vec<&str> = self.run.cases.iter().map(|c| c.input.as_str()).collect();
