@@ -82,7 +82,7 @@ fn message(body: &Value, role: &str) -> String {
 }
 
 fn is_reflection(body: &Value) -> bool {
-    message(body, "system").starts_with("You improve the instructions")
+    message(body, "system").starts_with("You write the instructions")
 }
 
 fn is_judge(body: &Value) -> bool {
