@@ -8,7 +8,7 @@
 //!
 //! Needs an OpenAI-compatible model at `AOP_BENCH_LLM` (`scripts/bench-evolution` starts the
 //! local Qwen2.5-Coder 1.5B and runs this). Settings: `AOP_BENCH_BUDGET` (metric calls per run,
-//! default 150), `AOP_BENCH_SUITES` (comma-separated: json,labels,arithmetic), `AOP_BENCH_MODEL`
+//! default 300), `AOP_BENCH_PATIENCE` (iterations without a new best, default 40), `AOP_BENCH_SUITES` (comma-separated: json,labels,arithmetic), `AOP_BENCH_MODEL`
 //! (default `local-model`), `AOP_BENCH_PRICES` (`model=in/out` per million tokens, default the
 //! gpt-4o-mini list price for the model).
 
@@ -281,9 +281,14 @@ fn main() {
         );
         return;
     };
-    let budget: u32 = env_or("AOP_BENCH_BUDGET", "150")
+    let budget: u32 = env_or("AOP_BENCH_BUDGET", "300")
         .parse()
         .expect("AOP_BENCH_BUDGET");
+    // A small reflection model often rewrites without improving: let it keep trying while the
+    // budget lasts.
+    let patience: u32 = env_or("AOP_BENCH_PATIENCE", "40")
+        .parse()
+        .expect("AOP_BENCH_PATIENCE");
     let model_name = env_or("AOP_BENCH_MODEL", "local-model");
     let prices = env_or("AOP_BENCH_PRICES", &format!("{model_name}=0.15/0.60"));
     let wanted = env_or("AOP_BENCH_SUITES", "json,labels,arithmetic");
@@ -357,6 +362,7 @@ fn main() {
             let input: InitializeEvolution = serde_json::from_value(json!({
                 "agent_id": agent_id, "valset_size": VALSET, "minibatch_size": MINIBATCH,
                 "budget": {"max_metric_calls": budget, "max_seconds": 14_400, "max_cost_usd": 50.0},
+                "patience": patience,
             }))
             .expect("input");
             let run = evolutions

@@ -82,7 +82,7 @@ fn message(body: &Value, role: &str) -> String {
 }
 
 fn is_reflection(body: &Value) -> bool {
-    message(body, "system").starts_with("You write the instructions")
+    message(body, "system").starts_with("You improve the instructions")
 }
 
 fn is_judge(body: &Value) -> bool {
@@ -668,6 +668,17 @@ async fn bad_input_is_refused_naming_the_field() {
         [format!(
             "alias: agent '{agent_id}' has no alias 'staging' (it has: prod)"
         )]
+    );
+    let mut impatient = start(&agent_id, 60);
+    impatient.patience = Some(0);
+    impatient.minibatch_size = Some(50);
+    let problems = fields(svc.initialize(impatient, &alice()).await.unwrap_err());
+    assert_eq!(
+        problems,
+        [
+            "minibatch_size: must be 1 to 20 (got 50)",
+            "patience: must be 1 to 1000 (got 0)"
+        ]
     );
     add_cases(&s, &agent_id, 3).await;
     let problems = fields(

@@ -286,3 +286,35 @@ fn the_evolution_worker_ends_a_step_inside_its_timeout() {
     let source = &props["Events"]["EvolutionEvents"]["Properties"];
     assert_eq!(source["BatchSize"].as_u64(), Some(1));
 }
+
+/// `sam build` runs `cargo lambda build --release` in each function's `CodeUri`, where cargo
+/// reads `.cargo/config.toml`: every function is built for size there (`aop`, built from the
+/// workspace root, is not).
+#[test]
+fn each_function_is_built_for_size_where_sam_builds_it() {
+    let t = template();
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    for name in functions(&t) {
+        let function = &t["Resources"][name.as_str()];
+        assert_eq!(
+            function["Metadata"]["BuildMethod"].as_str(),
+            Some("rust-cargolambda"),
+            "{name} is built by cargo lambda"
+        );
+        let dir = function["Properties"]["CodeUri"].as_str().unwrap();
+        let path = format!("{root}/{dir}/.cargo/config.toml");
+        let config = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{name}: {path} is not readable: {e}"));
+        let release: Vec<&str> = config
+            .lines()
+            .map(str::trim)
+            .skip_while(|l| *l != "[profile.release]")
+            .skip(1)
+            .take_while(|l| !l.starts_with('['))
+            .collect();
+        assert!(
+            release.contains(&"opt-level = \"s\""),
+            "{name}: {path} builds the release profile with opt-level \"s\": {release:?}"
+        );
+    }
+}

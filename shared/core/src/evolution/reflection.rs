@@ -24,14 +24,16 @@ pub struct Record {
 /// The reflection prompt for `component` (its current text) and the records.
 pub fn prompt(component: &str, current: &str, records: &[Record]) -> Vec<ChatMessage> {
     let system = format!(
-        "You write the {component} of an AI assistant. You improve them from evidence: inputs \
-         the assistant received, what it answered, and feedback on each answer."
+        "You improve the {component} of an AI assistant from evidence. You are given the \
+         current text and examples of inputs it received, what it answered, and feedback on \
+         each answer. Write an improved text, addressed to the assistant, that: states the task \
+         and the expected input precisely; states the exact output format the feedback asks \
+         for; carries the domain facts and rules the feedback reveals; keeps what already \
+         worked; and generalises, so it serves inputs like these without quoting them. Keep any \
+         text between <keep> and </keep> unchanged. Reply with one sentence on what you changed \
+         and why, then the complete new text between {OPEN} and {CLOSE}, and nothing after it."
     );
-    let mut user = format!(
-        "I gave an assistant these {component}:\n<current>\n{current}\n</current>\n\nHere \
-         are inputs it received, its answers, and feedback on how each answer could be \
-         better:\n"
-    );
+    let mut user = format!("Current {component}:\n<current>\n{current}\n</current>\n\nExamples:\n");
     for (i, r) in records.iter().enumerate() {
         user.push_str(&format!(
             "\n### Example {}\nInput:\n{}\n\nAnswer:\n{}\n\nFeedback (score {:.2}): {}\n",
@@ -43,13 +45,7 @@ pub fn prompt(component: &str, current: &str, records: &[Record]) -> Vec<ChatMes
         ));
     }
     user.push_str(&format!(
-        "\nWrite new {component} for the assistant. Read the inputs and infer the task and the \
-         input format precisely. Read every answer and its feedback: state the exact output \
-         format the feedback asks for, and include the domain-specific facts and rules it \
-         reveals, since the assistant will not see this feedback later. Keep what already \
-         worked and any text between <keep> and </keep>. Generalise: do not quote these \
-         examples. You may say in one sentence what you changed; then give the complete new \
-         {component} between {OPEN} and {CLOSE}."
+        "\nWrite the improved {component} between {OPEN} and {CLOSE}."
     ));
     vec![
         ChatMessage::new(Role::System, system),

@@ -954,11 +954,11 @@ impl Ctx<'_> {
         };
         let inputs: Vec<&str> = self.run.cases.iter().map(|c| c.input.as_str()).collect();
         if let Err(why) = reflection::screen(&current, &text, &inputs) {
-            return Ok(refuse(format!("the new {name} was refused: {why}")));
+            return Ok(refuse(format!("new {name} refused: {why}")));
         }
         let child_components = match with_component(&parent.components, name, &text) {
             Ok(c) => c,
-            Err(why) => return Ok(refuse(format!("the new {name} was refused: {why}"))),
+            Err(why) => return Ok(refuse(format!("new {name} refused: {why}"))),
         };
         let mut child = self.candidate(
             vec![parent.candidate_id.clone()],

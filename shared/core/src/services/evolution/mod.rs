@@ -166,6 +166,9 @@ pub struct InitializeEvolution {
     /// descriptions to evolve besides its instructions).
     #[serde(default)]
     pub merge: Option<bool>,
+    /// Stop after this many iterations without a new best (default 10).
+    #[serde(default)]
+    pub patience: Option<u32>,
     /// Seed of the run's sampling, to replay a run.
     #[serde(default)]
     pub seed: Option<u64>,
@@ -551,6 +554,12 @@ impl EvolutionService {
                 }
             }
             s.objective.clone_from(objective);
+        }
+        if let Some(n) = input.patience {
+            if !(1..=1000).contains(&n) {
+                p.push("patience", format!("must be 1 to 1000 (got {n})"));
+            }
+            s.patience = n;
         }
         if input.merge.is_some() {
             s.merge = input.merge;
@@ -1093,6 +1102,7 @@ impl EvolutionService {
                     reflection_model: None,
                     judge_model: None,
                     merge: None,
+                    patience: None,
                     seed: None,
                 };
                 match self
