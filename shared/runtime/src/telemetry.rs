@@ -164,7 +164,7 @@ where
 /// # Errors
 /// `ConfigError` naming `LOG_LEVEL` when the filter does not parse.
 pub fn init(level: &str) -> Result<(), ConfigError> {
-    let filter = EnvFilter::try_new(level).map_err(|e| {
+    let filter = filter(level).map_err(|e| {
         ConfigError(vec![format!(
             "logging.level (LOG_LEVEL): {e} (got '{level}')"
         )])
@@ -174,6 +174,25 @@ pub fn init(level: &str) -> Result<(), ConfigError> {
         .with(JsonLines::new(std::io::stdout))
         .try_init();
     Ok(())
+}
+
+/// The filter for `level`. At a default level of `info`, the MCP SDK (`rmcp`) logs only
+/// warnings unless the filter names it: it writes several INFO lines for every stateless call
+/// (a session initialised, an input stream ended), lines a user pays for and reads past. At
+/// `debug` and `trace` they are all there.
+fn filter(level: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
+    let directives: Vec<&str> = level.split(',').map(str::trim).collect();
+    let default_is_info = directives
+        .iter()
+        .rev()
+        .find(|d| !d.is_empty() && !d.contains('='))
+        .is_some_and(|d| d.eq_ignore_ascii_case("info"));
+    let names_rmcp = directives.iter().any(|d| d.starts_with("rmcp"));
+    if default_is_info && !names_rmcp {
+        EnvFilter::try_new(format!("{level},rmcp=warn"))
+    } else {
+        EnvFilter::try_new(level)
+    }
 }
 
 /// The current UTC time as `2026-11-27T05:48:18.123Z`.
@@ -205,6 +224,55 @@ mod tests {
         fn make_writer(&'a self) -> Self::Writer {
             self.clone()
         }
+    }
+
+    /// The messages `level` lets through of an SDK line, a warning of the SDK and a line of ours.
+    fn passed(level: &str) -> Vec<String> {
+        let buffer = Buffer::default();
+        let subscriber = tracing_subscriber::registry()
+            .with(filter(level).unwrap())
+            .with(JsonLines::new(buffer.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(target: "rmcp::service", "Service initialized as server");
+            tracing::warn!(target: "rmcp::transport", "stream broke");
+            tracing::info!(target: "aop_mcp::server", "tool called");
+            tracing::debug!(target: "aop_mcp::server", "details");
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|l| {
+                let line: Value = serde_json::from_str(l).unwrap();
+                line["message"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_sdks_per_call_info_lines_show_only_when_asked_for() {
+        assert_eq!(passed("info"), ["stream broke", "tool called"]);
+        // `aop` is a prefix of our crates' targets (`aop_mcp`, ...).
+        assert_eq!(
+            passed("aop=debug,info"),
+            ["stream broke", "tool called", "details"]
+        );
+        assert_eq!(
+            passed("debug"),
+            [
+                "Service initialized as server",
+                "stream broke",
+                "tool called",
+                "details"
+            ]
+        );
+        assert_eq!(
+            passed("rmcp=info,info"),
+            [
+                "Service initialized as server",
+                "stream broke",
+                "tool called"
+            ]
+        );
+        assert_eq!(passed("warn"), ["stream broke"]);
     }
 
     #[test]
