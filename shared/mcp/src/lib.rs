@@ -7,6 +7,8 @@ mod args;
 #[cfg(feature = "server")]
 mod auth;
 #[cfg(feature = "server")]
+mod catalog;
+#[cfg(feature = "server")]
 mod errors;
 #[cfg(feature = "server")]
 mod evolution;
@@ -23,7 +25,10 @@ mod server;
 mod settings;
 #[cfg(feature = "server")]
 mod tools;
+mod toolset;
 
+#[cfg(feature = "server")]
+pub use catalog::ToolCatalog;
 #[cfg(feature = "server")]
 pub use http::{HttpOptions, router};
 #[cfg(feature = "server")]
@@ -33,3 +38,4 @@ pub use request_id::REQUEST_ID_HEADER;
 #[cfg(feature = "server")]
 pub use server::{AgentServer, RequestDeadline, Services};
 pub use settings::ServerSettings;
+pub use toolset::Toolset;

@@ -10,7 +10,6 @@ use aop_core::{
     AgentId, AgentService, ConversationService, CreateAgent, DeploymentService, EvolutionService,
     FeedbackService, ListAgents, ProposalService, UpdateAgent,
 };
-use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::handler::server::wrapper::Json;
 use rmcp::model::{
@@ -25,6 +24,7 @@ use serde::Deserialize;
 use tracing::Instrument;
 
 use crate::args::{DESERIALIZE_PREFIX, Parameters};
+use crate::catalog::ToolCatalog;
 use crate::errors::ToolFailure;
 use crate::evolution;
 use crate::metrics::Metrics;
@@ -130,12 +130,12 @@ pub struct AgentServer {
     pub(crate) proposals: ProposalService,
     pub(crate) evolutions: EvolutionService,
     metrics: Arc<Metrics>,
-    tools: Arc<ToolRouter<Self>>,
+    tools: ToolCatalog,
 }
 
-#[tool_router(router = tool_router)]
 impl AgentServer {
-    pub fn new(services: Services, metrics: Arc<Metrics>) -> Self {
+    /// A server over `services` offering the tools of `catalog`.
+    pub fn new(services: Services, metrics: Arc<Metrics>, catalog: ToolCatalog) -> Self {
         Self {
             agents: services.agents,
             conversations: services.conversations,
@@ -144,20 +144,17 @@ impl AgentServer {
             proposals: services.proposals,
             evolutions: services.evolutions,
             metrics,
-            tools: Arc::new(
-                Self::tool_router()
-                    + Self::feedback_router()
-                    + Self::deployment_router()
-                    + Self::proposal_router()
-                    + Self::evolution_router(),
-            ),
+            tools: catalog,
         }
     }
 
     pub fn agents(&self) -> &AgentService {
         &self.agents
     }
+}
 
+#[tool_router(router = agent_router, vis = "pub(crate)")]
+impl AgentServer {
     /// Creates an agent and its first version; `prod` points at it.
     #[tool(
         name = "create_agent",
@@ -234,7 +231,10 @@ impl AgentServer {
     ) -> Result<Json<aop_core::Agent>, ToolFailure> {
         Ok(Json(self.agents.archive(&args.agent_id).await?))
     }
+}
 
+#[tool_router(router = session_router, vis = "pub(crate)")]
+impl AgentServer {
     #[tool(
         name = "start_session",
         description = "Open a conversation with an agent alias (default `prod`). The alias is resolved to one version for the whole session.",
@@ -334,7 +334,7 @@ impl AgentServer {
     }
 }
 
-#[tool_router(router = feedback_router)]
+#[tool_router(router = feedback_router, vis = "pub(crate)")]
 impl AgentServer {
     #[tool(
         name = "submit_feedback",
@@ -414,7 +414,7 @@ impl AgentServer {
     }
 
     pub fn tool_list(&self) -> Vec<rmcp::model::Tool> {
-        self.tools.list_all()
+        self.tools.tools().to_vec()
     }
 
     pub fn find_tool(&self, name: &str) -> Option<rmcp::model::Tool> {
@@ -434,9 +434,10 @@ impl AgentServer {
             tool = %tool,
         );
         let started = Instant::now();
-        let known = self.tools.has_route(&tool);
+        let known = self.tools.get(&tool).is_some();
         let result = self
             .tools
+            .router()
             .call(ToolCallContext::new(self, request, context))
             .instrument(span.clone())
             .await

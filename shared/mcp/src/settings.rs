@@ -6,6 +6,8 @@ use aop_config::{Kind, Problems, Section, Setting};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
+use crate::Toolset;
+
 /// The `server` section. `Debug` never shows the keys.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -23,6 +25,12 @@ pub struct ServerSettings {
     pub stateless: bool,
     /// Answer with `application/json` instead of SSE where possible.
     pub json_response: bool,
+    /// The toolsets offered (`agents`, `sessions`, `feedback`, `deployments`, `evolution`);
+    /// all when empty.
+    pub toolsets: Vec<String>,
+    /// List each tool's output schema in `tools/list` (results carry structured content
+    /// either way).
+    pub output_schemas: bool,
 }
 
 impl Default for ServerSettings {
@@ -35,7 +43,19 @@ impl Default for ServerSettings {
             allowed_origins: vec!["http://localhost:*".into(), "http://127.0.0.1:*".into()],
             stateless: false,
             json_response: false,
+            toolsets: Vec::new(),
+            output_schemas: false,
         }
+    }
+}
+
+impl ServerSettings {
+    /// The configured toolsets; unknown names are refused when the configuration is checked.
+    pub fn toolsets(&self) -> Vec<Toolset> {
+        self.toolsets
+            .iter()
+            .filter_map(|n| Toolset::parse(n))
+            .collect()
     }
 }
 
@@ -68,6 +88,8 @@ impl Section for ServerSettings {
         Setting::new("allowed_origins", "AOP_ALLOWED_ORIGINS", Kind::List),
         Setting::new("stateless", "AOP_STATELESS", Kind::Flag),
         Setting::new("json_response", "AOP_JSON_RESPONSE", Kind::Flag),
+        Setting::new("toolsets", "AOP_TOOLSETS", Kind::List),
+        Setting::new("output_schemas", "AOP_OUTPUT_SCHEMAS", Kind::Flag),
     ];
 
     fn check(&self, problems: &mut Problems) {
@@ -76,6 +98,17 @@ impl Section for ServerSettings {
                 "host",
                 "binding beyond loopback needs API keys (set AOP_API_KEYS)",
             );
+        }
+        for name in &self.toolsets {
+            if Toolset::parse(name).is_none() {
+                problems.push(
+                    "toolsets",
+                    format!(
+                        "'{name}' is not a toolset; the toolsets are {}",
+                        Toolset::names()
+                    ),
+                );
+            }
         }
         for origin in &self.allowed_origins {
             if !(origin == "null" || origin.contains("://")) {

@@ -12,7 +12,7 @@ use aop_core::{
     AgentService, ConversationService, DeploymentService, EvolutionRules, EvolutionService,
     FeedbackService, ProposalService, SystemClock,
 };
-use aop_mcp::{AgentServer, HttpOptions, Metrics, Services};
+use aop_mcp::{AgentServer, HttpOptions, Metrics, Services, ToolCatalog, Toolset};
 use aop_store_sqlite::SqliteStore;
 use axum::body::Body;
 use http::{Request, StatusCode};
@@ -34,6 +34,16 @@ struct Reply {
 
 impl TestApp {
     fn new(configure: impl FnOnce(&mut HttpOptions)) -> Self {
+        Self::offering(&[], false, configure)
+    }
+
+    /// A server offering only `toolsets` (every tool when empty), listing output schemas when
+    /// `output_schemas` is set.
+    fn offering(
+        toolsets: &[Toolset],
+        output_schemas: bool,
+        configure: impl FnOnce(&mut HttpOptions),
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open_dir(dir.path()).unwrap());
         let agents = AgentService::new(store.clone(), Arc::new(SystemClock), "test-model");
@@ -91,8 +101,9 @@ impl TestApp {
             evolutions,
         };
         let m = metrics.clone();
+        let tools = ToolCatalog::new(toolsets, output_schemas);
         let router = aop_mcp::router(
-            move || AgentServer::new(services.clone(), m.clone()),
+            move || AgentServer::new(services.clone(), m.clone(), tools.clone()),
             options,
             metrics,
             store,
@@ -177,7 +188,7 @@ impl TestApp {
 
 #[tokio::test]
 async fn every_tool_is_listed_with_input_and_output_schemas() {
-    let app = TestApp::new(|_| {});
+    let app = TestApp::offering(&[], true, |_| {});
     let reply = app.call("tools/list", json!({})).await;
     let tools = reply.body["result"]["tools"].as_array().unwrap().clone();
     let mut names: Vec<&str> = tools.iter().map(|t| t["name"].as_str().unwrap()).collect();
@@ -230,6 +241,156 @@ async fn every_tool_is_listed_with_input_and_output_schemas() {
     let create = tools.iter().find(|t| t["name"] == "create_agent").unwrap();
     let required = create["inputSchema"]["required"].as_array().unwrap();
     assert!(required.contains(&json!("name")) && required.contains(&json!("instructions")));
+
+    // By default the listing leaves the output schemas out; results stay structured.
+    let app = TestApp::new(|_| {});
+    let (tools, _) = listing(&app).await;
+    assert_eq!(tools.len(), names.len());
+    assert!(tools.iter().all(|t| t.get("outputSchema").is_none()));
+    let created = app
+        .ok("create_agent", json!({"name": "a", "instructions": "b"}))
+        .await;
+    assert_eq!(created["version"]["version"], 1);
+}
+
+/// The tools that made up the whole surface before deployments and evolutions arrived.
+const FIRST_TOOLSETS: [Toolset; 3] = [Toolset::Agents, Toolset::Sessions, Toolset::Feedback];
+/// What a client may pay in its model's context for those 14 tools, and so per tool.
+const LISTING_BUDGET: usize = 20_000;
+
+async fn listing(app: &TestApp) -> (Vec<Value>, usize) {
+    let reply = app.call("tools/list", json!({})).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let tools = reply.body["result"]["tools"].as_array().unwrap().clone();
+    let bytes = serde_json::to_vec(&reply.body["result"]).unwrap().len();
+    (tools, bytes)
+}
+
+#[tokio::test]
+async fn the_tool_listing_fits_a_models_context_budget() {
+    let (first, first_bytes) = listing(&TestApp::offering(&FIRST_TOOLSETS, false, |_| {})).await;
+    assert_eq!(first.len(), 14);
+    assert!(
+        first_bytes <= LISTING_BUDGET,
+        "14 tools list in {first_bytes} bytes"
+    );
+    let (all, all_bytes) = listing(&TestApp::new(|_| {})).await;
+    assert!(
+        all_bytes * first.len() <= LISTING_BUDGET * all.len(),
+        "{} tools list in {all_bytes} bytes, over {} per tool",
+        all.len(),
+        LISTING_BUDGET / first.len()
+    );
+}
+
+/// Every `$ref` in `value` points into the same schema's `$defs`.
+fn assert_refs_resolve(tool: &str, root: &Value, value: &Value) {
+    match value {
+        Value::Object(object) => {
+            if let Some(reference) = object.get("$ref").and_then(Value::as_str) {
+                let target = reference
+                    .strip_prefix("#")
+                    .and_then(|pointer| root.pointer(pointer));
+                assert!(target.is_some(), "{tool}: `$ref` {reference} leads nowhere");
+            }
+            object
+                .values()
+                .for_each(|v| assert_refs_resolve(tool, root, v));
+        }
+        Value::Array(items) => items
+            .iter()
+            .for_each(|v| assert_refs_resolve(tool, root, v)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn every_schema_is_standard_json_schema_a_strict_validator_accepts() {
+    let (tools, _) = listing(&TestApp::offering(&[], true, |_| {})).await;
+    for tool in &tools {
+        let name = tool["name"].as_str().unwrap();
+        for key in ["inputSchema", "outputSchema"] {
+            let schema = &tool[key];
+            jsonschema::meta::validate(schema)
+                .unwrap_or_else(|e| panic!("{name} {key} is not JSON Schema: {e}"));
+            // Unknown `format` values are errors here, as in AJV's strict mode.
+            jsonschema::options()
+                .should_validate_formats(true)
+                .should_ignore_unknown_formats(false)
+                .build(schema)
+                .unwrap_or_else(|e| panic!("{name} {key} is refused: {e}"));
+            assert_refs_resolve(name, schema, schema);
+        }
+    }
+}
+
+#[tokio::test]
+async fn results_match_the_output_schemas_the_listing_gives() {
+    let app = TestApp::offering(&[], true, |_| {});
+    let (tools, _) = listing(&app).await;
+    let schema = |name: &str| {
+        let tool = tools.iter().find(|t| t["name"] == name).unwrap();
+        jsonschema::validator_for(&tool["outputSchema"]).unwrap()
+    };
+    let created = app
+        .ok(
+            "create_agent",
+            json!({"name": "Support", "instructions": "Be kind.", "domain": "support",
+                   "capabilities": [{"name": "refund", "description": "refunds"}]}),
+        )
+        .await;
+    let id = created["agent"]["agent_id"].clone();
+    let listed = app.ok("list_agents", json!({"limit": 5})).await;
+    let versions = app.ok("list_agent_versions", json!({"agent_id": id})).await;
+    for (name, result) in [
+        ("create_agent", &created),
+        ("list_agents", &listed),
+        ("list_agent_versions", &versions),
+    ] {
+        let errors: Vec<String> = schema(name)
+            .iter_errors(result)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{name}: {errors:?} in {result}");
+    }
+}
+
+#[tokio::test]
+async fn a_deployment_offers_only_the_toolsets_it_names() {
+    let app = TestApp::offering(&[Toolset::Deployments, Toolset::Feedback], false, |_| {});
+    let (tools, _) = listing(&app).await;
+    let mut names: Vec<&str> = tools.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "deploy_version",
+            "get_canary",
+            "get_feedback_metrics",
+            "list_deployments",
+            "list_proposals",
+            "promote_canary",
+            "propose_version",
+            "review_proposal",
+            "rollback_agent",
+            "start_canary",
+            "submit_feedback"
+        ]
+    );
+    let reply = app
+        .call(
+            "tools/call",
+            json!({"name": "create_agent", "arguments": {"name": "a", "instructions": "b"}}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert!(
+        reply.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not found")),
+        "{:?}",
+        reply.body
+    );
 }
 
 #[tokio::test]

@@ -721,6 +721,32 @@ mod tests {
     }
 
     #[test]
+    fn toolsets_are_chosen_by_name_and_a_wrong_name_is_refused() {
+        let config = load(
+            None,
+            &[("AOP_TOOLSETS", "agents, evolution")],
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            config.server.toolsets(),
+            [aop_mcp::Toolset::Agents, aop_mcp::Toolset::Evolution]
+        );
+        let err = load(
+            None,
+            &[("AOP_TOOLSETS", "agents,deployment")],
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("server.toolsets (AOP_TOOLSETS")
+                && text.contains("'deployment' is not a toolset; the toolsets are agents, sessions, feedback, deployments, evolution"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn unknown_file_settings_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.yaml");

@@ -9,7 +9,7 @@ use aop_core::{
     AgentService, ConversationService, DeploymentService, EvolutionService, FeedbackService,
     ProposalService,
 };
-use aop_mcp::{AgentServer, HttpOptions, Metrics, Services};
+use aop_mcp::{AgentServer, HttpOptions, Metrics, Services, ToolCatalog};
 
 use super::{Role, open_stores, settle};
 use crate::adapters::Stores;
@@ -28,6 +28,8 @@ pub struct McpRole {
     pub proposals: ProposalService,
     pub evolutions: EvolutionService,
     pub metrics: Arc<Metrics>,
+    /// The offered tools (`AOP_TOOLSETS`), built once for every server.
+    pub tools: ToolCatalog,
     pub stores: Stores,
     /// Woken after every commit that wrote events.
     pub outbox_signal: NotifySignal,
@@ -119,6 +121,7 @@ impl McpRole {
             proposals,
             evolutions,
             metrics,
+            tools: ToolCatalog::new(&config.server.toolsets(), config.server.output_schemas),
             stores,
             outbox_signal: signal,
         })
@@ -136,6 +139,7 @@ impl McpRole {
                 evolutions: self.evolutions.clone(),
             },
             self.metrics.clone(),
+            self.tools.clone(),
         )
     }
 
