@@ -1,7 +1,7 @@
 //! The HTTP surface: `/mcp` (MCP Streamable HTTP), `/health` and `/metrics`, with request ids,
 //! request metrics and bearer authentication. The same Router serves locally and on Lambda.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use aop_core::AgentStore;
@@ -106,30 +106,84 @@ where
         .with_state(state)
 }
 
-/// Request id, span, and request metrics for every request.
+/// What the MCP handler tells the access line about the call it served: the tool and how the
+/// call ended. Travels in the request's extensions, which rmcp hands to the handler.
+#[derive(Clone, Default)]
+pub(crate) struct CallNote(Arc<OnceLock<(String, &'static str)>>);
+
+impl CallNote {
+    pub(crate) fn record(&self, tool: &str, outcome: &'static str) {
+        let _ = self.0.set((tool.to_owned(), outcome));
+    }
+}
+
+/// The method as a metrics label: a fixed set, so no caller can grow the label space.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "DELETE" => "DELETE",
+        "OPTIONS" => "OPTIONS",
+        "HEAD" => "HEAD",
+        _ => "other",
+    }
+}
+
+/// Request id, span, request metrics and one access line for every request: at `info` (`warn`
+/// for a server error) with the method, route, status, duration and, for a tool call, the tool
+/// and its outcome.
 async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let id = request_id::ensure(&mut request);
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let route = match request.uri().path() {
-        p @ ("/mcp" | "/health" | "/metrics") => p.to_owned(),
-        _ => "other".to_owned(),
+        "/mcp" => "/mcp",
+        "/health" => "/health",
+        "/metrics" => "/metrics",
+        _ => "other",
     };
-    let span =
-        tracing::info_span!("http_request", request_id = %id, method = %method, route = %route);
+    let rpc = request
+        .headers()
+        .get("mcp-method")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let note = CallNote::default();
+    request.extensions_mut().insert(note.clone());
+    let span = tracing::info_span!("http_request", request_id = %id);
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
-    let status = response.status();
-    state.metrics.observe_http(
-        &route,
-        &method,
-        status.as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    state
+        .metrics
+        .observe_http(route, method, status, elapsed.as_secs_f64());
+    let duration_ms = elapsed.as_secs_f64() * 1000.0;
+    let (tool, outcome) = note
+        .0
+        .get()
+        .map_or((None, None), |(t, o)| (Some(t.as_str()), Some(*o)));
     span.in_scope(|| {
-        if status.is_server_error() {
-            tracing::warn!(status = status.as_u16(), "request failed");
+        if status >= 500 {
+            tracing::warn!(
+                method,
+                route,
+                rpc = rpc.as_deref(),
+                tool,
+                outcome,
+                status,
+                duration_ms,
+                "request failed"
+            );
         } else {
-            tracing::debug!(status = status.as_u16(), "request served");
+            tracing::info!(
+                method,
+                route,
+                rpc = rpc.as_deref(),
+                tool,
+                outcome,
+                status,
+                duration_ms,
+                "request"
+            );
         }
     });
     if let Ok(value) = HeaderValue::from_str(&id) {
@@ -161,7 +215,7 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
     } else {
         "missing_token"
     };
-    tracing::info!(reason, "rejected unauthenticated MCP request");
+    tracing::debug!(reason, "rejected unauthenticated MCP request");
     let mut response = (
         StatusCode::UNAUTHORIZED,
         Json(serde_json::json!({

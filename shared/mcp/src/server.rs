@@ -27,6 +27,7 @@ use crate::args::{DESERIALIZE_PREFIX, Parameters};
 use crate::catalog::ToolCatalog;
 use crate::errors::ToolFailure;
 use crate::evolution;
+use crate::http::CallNote;
 use crate::metrics::Metrics;
 use crate::request_id;
 use crate::resources;
@@ -433,6 +434,11 @@ impl AgentServer {
             request_id = %request_id::from_context(&context),
             tool = %tool,
         );
+        let call_note = context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|p| p.extensions.get::<CallNote>())
+            .cloned();
         let started = Instant::now();
         let known = self.tools.get(&tool).is_some();
         let result = self
@@ -451,6 +457,9 @@ impl AgentServer {
             self.metrics
                 .observe_tool(&tool, outcome, started.elapsed().as_secs_f64());
         }
+        if let Some(note) = call_note {
+            note.record(&tool, outcome);
+        }
         result
     }
 }
@@ -466,7 +475,7 @@ fn without_deserialize_prefix(response: CallToolResponse) -> CallToolResponse {
             if let Some(text) = block.as_text()
                 && let Some(message) = text.text.strip_prefix(DESERIALIZE_PREFIX)
             {
-                tracing::info!(%message, "rejected tool arguments");
+                tracing::debug!(%message, "rejected tool arguments");
                 *block = ContentBlock::text(message.to_owned());
             }
         }

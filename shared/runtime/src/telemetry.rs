@@ -164,16 +164,26 @@ where
 /// # Errors
 /// `ConfigError` naming `LOG_LEVEL` when the filter does not parse.
 pub fn init(level: &str) -> Result<(), ConfigError> {
+    let _ = tracing::subscriber::set_global_default(subscriber(level, std::io::stdout)?);
+    Ok(())
+}
+
+/// The platform's logging, JSON lines to `writer` filtered by `level`, as `init` installs it.
+///
+/// # Errors
+/// `ConfigError` naming `LOG_LEVEL` when the filter does not parse.
+pub fn subscriber<W>(level: &str, writer: W) -> Result<impl Subscriber + Send + Sync, ConfigError>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = filter(level).map_err(|e| {
         ConfigError(vec![format!(
             "logging.level (LOG_LEVEL): {e} (got '{level}')"
         )])
     })?;
-    let _ = tracing_subscriber::registry()
+    Ok(tracing_subscriber::registry()
         .with(filter)
-        .with(JsonLines::new(std::io::stdout))
-        .try_init();
-    Ok(())
+        .with(JsonLines::new(writer)))
 }
 
 /// The filter for `level`. At a default level of `info`, the MCP SDK (`rmcp`) logs only

@@ -254,7 +254,7 @@ impl AgentService {
         ];
         self.store.insert_agent(&agent, &version, &events).await?;
         self.signal.notify();
-        tracing::info!(version = 1, "agent created");
+        tracing::debug!(version = 1, "agent created");
         Ok(AgentDetail { agent, version })
     }
 
@@ -489,7 +489,7 @@ impl AgentService {
             .insert_version(&agent, &next, &previous_aliases, &events)
             .await?;
         self.signal.notify();
-        tracing::info!(version = next.version, changed = ?changed, "version created");
+        tracing::debug!(version = next.version, changed = ?changed, "version created");
         Ok(AgentDetail {
             agent,
             version: next,
@@ -546,7 +546,7 @@ impl AgentService {
             .set_status(agent_id, AgentStatus::Archived, now, &events)
             .await?;
         self.signal.notify();
-        tracing::info!("agent archived");
+        tracing::debug!("agent archived");
         Ok(agent)
     }
 

@@ -275,7 +275,7 @@ impl ConversationService {
         )];
         self.sessions.insert_session(&session, &events).await?;
         self.signal.notify();
-        tracing::info!(version, "session started");
+        tracing::debug!(version, "session started");
         Ok(session)
     }
 
@@ -603,7 +603,7 @@ impl ConversationService {
                         )
                     });
                 if cost_usd.is_none() && (usage.prompt_tokens + usage.completion_tokens) > 0 {
-                    tracing::info!(model = %model_name, "model has no configured price; cost recorded as unknown");
+                    note_unpriced(&model_name);
                 }
                 Ok(Interaction {
                     interaction_id: turn.interaction_id.clone(),
@@ -781,7 +781,7 @@ impl ConversationService {
 }
 
 fn refused(call: &ToolCall, reason: String) -> ToolCallRecord {
-    tracing::info!(tool = %call.name, %reason, "tool call refused");
+    tracing::debug!(tool = %call.name, %reason, "tool call refused");
     ToolCallRecord {
         call_id: call.id.clone(),
         name: call.name.clone(),
@@ -880,6 +880,19 @@ fn trim_history(messages: &[Message], budget_tokens: usize) -> Vec<ChatMessage> 
     }
     kept.reverse();
     kept
+}
+
+/// Says once per process and model that the model has no price: every turn would repeat it.
+fn note_unpriced(model: &str) {
+    static SEEN: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+        std::sync::LazyLock::new(Default::default);
+    let first = SEEN
+        .lock()
+        .map(|mut seen| seen.insert(model.to_owned()))
+        .unwrap_or(false);
+    if first {
+        tracing::info!(model = %model, "model has no configured price; its turns record their cost as unknown");
+    }
 }
 
 #[cfg(test)]

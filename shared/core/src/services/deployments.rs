@@ -828,7 +828,7 @@ impl DeploymentService {
         };
         self.store.move_alias(&change, canary, &events).await?;
         self.signal.notify();
-        tracing::info!(alias, kind = kind.as_str(), actor = %actor, "alias moved");
+        tracing::debug!(alias, kind = kind.as_str(), actor = %actor, "alias moved");
         Ok(Moved {
             agent: after,
             deployment,

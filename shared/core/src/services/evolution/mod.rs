@@ -729,7 +729,7 @@ impl EvolutionService {
             Err(e) => return Err(e.into()),
         }
         self.signal.notify();
-        tracing::info!(evolution_id = %run.evolution_id, seed_version, cases = run.cases.len(), "evolution started");
+        tracing::debug!(evolution_id = %run.evolution_id, seed_version, cases = run.cases.len(), "evolution started");
         Ok(EvolutionView::of(&run))
     }
 
