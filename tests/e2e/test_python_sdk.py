@@ -96,10 +96,13 @@ def test_agent_lifecycle_through_the_sdk(start_server, mode):
         assert "agt_missing" in err.value.message
 
     asyncio.run(with_client(server.url, mode, scenario))
-    # Every request was logged with a request id; the API key never was.
+    # Every request was logged, once, with a request id; the API key never was.
     logged = json.dumps(server.lines)
     assert KEY not in logged
-    assert any(line.get("request_id") for line in server.lines if line.get("function") == "update_agent")
+    access = [line for line in server.lines if line.get("message") == "request"]
+    update = [line for line in access if line.get("tool") == "update_agent"]
+    assert [line["outcome"] for line in update] == ["ok", "ok", "tool_error"], update
+    assert all(line["request_id"] for line in access), access
 
 
 @pytest.mark.parametrize("mode", ERAS)

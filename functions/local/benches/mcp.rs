@@ -1,9 +1,12 @@
 //! Benchmarks of the release `aop` binary, as a user runs it: time from process start to the
 //! first successful MCP response, idle memory, and `tools/call get_agent` throughput and
-//! latency at a fixed concurrency. Prints numbers; asserts nothing about them.
+//! latency, next to a bare rmcp server with one trivial tool (`examples/bare-mcp.rs`, the same
+//! rmcp, the same HTTP stack and runtime) measured the same way in the same run: each server
+//! pinned to core 0 (`taskset`), the load from the other core, server CPU per call from
+//! `/proc/PID/stat`. Prints numbers and ratios; asserts nothing about them.
 //!
 //! Run with `scripts/bench` (builds the release binaries first), or
-//! `AOP_BIN=target/release/aop cargo bench -p aop-local --bench mcp`.
+//! `AOP_BIN=target/release/aop AOP_BARE_BIN=target/release/examples/bare-mcp cargo bench -p aop-local --bench mcp`.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -21,6 +24,11 @@ use serde_json::{Value, json};
 const STARTS: usize = 10;
 const CONCURRENCY: usize = 16;
 const REQUESTS: usize = 20_000;
+/// Calls one after another, for the latency tail.
+const SEQUENTIAL: usize = 5_000;
+/// Rounds of the comparison; each server's best round is reported.
+const ROUNDS: usize = 3;
+const API_KEY: &str = "bench-key-0123456789abcdef";
 
 type Http = Client<HttpConnector, Full<Bytes>>;
 
@@ -31,6 +39,28 @@ fn binary() -> PathBuf {
     let target = std::env::var("CARGO_TARGET_DIR")
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../target").to_owned());
     PathBuf::from(target).join("release/aop")
+}
+
+fn bare_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("AOP_BARE_BIN") {
+        return PathBuf::from(path);
+    }
+    binary()
+        .parent()
+        .map(|dir| dir.join("examples/bare-mcp"))
+        .expect("the binary's directory")
+}
+
+/// `taskset -c CORE` when it exists and there are cores to spare.
+fn pinned(core: usize, program: &std::path::Path) -> Command {
+    let spare = std::thread::available_parallelism().map_or(1, |n| n.get()) > 1;
+    if spare && Command::new("taskset").arg("-V").output().is_ok() {
+        let mut cmd = Command::new("taskset");
+        cmd.arg("-c").arg(core.to_string()).arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    }
 }
 
 fn free_port() -> u16 {
@@ -82,18 +112,26 @@ fn spawn(stateless: bool) -> Server {
     }
 }
 
-fn rpc(port: u16, body: &Value) -> hyper::Request<Full<Bytes>> {
-    hyper::Request::post(format!("http://127.0.0.1:{port}/mcp"))
+fn rpc(port: u16, key: Option<&str>, body: &Value) -> hyper::Request<Full<Bytes>> {
+    let mut request = hyper::Request::post(format!("http://127.0.0.1:{port}/mcp"))
         .header("host", format!("127.0.0.1:{port}"))
         .header("content-type", "application/json")
         .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", "2025-11-25")
+        .header("mcp-protocol-version", "2025-11-25");
+    if let Some(key) = key {
+        request = request.header("authorization", format!("Bearer {key}"));
+    }
+    request
         .body(Full::new(Bytes::from(body.to_string())))
         .expect("request")
 }
 
 async fn call(http: &Http, port: u16, body: &Value) -> Option<Value> {
-    let response = http.request(rpc(port, body)).await.ok()?;
+    call_as(http, port, None, body).await
+}
+
+async fn call_as(http: &Http, port: u16, key: Option<&str>, body: &Value) -> Option<Value> {
+    let response = http.request(rpc(port, key, body)).await.ok()?;
     if !response.status().is_success() {
         return None;
     }
@@ -175,60 +213,236 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
-        println!("idle memory (RSS) after start: {:.1} MiB", rss_kib(server.child.id()) as f64 / 1024.0);
-
-        let created = call(
-            &http,
-            server.port,
-            &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
-                "name": "create_agent",
-                "arguments": {"name": "bench", "instructions": "You answer benchmark calls."}}}),
-        )
-        .await
-        .expect("create_agent");
-        let agent_id = created["result"]["structuredContent"]["agent"]["agent_id"]
-            .as_str()
-            .expect("agent id")
-            .to_owned();
-        let body = Arc::new(json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
-            "name": "get_agent", "arguments": {"agent_id": agent_id}}}));
-
-        // Warm-up, then the measured run.
-        for _ in 0..500 {
-            call(&http, server.port, &body).await.expect("warm-up call");
-        }
-        let started = Instant::now();
-        let per_task = REQUESTS / CONCURRENCY;
-        let tasks: Vec<_> = (0..CONCURRENCY)
-            .map(|_| {
-                let http = http.clone();
-                let body = body.clone();
-                let port = server.port;
-                tokio::spawn(async move {
-                    let mut latencies = Vec::with_capacity(per_task);
-                    for _ in 0..per_task {
-                        let t = Instant::now();
-                        let reply = call(&http, port, &body).await.expect("get_agent");
-                        assert!(reply["result"]["isError"] == false, "{reply}");
-                        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
-                    }
-                    latencies
-                })
-            })
-            .collect();
-        let mut latencies = Vec::with_capacity(REQUESTS);
-        for t in tasks {
-            latencies.extend(t.await.expect("task"));
-        }
-        let elapsed = started.elapsed().as_secs_f64();
-        latencies.sort_by(f64::total_cmp);
         println!(
-            "tools/call get_agent, stateless JSON, concurrency {CONCURRENCY}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms ({} calls)",
-            latencies.len() as f64 / elapsed,
-            percentile(&latencies, 0.5),
-            percentile(&latencies, 0.99),
-            latencies.len()
+            "idle memory (RSS) after start: {:.1} MiB",
+            rss_kib(server.child.id()) as f64 / 1024.0
         );
-        println!("memory (RSS) after the run: {:.1} MiB", rss_kib(server.child.id()) as f64 / 1024.0);
+        drop(server);
+
+        compare(&http).await;
     });
+}
+
+/// A server under measurement and the call it answers.
+struct Target {
+    name: &'static str,
+    server: Server,
+    key: Option<&'static str>,
+    body: Value,
+    idle_rss_mib: f64,
+}
+
+/// Starts the bare rmcp server and the platform (API key, metrics, logging at the default
+/// level, stateless JSON, the embedded store), each pinned to core 0, and waits until both
+/// answer; the platform gets one agent to read.
+async fn targets(http: &Http) -> [Target; 2] {
+    let bare_port = free_port();
+    let bare = pinned(0, &bare_binary())
+        .arg(bare_port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {}: {e} (cargo build --release -p aop-local --example bare-mcp)",
+                bare_binary().display()
+            )
+        });
+    let bare = Server {
+        child: bare,
+        port: bare_port,
+        _dir: tempfile::tempdir().expect("temp dir"),
+    };
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let child = pinned(0, &binary())
+        .arg("serve")
+        .arg("--port")
+        .arg(port.to_string())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("--stateless")
+        .arg("--json-response")
+        .env("LOG_LEVEL", "info")
+        .env("AOP_API_KEYS", format!("bench={API_KEY}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start aop");
+    let platform = Server {
+        child,
+        port,
+        _dir: dir,
+    };
+
+    let key = Some(API_KEY);
+    let echo = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+        "name": "echo", "arguments": {"text": "benchmark"}}});
+    let create = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+        "name": "create_agent",
+        "arguments": {"name": "bench", "instructions": "You answer benchmark calls."}}});
+    let started = Instant::now();
+    let created = loop {
+        let bare_up = call(http, bare.port, &echo).await.is_some();
+        if let Some(created) = call_as(http, platform.port, key, &create).await
+            && bare_up
+        {
+            break created;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the servers did not answer within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let agent_id = created["result"]["structuredContent"]["agent"]["agent_id"]
+        .as_str()
+        .expect("agent id")
+        .to_owned();
+    let get_agent = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+        "name": "get_agent", "arguments": {"agent_id": agent_id}}});
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = |s: &Server| rss_kib(s.child.id()) as f64 / 1024.0;
+    [
+        Target {
+            name: "bare rmcp tool (echo)",
+            idle_rss_mib: idle(&bare),
+            server: bare,
+            key: None,
+            body: echo,
+        },
+        Target {
+            name: "aop get_agent",
+            idle_rss_mib: idle(&platform),
+            server: platform,
+            key,
+            body: get_agent,
+        },
+    ]
+}
+
+/// CPU time (user and system) the process has used so far, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command's closing parenthesis start at the third; utime and stime are
+    // the 14th and 15th, in clock ticks (USER_HZ, 100 on Linux).
+    let fields: Vec<u64> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .map(|f| f.parse().unwrap_or(0))
+                .collect()
+        })
+        .unwrap_or_default();
+    match (fields.get(11), fields.get(12)) {
+        (Some(user), Some(system)) => (user + system) as f64 / 100.0,
+        _ => 0.0,
+    }
+}
+
+/// `total` calls from `concurrency` clients; the sorted latencies in ms and the wall time.
+async fn run_load(
+    http: &Http,
+    target: &Target,
+    concurrency: usize,
+    total: usize,
+) -> (Vec<f64>, f64) {
+    let per_task = total / concurrency;
+    let body = Arc::new(target.body.clone());
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let http = http.clone();
+            let body = body.clone();
+            let port = target.server.port;
+            let key = target.key;
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(per_task);
+                for _ in 0..per_task {
+                    let t = Instant::now();
+                    let reply = call_as(&http, port, key, &body).await.expect("a reply");
+                    assert!(reply["result"]["isError"] == false, "{reply}");
+                    latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(total);
+    for t in tasks {
+        latencies.extend(t.await.expect("task"));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    (latencies, elapsed)
+}
+
+#[derive(Default, Clone, Copy)]
+struct Measured {
+    rps: f64,
+    cpu_us: f64,
+    p99_c16: f64,
+    p50_c1: f64,
+    p99_c1: f64,
+    max_c1: f64,
+}
+
+async fn compare(http: &Http) {
+    let targets = targets(http).await;
+    for target in &targets {
+        for _ in 0..1_000 {
+            call_as(http, target.server.port, target.key, &target.body)
+                .await
+                .expect("warm-up call");
+        }
+    }
+    let mut best = [Measured::default(); 2];
+    for _ in 0..ROUNDS {
+        for (target, best) in targets.iter().zip(best.iter_mut()) {
+            let pid = target.server.child.id();
+            let cpu_before = cpu_seconds(pid);
+            let (latencies, elapsed) = run_load(http, target, CONCURRENCY, REQUESTS).await;
+            let cpu = cpu_seconds(pid) - cpu_before;
+            let rps = latencies.len() as f64 / elapsed;
+            if rps > best.rps {
+                best.rps = rps;
+                best.cpu_us = cpu / latencies.len() as f64 * 1e6;
+                best.p99_c16 = percentile(&latencies, 0.99);
+            }
+        }
+    }
+    for (target, best) in targets.iter().zip(best.iter_mut()) {
+        let (latencies, _) = run_load(http, target, 1, SEQUENTIAL).await;
+        best.p50_c1 = percentile(&latencies, 0.5);
+        best.p99_c1 = percentile(&latencies, 0.99);
+        best.max_c1 = latencies[latencies.len() - 1];
+    }
+    println!();
+    println!(
+        "same run, each server on core 0, stateless JSON tools/call; best of {ROUNDS} rounds of {REQUESTS} calls at concurrency {CONCURRENCY}, then {SEQUENTIAL} calls one at a time"
+    );
+    println!(
+        "| server | req/s c{CONCURRENCY} | server CPU per call | p99 c{CONCURRENCY} | p50 c1 | p99 c1 | max c1 | idle RSS | RSS after |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (target, m) in targets.iter().zip(best.iter()) {
+        println!(
+            "| {} | {:.0} | {:.1} µs | {:.2} ms | {:.3} ms | {:.3} ms | {:.2} ms | {:.1} MiB | {:.1} MiB |",
+            target.name,
+            m.rps,
+            m.cpu_us,
+            m.p99_c16,
+            m.p50_c1,
+            m.p99_c1,
+            m.max_c1,
+            target.idle_rss_mib,
+            rss_kib(target.server.child.id()) as f64 / 1024.0
+        );
+    }
+    println!(
+        "aop get_agent / bare rmcp tool: throughput {:.0}%, CPU per call {:.2}x",
+        best[1].rps / best[0].rps * 100.0,
+        best[1].cpu_us / best[0].cpu_us
+    );
 }

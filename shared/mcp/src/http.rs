@@ -131,7 +131,8 @@ fn method_label(method: &axum::http::Method) -> &'static str {
 
 /// Request id, span, request metrics and one access line for every request: at `info` (`warn`
 /// for a server error) with the method, route, status, duration and, for a tool call, the tool
-/// and its outcome.
+/// and its outcome. The line is written when the response body has been sent (or dropped), so
+/// a streamed (SSE) answer is logged complete, with its tool.
 async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let id = request_id::ensure(&mut request);
     let method = method_label(request.method());
@@ -151,45 +152,98 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
     let span = tracing::info_span!("http_request", request_id = %id);
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
-    let elapsed = started.elapsed();
     let status = response.status().as_u16();
     state
         .metrics
-        .observe_http(route, method, status, elapsed.as_secs_f64());
-    let duration_ms = elapsed.as_secs_f64() * 1000.0;
-    let (tool, outcome) = note
-        .0
-        .get()
-        .map_or((None, None), |(t, o)| (Some(t.as_str()), Some(*o)));
-    span.in_scope(|| {
-        if status >= 500 {
-            tracing::warn!(
-                method,
-                route,
-                rpc = rpc.as_deref(),
-                tool,
-                outcome,
-                status,
-                duration_ms,
-                "request failed"
-            );
-        } else {
-            tracing::info!(
-                method,
-                route,
-                rpc = rpc.as_deref(),
-                tool,
-                outcome,
-                status,
-                duration_ms,
-                "request"
-            );
-        }
-    });
+        .observe_http(route, method, status, started.elapsed().as_secs_f64());
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
-    response
+    let line = AccessLine {
+        span,
+        started,
+        method,
+        route,
+        rpc,
+        status,
+        note,
+    };
+    response.map(|body| axum::body::Body::new(Logged { body, _line: line }))
+}
+
+/// The access line of one request, written when it is dropped with the response body.
+struct AccessLine {
+    span: tracing::Span,
+    started: Instant,
+    method: &'static str,
+    route: &'static str,
+    rpc: Option<String>,
+    status: u16,
+    note: CallNote,
+}
+
+impl Drop for AccessLine {
+    fn drop(&mut self) {
+        let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let (tool, outcome) = self
+            .note
+            .0
+            .get()
+            .map_or((None, None), |(t, o)| (Some(t.as_str()), Some(*o)));
+        let (method, route, rpc, status) =
+            (self.method, self.route, self.rpc.as_deref(), self.status);
+        self.span.in_scope(|| {
+            if status >= 500 {
+                tracing::warn!(
+                    method,
+                    route,
+                    rpc,
+                    tool,
+                    outcome,
+                    status,
+                    duration_ms,
+                    "request failed"
+                );
+            } else {
+                tracing::info!(
+                    method,
+                    route,
+                    rpc,
+                    tool,
+                    outcome,
+                    status,
+                    duration_ms,
+                    "request"
+                );
+            }
+        });
+    }
+}
+
+/// A response body that carries its request's access line.
+struct Logged {
+    body: axum::body::Body,
+    _line: AccessLine,
+}
+
+impl http_body::Body for Logged {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Requires a configured bearer key on `/mcp` and `/metrics` when keys are configured, and

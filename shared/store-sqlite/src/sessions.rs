@@ -216,7 +216,7 @@ impl SessionStore for SqliteStore {
 
     async fn get_session(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
         let id = id.clone();
-        self.with(move |conn| {
+        self.read(move |conn| {
             let raw = conn
                 .prepare_cached(&format!(
                     "SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?1"
@@ -394,7 +394,7 @@ impl SessionStore for SqliteStore {
 
     async fn get_interaction(&self, id: &InteractionId) -> Result<Option<Interaction>, StoreError> {
         let id = id.clone();
-        self.with(move |conn| {
+        self.read(move |conn| {
             let raw = conn
                 .prepare_cached(&format!(
                     "SELECT {INTERACTION_COLUMNS} FROM interactions WHERE interaction_id = ?1"

@@ -103,6 +103,26 @@ impl SqliteStore {
         &self.path
     }
 
+    /// Runs a point read (one row by key) where it is: in WAL mode a reader does not wait for
+    /// writers, and such a read takes microseconds, less than handing it to the blocking pool and
+    /// back (two thread wake-ups, which cost a request most of its CPU). When the connection
+    /// is busy with another call, the read queues on the blocking pool like everything else.
+    pub(crate) async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        // The guard must be gone before the fallback awaits.
+        let queued = match self.conn.try_lock() {
+            Ok(mut guard) => return f(&mut guard),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => {
+                return f(&mut poisoned.into_inner());
+            }
+            Err(std::sync::TryLockError::WouldBlock) => f,
+        };
+        self.with(queued).await
+    }
+
     /// Runs `f` with the connection on the blocking pool.
     pub(crate) async fn with<T, F>(&self, f: F) -> Result<T, StoreError>
     where
@@ -238,7 +258,7 @@ impl AgentStore for SqliteStore {
 
     async fn get_agent(&self, agent_id: &AgentId) -> Result<Option<Agent>, StoreError> {
         let id = agent_id.clone();
-        self.with(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(&format!(
                     "SELECT {} FROM agents WHERE agent_id = ?1",
@@ -260,7 +280,7 @@ impl AgentStore for SqliteStore {
         version: u32,
     ) -> Result<Option<AgentVersion>, StoreError> {
         let id = agent_id.clone();
-        self.with(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(&format!(
                     "SELECT {} FROM agent_versions WHERE agent_id = ?1 AND version = ?2",
