@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Subscriber};
@@ -40,25 +40,36 @@ impl Visit for Inherited {
     }
 }
 
-/// An event's fields as JSON.
+/// An event's fields as JSON, in the order they were written.
 #[derive(Default)]
-struct EventFields(Map<String, Value>);
+struct EventFields(Vec<(&'static str, Value)>);
+
+impl EventFields {
+    fn insert(&mut self, name: &'static str, value: Value) {
+        self.0.push((name, value));
+    }
+
+    fn remove(&mut self, name: &str) -> Option<Value> {
+        let at = self.0.iter().position(|(n, _)| *n == name)?;
+        Some(self.0.remove(at).1)
+    }
+}
 
 impl Visit for EventFields {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
+        self.insert(field.name(), Value::from(value));
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
+        self.insert(field.name(), Value::from(value));
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
+        self.insert(field.name(), Value::from(value));
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
+        self.insert(field.name(), Value::from(value));
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
+        self.insert(field.name(), Value::from(value));
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
         let mut text = value.to_string();
@@ -67,11 +78,10 @@ impl Visit for EventFields {
             let _ = write!(text, ": {s}");
             source = s.source();
         }
-        self.0.insert(field.name().to_owned(), Value::from(text));
+        self.insert(field.name(), Value::from(text));
     }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0
-            .insert(field.name().to_owned(), Value::from(format!("{value:?}")));
+        self.insert(field.name(), Value::from(format!("{value:?}")));
     }
 }
 
@@ -127,36 +137,81 @@ where
         }
         let mut fields = EventFields::default();
         event.record(&mut fields);
-        let mut fields = fields.0;
         let message = fields.remove("message").unwrap_or(Value::from(""));
         let exception = fields.remove("error").unwrap_or(Value::Null);
         if let Some(id) = fields.remove("agent_id") {
             inherited.agent_id = id.as_str().map(str::to_owned);
         }
-        let mut line = Map::new();
-        line.insert("timestamp".into(), Value::from(rfc3339_now()));
-        line.insert("level".into(), Value::from(meta.level().as_str()));
-        line.insert("message".into(), message);
-        line.insert(
-            "module".into(),
-            Value::from(meta.module_path().unwrap_or(meta.target())),
+        let mut line = Vec::with_capacity(384);
+        let written = write_line(
+            &mut line,
+            &Line {
+                level: meta.level().as_str(),
+                message: &message,
+                module: meta.module_path().unwrap_or(meta.target()),
+                function,
+                line: meta.line(),
+                request_id: inherited.request_id.as_deref(),
+                agent_id: inherited.agent_id.as_deref(),
+                exception: &exception,
+            },
+            &fields.0,
         );
-        line.insert("function".into(), function.map_or(Value::Null, Value::from));
-        line.insert("line".into(), meta.line().map_or(Value::Null, Value::from));
-        line.insert(
-            "request_id".into(),
-            inherited.request_id.map_or(Value::Null, Value::from),
-        );
-        line.insert(
-            "agent_id".into(),
-            inherited.agent_id.map_or(Value::Null, Value::from),
-        );
-        line.insert("exception".into(), exception);
-        line.extend(fields);
-        let mut text = Value::Object(line).to_string();
-        text.push('\n');
-        let _ = self.writer.make_writer().write_all(text.as_bytes());
+        if written.is_ok() {
+            line.push(b'\n');
+            let _ = self.writer.make_writer().write_all(&line);
+        }
     }
+}
+
+/// The fixed part of a log line.
+struct Line<'a> {
+    level: &'a str,
+    message: &'a Value,
+    module: &'a str,
+    function: Option<&'a str>,
+    line: Option<u32>,
+    request_id: Option<&'a str>,
+    agent_id: Option<&'a str>,
+    exception: &'a Value,
+}
+
+/// Writes one JSON object straight into `out`: the fixed keys in order, then the event's own
+/// fields (one that reuses a fixed key's name is left out).
+fn write_line(
+    out: &mut Vec<u8>,
+    fixed: &Line<'_>,
+    fields: &[(&'static str, Value)],
+) -> Result<(), serde_json::Error> {
+    use serde::ser::{SerializeMap, Serializer as _};
+    const FIXED: [&str; 9] = [
+        "timestamp",
+        "level",
+        "message",
+        "module",
+        "function",
+        "line",
+        "request_id",
+        "agent_id",
+        "exception",
+    ];
+    let mut serializer = serde_json::Serializer::new(out);
+    let mut map = serializer.serialize_map(None)?;
+    map.serialize_entry("timestamp", &rfc3339_now())?;
+    map.serialize_entry("level", fixed.level)?;
+    map.serialize_entry("message", fixed.message)?;
+    map.serialize_entry("module", fixed.module)?;
+    map.serialize_entry("function", &fixed.function)?;
+    map.serialize_entry("line", &fixed.line)?;
+    map.serialize_entry("request_id", &fixed.request_id)?;
+    map.serialize_entry("agent_id", &fixed.agent_id)?;
+    map.serialize_entry("exception", fixed.exception)?;
+    for (name, value) in fields {
+        if !FIXED.contains(name) {
+            map.serialize_entry(name, value)?;
+        }
+    }
+    map.end()
 }
 
 /// Installs JSON logging to stdout with the given filter (`info`, `aop=debug,info`, ...).

@@ -1,5 +1,6 @@
 //! The store itself: one SQLite connection, migrated at open, and the agent and outbox ports.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -22,7 +23,12 @@ pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
     clock: Arc<dyn Clock>,
+    /// Versions already read. A version never changes once written, so a copy is never stale.
+    versions: Arc<Mutex<HashMap<(AgentId, u32), AgentVersion>>>,
 }
+
+/// How many versions [`SqliteStore`] keeps in memory; the cache starts over when full.
+const CACHED_VERSIONS: usize = 1_024;
 
 impl SqliteStore {
     /// Opens (creating if needed) the database in `data_dir` and applies pending migrations.
@@ -81,6 +87,7 @@ impl SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_owned(),
             clock,
+            versions: Arc::default(),
         })
     }
 
@@ -139,6 +146,13 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::permanent("store task failed", e))?
     }
+}
+
+/// Locks `mutex`, taking over the data of a thread that panicked while holding it.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[async_trait]
@@ -279,21 +293,34 @@ impl AgentStore for SqliteStore {
         agent_id: &AgentId,
         version: u32,
     ) -> Result<Option<AgentVersion>, StoreError> {
+        let key = (agent_id.clone(), version);
+        if let Some(found) = lock(&self.versions).get(&key) {
+            return Ok(Some(found.clone()));
+        }
         let id = agent_id.clone();
-        self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {} FROM agent_versions WHERE agent_id = ?1 AND version = ?2",
-                    rows::VERSION_COLUMNS
-                ))
-                .map_err(map_err)?;
-            let raw = stmt
-                .query_row(params![id.as_str(), version], rows::RawVersion::read)
-                .optional()
-                .map_err(map_err)?;
-            raw.map(rows::RawVersion::into_version).transpose()
-        })
-        .await
+        let found = self
+            .read(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(&format!(
+                        "SELECT {} FROM agent_versions WHERE agent_id = ?1 AND version = ?2",
+                        rows::VERSION_COLUMNS
+                    ))
+                    .map_err(map_err)?;
+                let raw = stmt
+                    .query_row(params![id.as_str(), version], rows::RawVersion::read)
+                    .optional()
+                    .map_err(map_err)?;
+                raw.map(rows::RawVersion::into_version).transpose()
+            })
+            .await?;
+        if let Some(found) = &found {
+            let mut cached = lock(&self.versions);
+            if cached.len() >= CACHED_VERSIONS {
+                cached.clear();
+            }
+            cached.insert(key, found.clone());
+        }
+        Ok(found)
     }
 
     async fn list_agents(
