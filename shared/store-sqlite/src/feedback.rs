@@ -76,20 +76,34 @@ impl FeedbackStore for SqliteStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(map_err)?;
+            // Prepared once per connection and reused (an event is three short statements).
             let fresh = tx
-                .execute(
+                .prepare_cached(
                     "INSERT OR IGNORE INTO processed_events (event_id, processed_at) VALUES (?1, ?2)",
-                    params![event_id, now],
                 )
+                .and_then(|mut s| s.execute(params![event_id, now]))
                 .map_err(map_err)?;
             if fresh == 0 {
                 return Ok(false);
             }
+            let mut read = tx
+                .prepare_cached(
+                    "SELECT count, mean, m2 FROM fitness \
+                     WHERE agent_id = ?1 AND version = ?2 AND metric = ?3",
+                )
+                .map_err(map_err)?;
+            let mut write = tx
+                .prepare_cached(
+                    "INSERT INTO fitness (agent_id, version, metric, count, mean, m2, updated_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                     ON CONFLICT (agent_id, version, metric) DO UPDATE SET \
+                     count = excluded.count, mean = excluded.mean, m2 = excluded.m2, \
+                     updated_at = excluded.updated_at",
+                )
+                .map_err(map_err)?;
             for u in &updates {
-                let current: Option<(i64, f64, f64)> = tx
+                let current: Option<(i64, f64, f64)> = read
                     .query_row(
-                        "SELECT count, mean, m2 FROM fitness \
-                         WHERE agent_id = ?1 AND version = ?2 AND metric = ?3",
                         params![u.agent_id.as_str(), u.version, u.metric.key()],
                         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                     )
@@ -101,13 +115,8 @@ impl FeedbackStore for SqliteStore {
                 let delta = u.value - mean;
                 let mean = mean + delta / count as f64;
                 let m2 = m2 + delta * (u.value - mean);
-                tx.execute(
-                    "INSERT INTO fitness (agent_id, version, metric, count, mean, m2, updated_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
-                     ON CONFLICT (agent_id, version, metric) DO UPDATE SET \
-                     count = excluded.count, mean = excluded.mean, m2 = excluded.m2, \
-                     updated_at = excluded.updated_at",
-                    params![
+                write
+                    .execute(params![
                         u.agent_id.as_str(),
                         u.version,
                         u.metric.key(),
@@ -115,10 +124,10 @@ impl FeedbackStore for SqliteStore {
                         mean,
                         m2,
                         now
-                    ],
-                )
-                .map_err(map_err)?;
+                    ])
+                    .map_err(map_err)?;
             }
+            drop((read, write));
             tx.commit().map_err(map_err)?;
             Ok(true)
         })

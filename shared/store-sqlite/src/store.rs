@@ -83,6 +83,9 @@ impl SqliteStore {
             )
         })?;
         migrations::apply(&mut conn, clock.as_ref())?;
+        // Every statement the store runs often stays prepared (rusqlite keeps 16 by default,
+        // fewer than the store has).
+        conn.set_prepared_statement_cache_capacity(128);
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_owned(),
