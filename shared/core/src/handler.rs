@@ -74,6 +74,22 @@ pub trait EventHandler: Send + Sync {
     /// # Errors
     /// `Poison` for an event that can never be applied; `Transient` when retrying can help.
     async fn handle(&self, event: &DomainEvent) -> Result<Handled, HandleError>;
+
+    /// Applies events in order as [`EventHandler::handle`] would, one result per event up to
+    /// and including the first transient failure; the events after it are not attempted (they
+    /// come again). A handler that can apply many events in one store transaction overrides it.
+    async fn handle_batch(&self, events: &[&DomainEvent]) -> Vec<Result<Handled, HandleError>> {
+        let mut results = Vec::with_capacity(events.len());
+        for event in events {
+            let result = self.handle(event).await;
+            let stop = matches!(&result, Err(e) if e.is_transient());
+            results.push(result);
+            if stop {
+                break;
+            }
+        }
+        results
+    }
 }
 
 /// Several handlers behind one: each event goes to every handler that wants it, in order. Used
@@ -128,5 +144,158 @@ impl EventHandler for HandlerSet {
             }
         }
         failure.map_or(Ok(outcome), Err)
+    }
+
+    /// Each handler gets the events it wants as one batch. The answer stops at the first event
+    /// some handler could not apply for now (or did not reach): that event and the ones after it
+    /// come again, and handlers that did apply them find them in their ledgers.
+    async fn handle_batch(&self, events: &[&DomainEvent]) -> Vec<Result<Handled, HandleError>> {
+        let mut combined: Vec<Result<Handled, HandleError>> =
+            events.iter().map(|_| Ok(Handled::Ignored)).collect();
+        let mut reached = events.len();
+        for handler in &self.handlers {
+            let wanted: Vec<usize> = (0..events.len())
+                .filter(|&i| handler.wants(events[i].event_type()))
+                .collect();
+            if wanted.is_empty() {
+                continue;
+            }
+            let batch: Vec<&DomainEvent> = wanted.iter().map(|&i| events[i]).collect();
+            let results = handler.handle_batch(&batch).await;
+            if let Some(&first_unreached) = wanted.get(results.len()) {
+                reached = reached.min(first_unreached);
+            }
+            for (&i, result) in wanted.iter().zip(results) {
+                combined[i] = match (
+                    std::mem::replace(&mut combined[i], Ok(Handled::Ignored)),
+                    result,
+                ) {
+                    (Err(kept), Err(new)) if kept.is_transient() || !new.is_transient() => {
+                        Err(kept)
+                    }
+                    (_, Err(new)) => Err(new),
+                    (Err(kept), Ok(_)) => Err(kept),
+                    (Ok(Handled::Applied), Ok(_)) | (Ok(_), Ok(Handled::Applied)) => {
+                        Ok(Handled::Applied)
+                    }
+                    (Ok(Handled::Duplicate), Ok(_)) | (Ok(_), Ok(Handled::Duplicate)) => {
+                        Ok(Handled::Duplicate)
+                    }
+                    (Ok(_), Ok(_)) => Ok(Handled::Ignored),
+                };
+                if matches!(&combined[i], Err(e) if e.is_transient()) {
+                    reached = reached.min(i);
+                }
+            }
+        }
+        // Up to and including the first transient failure; an event no handler reached is
+        // left out (it comes again).
+        let keep = match combined.get(reached) {
+            Some(Err(e)) if e.is_transient() => reached + 1,
+            _ => reached,
+        };
+        combined.truncate(keep);
+        combined
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::AgentId;
+
+    /// Applies every event, except that it fails, transiently or for good, at given positions
+    /// of each batch it is handed; records what it saw.
+    struct Scripted {
+        transient_at: Option<usize>,
+        poison_at: Option<usize>,
+        seen: Mutex<Vec<String>>,
+    }
+
+    impl Scripted {
+        fn new(transient_at: Option<usize>, poison_at: Option<usize>) -> Arc<Self> {
+            Arc::new(Self {
+                transient_at,
+                poison_at,
+                seen: Mutex::default(),
+            })
+        }
+    }
+
+    #[async_trait]
+    impl EventHandler for Scripted {
+        fn name(&self) -> &'static str {
+            "scripted"
+        }
+
+        fn wants(&self, _: EventType) -> bool {
+            true
+        }
+
+        async fn handle(&self, event: &DomainEvent) -> Result<Handled, HandleError> {
+            let at = {
+                let mut seen = self.seen.lock().unwrap();
+                seen.push(event.id.clone());
+                seen.len() - 1
+            };
+            if self.transient_at == Some(at) {
+                return Err(HandleError::transient(
+                    event,
+                    StoreError::unavailable("down", std::io::Error::other("down")),
+                ));
+            }
+            if self.poison_at == Some(at) {
+                return Err(HandleError::poison(event, "unusable"));
+            }
+            Ok(Handled::Applied)
+        }
+    }
+
+    fn events(n: usize) -> Vec<DomainEvent> {
+        let agent = AgentId::parse("agent_id", "agt_batch").unwrap();
+        (0..n)
+            .map(|_| crate::samples::event(EventType::FeedbackSubmitted, &agent))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_set_answers_a_batch_up_to_the_first_event_a_handler_cannot_apply_now() {
+        let events = events(4);
+        let refs: Vec<&DomainEvent> = events.iter().collect();
+        let steady = Scripted::new(None, Some(0));
+        let flaky = Scripted::new(Some(2), None);
+        let set = HandlerSet::new(vec![steady.clone(), flaky.clone()]);
+        let results = set.handle_batch(&refs).await;
+        // Event 0: one handler found it unusable. Event 1: applied. Event 2: the flaky
+        // handler failed for now, so the answer ends there and event 3 comes again.
+        assert_eq!(results.len(), 3, "{results:?}");
+        assert!(matches!(&results[0], Err(HandleError::Poison { .. })));
+        assert_eq!(results[1].as_ref().unwrap(), &Handled::Applied);
+        assert!(results[2].as_ref().is_err_and(HandleError::is_transient));
+        assert_eq!(steady.seen.lock().unwrap().len(), 4);
+        assert_eq!(flaky.seen.lock().unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn one_by_one_and_as_a_batch_agree() {
+        let events = events(3);
+        let refs: Vec<&DomainEvent> = events.iter().collect();
+        let set = HandlerSet::new(vec![Scripted::new(None, Some(1))]);
+        let batch = set.handle_batch(&refs).await;
+        let set = HandlerSet::new(vec![Scripted::new(None, Some(1))]);
+        let mut single = Vec::new();
+        for e in &refs {
+            single.push(set.handle(e).await);
+        }
+        let shape = |r: &Result<Handled, HandleError>| match r {
+            Ok(h) => format!("{h:?}"),
+            Err(e) => format!("error transient={}", e.is_transient()),
+        };
+        assert_eq!(
+            batch.iter().map(shape).collect::<Vec<_>>(),
+            single.iter().map(shape).collect::<Vec<_>>()
+        );
     }
 }

@@ -38,7 +38,7 @@ pub mod services;
 
 #[cfg(feature = "contract")]
 pub mod contract;
-#[cfg(feature = "contract")]
+#[cfg(any(test, feature = "contract"))]
 pub mod samples;
 
 pub use agent::{

@@ -225,6 +225,21 @@ pub trait FeedbackStore: Send + Sync {
         updates: &[FitnessUpdate],
     ) -> Result<bool, StoreError>;
 
+    /// [`FeedbackStore::apply_once`] for several events in order, one flag per event (`false`
+    /// for an event applied before, also earlier in the same call). A store that can does it
+    /// in one transaction; the default applies them one by one, which is as safe because each
+    /// is applied at most once and a failed call is retried whole.
+    async fn apply_each_once(
+        &self,
+        events: &[(&str, &[FitnessUpdate])],
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut fresh = Vec::with_capacity(events.len());
+        for (event_id, updates) in events {
+            fresh.push(self.apply_once(event_id, updates).await?);
+        }
+        Ok(fresh)
+    }
+
     /// Running statistics, filtered.
     async fn fitness(
         &self,

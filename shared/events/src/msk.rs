@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use aop_core::{EventHandler, HandleError};
+use aop_core::{DomainEvent, EventHandler, HandleError};
 use async_trait::async_trait;
 use aws_lambda_events::event::kafka::{KafkaEvent, KafkaRecord};
 use base64::Engine as _;
@@ -100,38 +100,46 @@ impl BatchStats {
     }
 }
 
-async fn handle_record(
+/// One record of a batch: its event, or why it has none.
+struct Decoded<'a> {
+    record: &'a KafkaRecord,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    event: Result<DomainEvent, String>,
+}
+
+fn decode(record: &KafkaRecord) -> Decoded<'_> {
+    let key = decode_b64(record.key.as_ref()).ok().flatten();
+    let (value, event) = match decode_b64(record.value.as_ref()) {
+        Err(e) => (None, Err(format!("record value {e}"))),
+        Ok(None) => (None, Err("record has no value".to_owned())),
+        Ok(Some(bytes)) => {
+            let event = CloudEvent::decode(&bytes).map_err(|e| e.to_string());
+            (Some(bytes), event)
+        }
+    };
+    Decoded {
+        record,
+        key,
+        value,
+        event,
+    }
+}
+
+/// Sends a record that will never be applied to the dead-letter topic; it is retried when the
+/// letter cannot be written.
+async fn dead_letter(
     topic: &str,
-    record: &KafkaRecord,
-    handler: &dyn EventHandler,
+    decoded: &Decoded<'_>,
+    error: String,
     dead: &dyn DeadLetters,
 ) -> Fate {
-    let key = decode_b64(record.key.as_ref()).ok().flatten();
-    let raw = decode_b64(record.value.as_ref());
-    let error = match &raw {
-        Err(e) => Some(format!("record value {e}")),
-        Ok(None) => Some("record has no value".to_owned()),
-        Ok(Some(bytes)) => match CloudEvent::decode(bytes) {
-            Err(e) => Some(e.to_string()),
-            Ok(event) => match handler.handle(&event).await {
-                Ok(_) => None,
-                Err(e @ HandleError::Poison { .. }) => Some(e.to_string()),
-                Err(e @ HandleError::Transient { .. }) => {
-                    tracing::warn!(error = %e, partition = record.partition, offset = record.offset, "record will be retried");
-                    return Fate::Retry;
-                }
-            },
-        },
-    };
-    let Some(error) = error else {
-        return Fate::Done;
-    };
     let letter = DeadLetter {
         topic: topic.to_owned(),
-        partition: record.partition,
-        offset: record.offset,
-        key,
-        value: raw.ok().flatten().unwrap_or_default(),
+        partition: decoded.record.partition,
+        offset: decoded.record.offset,
+        key: decoded.key.clone(),
+        value: decoded.value.clone().unwrap_or_default(),
         error,
         attempts: 1,
     };
@@ -170,21 +178,40 @@ pub async fn process_batch_counted(
         for r in records {
             ordered.insert(r.offset, r);
         }
+        // The partition's events go to the handler as one batch (one store transaction
+        // where the handler can), then each record's fate is settled in offset order.
+        let decoded: Vec<Decoded<'_>> = ordered.values().map(|r| decode(r)).collect();
+        let events: Vec<&DomainEvent> = decoded
+            .iter()
+            .filter_map(|d| d.event.as_ref().ok())
+            .collect();
+        let mut results = handler.handle_batch(&events).await.into_iter();
         let mut retrying = false;
-        for record in ordered.values() {
+        for d in &decoded {
             let id = RecordId {
                 partition: key.clone(),
-                offset: record.offset,
+                offset: d.record.offset,
             };
-            let topic = record.topic.clone().unwrap_or_default();
-            if retrying {
-                stats.count(&topic, &Fate::Retry);
-                failures.push(ItemFailure {
-                    item_identifier: id,
-                });
-                continue;
-            }
-            let fate = handle_record(&topic, record, handler, dead).await;
+            let topic = d.record.topic.clone().unwrap_or_default();
+            let fate = if retrying {
+                Fate::Retry
+            } else {
+                match &d.event {
+                    Err(reason) => dead_letter(&topic, d, reason.clone(), dead).await,
+                    Ok(_) => match results.next() {
+                        Some(Ok(_)) => Fate::Done,
+                        Some(Err(e @ HandleError::Poison { .. })) => {
+                            dead_letter(&topic, d, e.to_string(), dead).await
+                        }
+                        Some(Err(e @ HandleError::Transient { .. })) => {
+                            tracing::warn!(error = %e, partition = d.record.partition, offset = d.record.offset, "record will be retried");
+                            Fate::Retry
+                        }
+                        // The handler stopped before this event: it comes again.
+                        None => Fate::Retry,
+                    },
+                }
+            };
             stats.count(&topic, &fate);
             if let Fate::Retry = fate {
                 retrying = true;

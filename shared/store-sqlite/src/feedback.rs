@@ -76,60 +76,36 @@ impl FeedbackStore for SqliteStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(map_err)?;
-            // Prepared once per connection and reused (an event is three short statements).
-            let fresh = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO processed_events (event_id, processed_at) VALUES (?1, ?2)",
-                )
-                .and_then(|mut s| s.execute(params![event_id, now]))
-                .map_err(map_err)?;
-            if fresh == 0 {
-                return Ok(false);
+            let fresh = apply_in(&tx, &event_id, &updates, now)?;
+            if fresh {
+                tx.commit().map_err(map_err)?;
             }
-            let mut read = tx
-                .prepare_cached(
-                    "SELECT count, mean, m2 FROM fitness \
-                     WHERE agent_id = ?1 AND version = ?2 AND metric = ?3",
-                )
+            Ok(fresh)
+        })
+        .await
+    }
+
+    /// One transaction for the whole list: a commit (a WAL write) per event was most of the
+    /// cost of an event.
+    async fn apply_each_once(
+        &self,
+        events: &[(&str, &[FitnessUpdate])],
+    ) -> Result<Vec<bool>, StoreError> {
+        let events: Vec<(String, Vec<FitnessUpdate>)> = events
+            .iter()
+            .map(|(id, updates)| ((*id).to_owned(), updates.to_vec()))
+            .collect();
+        let now = self.now_ms();
+        self.with(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(map_err)?;
-            let mut write = tx
-                .prepare_cached(
-                    "INSERT INTO fitness (agent_id, version, metric, count, mean, m2, updated_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
-                     ON CONFLICT (agent_id, version, metric) DO UPDATE SET \
-                     count = excluded.count, mean = excluded.mean, m2 = excluded.m2, \
-                     updated_at = excluded.updated_at",
-                )
-                .map_err(map_err)?;
-            for u in &updates {
-                let current: Option<(i64, f64, f64)> = read
-                    .query_row(
-                        params![u.agent_id.as_str(), u.version, u.metric.key()],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                    )
-                    .optional()
-                    .map_err(map_err)?;
-                // Welford's update: numerically stable running mean and variance.
-                let (count, mean, m2) = current.unwrap_or((0, 0.0, 0.0));
-                let count = count + 1;
-                let delta = u.value - mean;
-                let mean = mean + delta / count as f64;
-                let m2 = m2 + delta * (u.value - mean);
-                write
-                    .execute(params![
-                        u.agent_id.as_str(),
-                        u.version,
-                        u.metric.key(),
-                        count,
-                        mean,
-                        m2,
-                        now
-                    ])
-                    .map_err(map_err)?;
-            }
-            drop((read, write));
+            let fresh = events
+                .iter()
+                .map(|(id, updates)| apply_in(&tx, id, updates, now))
+                .collect::<Result<Vec<bool>, StoreError>>()?;
             tx.commit().map_err(map_err)?;
-            Ok(true)
+            Ok(fresh)
         })
         .await
     }
@@ -255,4 +231,66 @@ impl StatsQuery {
             })
             .collect()
     }
+}
+
+/// Folds `updates` into the statistics and records `event_id` inside `tx`; `false`, changing
+/// nothing, when the event was recorded before.
+fn apply_in(
+    tx: &rusqlite::Transaction<'_>,
+    event_id: &str,
+    updates: &[FitnessUpdate],
+    now: i64,
+) -> Result<bool, StoreError> {
+    // Prepared once per connection and reused (an event is three short statements).
+    let fresh = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO processed_events (event_id, processed_at) VALUES (?1, ?2)",
+        )
+        .and_then(|mut s| s.execute(params![event_id, now]))
+        .map_err(map_err)?;
+    if fresh == 0 {
+        return Ok(false);
+    }
+    let mut read = tx
+        .prepare_cached(
+            "SELECT count, mean, m2 FROM fitness \
+             WHERE agent_id = ?1 AND version = ?2 AND metric = ?3",
+        )
+        .map_err(map_err)?;
+    let mut write = tx
+        .prepare_cached(
+            "INSERT INTO fitness (agent_id, version, metric, count, mean, m2, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+             ON CONFLICT (agent_id, version, metric) DO UPDATE SET \
+             count = excluded.count, mean = excluded.mean, m2 = excluded.m2, \
+             updated_at = excluded.updated_at",
+        )
+        .map_err(map_err)?;
+    for u in updates {
+        let current: Option<(i64, f64, f64)> = read
+            .query_row(
+                params![u.agent_id.as_str(), u.version, u.metric.key()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(map_err)?;
+        // Welford's update: numerically stable running mean and variance.
+        let (count, mean, m2) = current.unwrap_or((0, 0.0, 0.0));
+        let count = count + 1;
+        let delta = u.value - mean;
+        let mean = mean + delta / count as f64;
+        let m2 = m2 + delta * (u.value - mean);
+        write
+            .execute(params![
+                u.agent_id.as_str(),
+                u.version,
+                u.metric.key(),
+                count,
+                mean,
+                m2,
+                now
+            ])
+            .map_err(map_err)?;
+    }
+    Ok(true)
 }

@@ -100,6 +100,7 @@ macro_rules! store_contract_tests {
             the_outbox_drains_oldest_first,
             feedback_metrics_equal_statistics_computed_directly,
             a_redelivered_event_changes_nothing,
+            a_batch_applies_each_event_once_as_one_by_one_would,
             bad_feedback_is_refused_field_by_field,
             update_refuses_a_delegation_cycle,
             sessions_start_read_and_end_once,
@@ -1147,6 +1148,73 @@ pub async fn a_redelivered_event_changes_nothing(f: &Fixture) {
     assert!(again.iter().all(|o| *o != Handled::Applied), "{again:?}");
     assert_eq!(svc.metrics(q()).await.unwrap(), once);
     assert_eq!(once.metrics[0].count, 3);
+}
+
+pub async fn a_batch_applies_each_event_once_as_one_by_one_would(f: &Fixture) {
+    let svc = f.feedback_service();
+    let mut agents = Vec::new();
+    for name in ["batched", "one-by-one"] {
+        let id = f
+            .service()
+            .create(agent(name))
+            .await
+            .unwrap()
+            .agent
+            .agent_id;
+        for v in [1.0, 5.0, 4.0, 2.0] {
+            svc.submit(SubmitFeedback {
+                agent_id: id.clone(),
+                ..rating("accuracy", v)
+            })
+            .await
+            .unwrap();
+        }
+        agents.push(id);
+    }
+    let processor = FitnessHandler::new(f.feedback.clone());
+    // The first agent's events as one batch, its first event twice and, before that, once
+    // on its own (a redelivery that overlaps a batch).
+    let events = f.events_of(&agents[0]).await;
+    let ratings: Vec<&crate::DomainEvent> = events
+        .iter()
+        .filter(|e| e.event_type() == crate::EventType::FeedbackSubmitted)
+        .collect();
+    assert_eq!(ratings.len(), 4);
+    assert_eq!(
+        processor.handle(ratings[0]).await.unwrap(),
+        Handled::Applied
+    );
+    let mut batch: Vec<&crate::DomainEvent> = events.iter().collect();
+    batch.push(ratings[1]);
+    let outcomes: Vec<Handled> = processor
+        .handle_batch(&batch)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    // Creating the agent made events without statistics; the ratings count once each.
+    let applied = outcomes.iter().filter(|o| **o == Handled::Applied).count();
+    let duplicates = outcomes
+        .iter()
+        .filter(|o| **o == Handled::Duplicate)
+        .count();
+    assert_eq!((applied, duplicates), (3, 2), "{outcomes:?}");
+    f.process_events_of(&agents[1]).await;
+    let stats = |id: &crate::AgentId| MetricsQuery {
+        agent_id: id.clone(),
+        version: None,
+        metric: Some("accuracy".into()),
+        from: None,
+        to: None,
+    };
+    let batched = svc.metrics(stats(&agents[0])).await.unwrap().metrics;
+    let single = svc.metrics(stats(&agents[1])).await.unwrap().metrics;
+    assert_eq!(batched.len(), 1);
+    assert_eq!(batched[0].count, 4);
+    assert_eq!(
+        (batched[0].count, batched[0].mean, batched[0].variance),
+        (single[0].count, single[0].mean, single[0].variance)
+    );
 }
 
 pub async fn bad_feedback_is_refused_field_by_field(f: &Fixture) {

@@ -52,6 +52,42 @@ impl EventHandler for FitnessHandler {
             Err(source) => Err(HandleError::transient(event, source)),
         }
     }
+
+    /// All the batch's statistics in one store call (one transaction on the stores that can).
+    async fn handle_batch(&self, events: &[&DomainEvent]) -> Vec<Result<Handled, HandleError>> {
+        let updates: Vec<Option<Vec<FitnessUpdate>>> =
+            events.iter().map(|e| updates_for(&e.data)).collect();
+        let applying: Vec<(&str, &[FitnessUpdate])> = events
+            .iter()
+            .zip(&updates)
+            .filter_map(|(e, u)| u.as_deref().map(|u| (e.id.as_str(), u)))
+            .collect();
+        if applying.is_empty() {
+            return events.iter().map(|_| Ok(Handled::Ignored)).collect();
+        }
+        match self.store.apply_each_once(&applying).await {
+            Ok(fresh) => {
+                let mut fresh = fresh.into_iter();
+                updates
+                    .iter()
+                    .map(|u| match u {
+                        None => Ok(Handled::Ignored),
+                        Some(_) if fresh.next().unwrap_or(false) => Ok(Handled::Applied),
+                        Some(_) => Ok(Handled::Duplicate),
+                    })
+                    .collect()
+            }
+            // Nothing of the batch counts as applied: from its first event with statistics on,
+            // it comes again (each event is applied at most once either way).
+            Err(source) => {
+                let first = updates.iter().position(Option::is_some).unwrap_or(0);
+                let mut results: Vec<Result<Handled, HandleError>> =
+                    (0..first).map(|_| Ok(Handled::Ignored)).collect();
+                results.push(Err(HandleError::transient(events[first], source)));
+                results
+            }
+        }
+    }
 }
 
 /// The statistics an event feeds, or `None` for events without any.
