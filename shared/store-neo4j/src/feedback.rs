@@ -246,6 +246,112 @@ impl FeedbackStore for Neo4jStore {
         .await
     }
 
+    /// One transaction for the whole list, three statements whatever its length: the events
+    /// not seen before are recorded, and their updates, folded per statistic in order
+    /// (Welford), are merged into the stored statistics (Chan et al.'s pairwise update).
+    async fn apply_each_once(
+        &self,
+        events: &[(&str, &[FitnessUpdate])],
+    ) -> Result<Vec<bool>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let events: Vec<(String, Vec<FitnessUpdate>)> = events
+            .iter()
+            .map(|(id, updates)| ((*id).to_owned(), updates.to_vec()))
+            .collect();
+        let mut ids: Vec<String> = events.iter().map(|(id, _)| id.clone()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let now = self.now_ms();
+        self.transact("apply_each_once", |txn| -> Work<'_, Vec<bool>> {
+            let (events, ids) = (events.clone(), ids.clone());
+            Box::pin(async move {
+                let found = rows(
+                    txn,
+                    query(
+                        "MATCH (p:ProcessedEvent) WHERE p.event_id IN $ids \
+                         RETURN p.event_id AS id",
+                    )
+                    .param("ids", ids),
+                )
+                .await?;
+                let mut seen = std::collections::HashSet::new();
+                for row in &found {
+                    seen.insert(column::<String>(row, "id", "processed event id")?);
+                }
+                let mut flags = Vec::with_capacity(events.len());
+                let mut fresh_ids = Vec::new();
+                let mut folds: Vec<Fold> = Vec::new();
+                for (id, updates) in &events {
+                    let fresh = seen.insert(id.clone());
+                    flags.push(fresh);
+                    if !fresh {
+                        continue;
+                    }
+                    fresh_ids.push(id.clone());
+                    for u in updates {
+                        let key = format!(
+                            "{}:{}",
+                            version_key(u.agent_id.as_str(), u.version),
+                            u.metric
+                        );
+                        match folds.iter_mut().find(|f| f.key == key) {
+                            Some(fold) => fold.add(u.value),
+                            None => folds.push(Fold::new(key, u)),
+                        }
+                    }
+                }
+                if fresh_ids.is_empty() {
+                    return Ok(flags);
+                }
+                let folds = bolt(Value::Array(folds.iter().map(Fold::to_json).collect()))?;
+                run(
+                    txn,
+                    query(
+                        "UNWIND $ids AS id \
+                         CREATE (:ProcessedEvent {event_id: id, processed_at: $now})",
+                    )
+                    .param("ids", fresh_ids)
+                    .param("now", now),
+                )
+                .await?;
+                // Every value is read before anything is set: one row per statistic.
+                run(
+                    txn,
+                    query(
+                        "UNWIND $folds AS f
+                         MERGE (x:Fitness {key: f.key})
+                         ON CREATE SET x.agent_id = f.agent_id, x.version = f.version,
+                             x.metric = f.metric, x.samples = 0, x.mean = 0.0, x.m2 = 0.0
+                         WITH x, f, x.samples AS na, x.mean AS ma, x.m2 AS m2a
+                         WITH x, f, na, ma, m2a, na + f.n AS total, f.mean - ma AS delta
+                         SET x.samples = total,
+                             x.mean = ma + delta * f.n / total,
+                             x.m2 = m2a + f.m2 + delta * delta * na * f.n / total,
+                             x.updated_at = $now",
+                    )
+                    .param("folds", folds.clone())
+                    .param("now", now),
+                )
+                .await?;
+                run(
+                    txn,
+                    query(
+                        "UNWIND $folds AS f
+                         MATCH (x:Fitness {key: f.key})
+                         MATCH (v:AgentVersion {key: f.version_key})
+                         MERGE (x)-[:OF]->(v)",
+                    )
+                    .param("folds", folds),
+                )
+                .await?;
+                Ok(flags)
+            })
+        })
+        .await
+    }
+
     async fn fitness(
         &self,
         agent_id: &AgentId,
@@ -308,5 +414,54 @@ impl FeedbackStore for Neo4jStore {
             .iter()
             .map(|r| decode_stats(r, MetricColumn::RatingName))
             .collect()
+    }
+}
+
+/// One statistic's new values of a batch, folded in order (Welford).
+struct Fold {
+    key: String,
+    version_key: String,
+    agent_id: String,
+    version: u32,
+    metric: String,
+    n: i64,
+    mean: f64,
+    m2: f64,
+}
+
+impl Fold {
+    fn new(key: String, u: &FitnessUpdate) -> Self {
+        let mut fold = Self {
+            key,
+            version_key: version_key(u.agent_id.as_str(), u.version),
+            agent_id: u.agent_id.as_str().to_owned(),
+            version: u.version,
+            metric: u.metric.key(),
+            n: 0,
+            mean: 0.0,
+            m2: 0.0,
+        };
+        fold.add(u.value);
+        fold
+    }
+
+    fn add(&mut self, value: f64) {
+        self.n += 1;
+        let delta = value - self.mean;
+        self.mean += delta / self.n as f64;
+        self.m2 += delta * (value - self.mean);
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "key": self.key,
+            "version_key": self.version_key,
+            "agent_id": self.agent_id,
+            "version": self.version,
+            "metric": self.metric,
+            "n": self.n,
+            "mean": self.mean,
+            "m2": self.m2,
+        })
     }
 }

@@ -1211,9 +1211,16 @@ pub async fn a_batch_applies_each_event_once_as_one_by_one_would(f: &Fixture) {
     let single = svc.metrics(stats(&agents[1])).await.unwrap().metrics;
     assert_eq!(batched.len(), 1);
     assert_eq!(batched[0].count, 4);
-    assert_eq!(
-        (batched[0].count, batched[0].mean, batched[0].variance),
-        (single[0].count, single[0].mean, single[0].variance)
+    // A store may fold a batch per statistic and merge it (pairwise), which rounds
+    // differently from one value at a time in the last bits.
+    assert_eq!(batched[0].count, single[0].count);
+    assert!(
+        (batched[0].mean - single[0].mean).abs() < 1e-9,
+        "{batched:?} {single:?}"
+    );
+    assert!(
+        (batched[0].variance - single[0].variance).abs() < 1e-9,
+        "{batched:?} {single:?}"
     );
 }
 
