@@ -1,6 +1,8 @@
 //! Store latency on Neo4j (over Bolt) next to the embedded store:
 //! - `get_agent` and `list_agents` (a page of 50) latency, p50 and p99, on 200 agents;
-//! - the time to write 10,000 interactions one by one (`record_turn`).
+//! - the time to write 10,000 interactions one by one (`record_turn`);
+//! - fitness events (one rating each) applied one by one (`apply_once`, a transaction each)
+//!   and in batches of 500 (`apply_each_once`, the event processor's path), same run.
 //!
 //! `AOP_BENCH_NEO4J=bolt://127.0.0.1:PORT cargo bench -p aop-runtime --bench stores`
 //! (user `AOP_BENCH_NEO4J_USER`, default `root`; password `AOP_BENCH_NEO4J_PASSWORD`, default
@@ -9,10 +11,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aop_core::feedback::{FitnessUpdate, Metric};
 use aop_core::session::{Interaction, InteractionId, InteractionStatus, TokenUsage};
 use aop_core::{
-    AgentFilter, AgentId, AgentService, AgentStore, CreateAgent, PageRequest, SessionStore,
-    SystemClock,
+    AgentFilter, AgentId, AgentService, AgentStore, CreateAgent, FeedbackStore, PageRequest,
+    SessionStore, SystemClock,
 };
 use aop_store_neo4j::{Neo4jSettings, Neo4jStore, migrations};
 use aop_store_sqlite::SqliteStore;
@@ -22,6 +25,8 @@ const AGENTS: usize = 200;
 const GETS: usize = 2_000;
 const LISTS: usize = 500;
 const INTERACTIONS: usize = 10_000;
+const FITNESS_EVENTS: usize = 2_000;
+const FITNESS_BATCH: usize = 500;
 
 fn percentile(samples: &mut [Duration], p: f64) -> f64 {
     samples.sort();
@@ -125,6 +130,47 @@ async fn one_by_one(name: &str, store: Arc<dyn SessionStore>, agent: &AgentId) {
     );
 }
 
+/// Events per second applying `FITNESS_EVENTS` rating events one by one, then as many new ones
+/// in batches.
+async fn fitness(name: &str, store: Arc<dyn FeedbackStore>, agent: &AgentId) {
+    let events = |tag: &str| -> Vec<(String, Vec<FitnessUpdate>)> {
+        let run = uuid::Uuid::now_v7();
+        (0..FITNESS_EVENTS)
+            .map(|i| {
+                (
+                    format!("bench-{run}-{tag}-{i}"),
+                    vec![FitnessUpdate {
+                        agent_id: agent.clone(),
+                        version: 1,
+                        metric: Metric::rating("helpfulness"),
+                        value: (i % 5) as f64 / 4.0,
+                    }],
+                )
+            })
+            .collect()
+    };
+    let single = events("single");
+    let started = Instant::now();
+    for (id, updates) in &single {
+        store.apply_once(id, updates).await.expect("apply");
+    }
+    let one_by_one = FITNESS_EVENTS as f64 / started.elapsed().as_secs_f64();
+    let batched = events("batch");
+    let started = Instant::now();
+    for chunk in batched.chunks(FITNESS_BATCH) {
+        let refs: Vec<(&str, &[FitnessUpdate])> = chunk
+            .iter()
+            .map(|(id, u)| (id.as_str(), u.as_slice()))
+            .collect();
+        store.apply_each_once(&refs).await.expect("apply batch");
+    }
+    let in_batches = FITNESS_EVENTS as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "{name:<8} {FITNESS_EVENTS} fitness events: one by one {one_by_one:.0}/s, in batches of {FITNESS_BATCH} {in_batches:.0}/s ({:.1}x)",
+        in_batches / one_by_one
+    );
+}
+
 fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
@@ -132,7 +178,8 @@ fn main() {
         let sqlite = Arc::new(SqliteStore::open_dir(dir.path()).expect("sqlite"));
         reads("embedded", sqlite.clone()).await;
         let agent = seed(sqlite.clone()).await.remove(0);
-        one_by_one("embedded", sqlite, &agent).await;
+        one_by_one("embedded", sqlite.clone(), &agent).await;
+        fitness("embedded", sqlite, &agent).await;
 
         let Ok(uri) = std::env::var("AOP_BENCH_NEO4J") else {
             println!("neo4j: skipped (set AOP_BENCH_NEO4J=bolt://host:port)");
@@ -151,6 +198,7 @@ fn main() {
         let neo4j = Arc::new(neo4j);
         reads("neo4j", neo4j.clone()).await;
         let agent = seed(neo4j.clone()).await.remove(0);
-        one_by_one("neo4j", neo4j, &agent).await;
+        one_by_one("neo4j", neo4j.clone(), &agent).await;
+        fitness("neo4j", neo4j, &agent).await;
     });
 }

@@ -270,7 +270,7 @@ impl FeedbackStore for Neo4jStore {
                 let found = rows(
                     txn,
                     query(
-                        "MATCH (p:ProcessedEvent) WHERE p.event_id IN $ids \
+                        "UNWIND $ids AS id MATCH (p:ProcessedEvent {event_id: id}) \
                          RETURN p.event_id AS id",
                     )
                     .param("ids", ids),
