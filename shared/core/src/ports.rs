@@ -217,27 +217,22 @@ pub trait FeedbackStore: Send + Sync {
         events: &[DomainEvent],
     ) -> Result<(), StoreError>;
 
-    /// Folds `updates` into the running statistics and remembers `event_id`, in one
-    /// transaction. Returns `false`, changing nothing, when the event was applied before.
+    /// Folds each event's updates into the running statistics and remembers its id, for
+    /// several events in order and in one transaction. One flag per event: `false`, changing
+    /// nothing, for an event applied before (also earlier in the same call).
+    async fn apply_each_once(
+        &self,
+        events: &[(&str, &[FitnessUpdate])],
+    ) -> Result<Vec<bool>, StoreError>;
+
+    /// [`FeedbackStore::apply_each_once`] for one event.
     async fn apply_once(
         &self,
         event_id: &str,
         updates: &[FitnessUpdate],
-    ) -> Result<bool, StoreError>;
-
-    /// [`FeedbackStore::apply_once`] for several events in order, one flag per event (`false`
-    /// for an event applied before, also earlier in the same call). A store that can does it
-    /// in one transaction; the default applies them one by one, which is as safe because each
-    /// is applied at most once and a failed call is retried whole.
-    async fn apply_each_once(
-        &self,
-        events: &[(&str, &[FitnessUpdate])],
-    ) -> Result<Vec<bool>, StoreError> {
-        let mut fresh = Vec::with_capacity(events.len());
-        for (event_id, updates) in events {
-            fresh.push(self.apply_once(event_id, updates).await?);
-        }
-        Ok(fresh)
+    ) -> Result<bool, StoreError> {
+        let fresh = self.apply_each_once(&[(event_id, updates)]).await?;
+        Ok(fresh.first().copied().unwrap_or(false))
     }
 
     /// Running statistics, filtered.

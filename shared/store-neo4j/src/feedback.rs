@@ -4,6 +4,7 @@
 //! `(:ProcessedEvent)` records that make event handling idempotent.
 
 use aop_core::feedback::{Feedback, FitnessUpdate, Metric, MetricStats, sample_variance};
+use aop_core::stats::Summary;
 use aop_core::{AgentId, DomainEvent, FeedbackStore, StoreError};
 use async_trait::async_trait;
 use neo4rs::{BoltType, Row, query};
@@ -167,88 +168,11 @@ impl FeedbackStore for Neo4jStore {
         .await
     }
 
-    async fn apply_once(
-        &self,
-        event_id: &str,
-        updates: &[FitnessUpdate],
-    ) -> Result<bool, StoreError> {
-        let event_id = event_id.to_owned();
-        let updates = bolt(Value::Array(
-            updates
-                .iter()
-                .map(|u| {
-                    json!({
-                        "key": format!("{}:{}", version_key(u.agent_id.as_str(), u.version), u.metric),
-                        "version_key": version_key(u.agent_id.as_str(), u.version),
-                        "agent_id": u.agent_id.as_str(),
-                        "version": u.version,
-                        "metric": u.metric.key(),
-                        "value": u.value,
-                    })
-                })
-                .collect(),
-        ))?;
-        let now = self.now_ms();
-        self.transact("apply_once", |txn| -> Work<'_, bool> {
-            let (event_id, updates) = (event_id.clone(), updates.clone());
-            Box::pin(async move {
-                let seen = rows(
-                    txn,
-                    query("MATCH (p:ProcessedEvent {event_id: $event_id}) RETURN count(p) AS n")
-                        .param("event_id", event_id.as_str()),
-                )
-                .await?;
-                let n: i64 = seen.first().map_or(Ok(0), |r| column(r, "n", "count"))?;
-                if n > 0 {
-                    return Ok(false);
-                }
-                // The unique event id makes a concurrent second delivery fail at commit.
-                run(
-                    txn,
-                    query("CREATE (:ProcessedEvent {event_id: $event_id, processed_at: $now})")
-                        .param("event_id", event_id.as_str())
-                        .param("now", now),
-                )
-                .await?;
-                // Welford's update, in the statement that locks the node, so concurrent
-                // updates of one metric never read a stale mean. Each SET sees the previous.
-                run(
-                    txn,
-                    query(
-                        "UNWIND $updates AS u
-                         MERGE (x:Fitness {key: u.key})
-                         ON CREATE SET x.agent_id = u.agent_id, x.version = u.version,
-                             x.metric = u.metric, x.samples = 0, x.mean = 0.0, x.m2 = 0.0
-                         SET x.samples = x.samples + 1
-                         SET x.m2 = x.m2 + (u.value - x.mean)
-                             * (u.value - (x.mean + (u.value - x.mean) / x.samples))
-                         SET x.mean = x.mean + (u.value - x.mean) / x.samples
-                         SET x.updated_at = $now",
-                    )
-                    .param("updates", updates.clone())
-                    .param("now", now),
-                )
-                .await?;
-                run(
-                    txn,
-                    query(
-                        "UNWIND $updates AS u
-                         MATCH (x:Fitness {key: u.key})
-                         MATCH (v:AgentVersion {key: u.version_key})
-                         MERGE (x)-[:OF]->(v)",
-                    )
-                    .param("updates", updates),
-                )
-                .await?;
-                Ok(true)
-            })
-        })
-        .await
-    }
-
     /// One transaction for the whole list, three statements whatever its length: the events
-    /// not seen before are recorded, and their updates, folded per statistic in order
-    /// (Welford), are merged into the stored statistics (Chan et al.'s pairwise update).
+    /// not seen before are recorded (their unique ids make a concurrent second delivery fail
+    /// at commit), and their updates, folded per statistic in order, are merged into the
+    /// stored statistics with the pairwise update (Chan et al.) in the statement that locks
+    /// each statistic, so concurrent batches never read a stale mean.
     async fn apply_each_once(
         &self,
         events: &[(&str, &[FitnessUpdate])],
@@ -296,10 +220,14 @@ impl FeedbackStore for Neo4jStore {
                             version_key(u.agent_id.as_str(), u.version),
                             u.metric
                         );
-                        match folds.iter_mut().find(|f| f.key == key) {
-                            Some(fold) => fold.add(u.value),
-                            None => folds.push(Fold::new(key, u)),
-                        }
+                        let at = match folds.iter().position(|f| f.key == key) {
+                            Some(at) => at,
+                            None => {
+                                folds.push(Fold::new(key, u));
+                                folds.len() - 1
+                            }
+                        };
+                        folds[at].values.push(u.value);
                     }
                 }
                 if fresh_ids.is_empty() {
@@ -417,39 +345,26 @@ impl FeedbackStore for Neo4jStore {
     }
 }
 
-/// One statistic's new values of a batch, folded in order (Welford).
+/// One statistic's new values of a batch, folded in order.
 struct Fold {
     key: String,
     version_key: String,
     agent_id: String,
     version: u32,
     metric: String,
-    n: i64,
-    mean: f64,
-    m2: f64,
+    values: Summary,
 }
 
 impl Fold {
     fn new(key: String, u: &FitnessUpdate) -> Self {
-        let mut fold = Self {
+        Self {
             key,
             version_key: version_key(u.agent_id.as_str(), u.version),
             agent_id: u.agent_id.as_str().to_owned(),
             version: u.version,
             metric: u.metric.key(),
-            n: 0,
-            mean: 0.0,
-            m2: 0.0,
-        };
-        fold.add(u.value);
-        fold
-    }
-
-    fn add(&mut self, value: f64) {
-        self.n += 1;
-        let delta = value - self.mean;
-        self.mean += delta / self.n as f64;
-        self.m2 += delta * (value - self.mean);
+            values: Summary::default(),
+        }
     }
 
     fn to_json(&self) -> Value {
@@ -459,9 +374,9 @@ impl Fold {
             "agent_id": self.agent_id,
             "version": self.version,
             "metric": self.metric,
-            "n": self.n,
-            "mean": self.mean,
-            "m2": self.m2,
+            "n": self.values.n,
+            "mean": self.values.mean,
+            "m2": self.values.m2,
         })
     }
 }

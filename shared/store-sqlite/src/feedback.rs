@@ -1,6 +1,7 @@
 //! Feedback, fitness statistics and processed-event records in the embedded store.
 
 use aop_core::feedback::{Feedback, FitnessUpdate, Metric, MetricStats, sample_variance};
+use aop_core::stats::Summary;
 use aop_core::{AgentId, DomainEvent, FeedbackStore, StoreError};
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, TransactionBehavior, params, params_from_iter};
@@ -60,27 +61,6 @@ impl FeedbackStore for SqliteStore {
             }
             rows::insert_events(&tx, &events)?;
             tx.commit().map_err(map_err)
-        })
-        .await
-    }
-
-    async fn apply_once(
-        &self,
-        event_id: &str,
-        updates: &[FitnessUpdate],
-    ) -> Result<bool, StoreError> {
-        let event_id = event_id.to_owned();
-        let updates = updates.to_vec();
-        let now = self.now_ms();
-        self.with(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(map_err)?;
-            let fresh = apply_in(&tx, &event_id, &updates, now)?;
-            if fresh {
-                tx.commit().map_err(map_err)?;
-            }
-            Ok(fresh)
         })
         .await
     }
@@ -267,27 +247,29 @@ fn apply_in(
         )
         .map_err(map_err)?;
     for u in updates {
-        let current: Option<(i64, f64, f64)> = read
+        let mut stats = read
             .query_row(
                 params![u.agent_id.as_str(), u.version, u.metric.key()],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| {
+                    Ok(Summary {
+                        n: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                        mean: r.get(1)?,
+                        m2: r.get(2)?,
+                    })
+                },
             )
             .optional()
-            .map_err(map_err)?;
-        // Welford's update: numerically stable running mean and variance.
-        let (count, mean, m2) = current.unwrap_or((0, 0.0, 0.0));
-        let count = count + 1;
-        let delta = u.value - mean;
-        let mean = mean + delta / count as f64;
-        let m2 = m2 + delta * (u.value - mean);
+            .map_err(map_err)?
+            .unwrap_or_default();
+        stats.push(u.value);
         write
             .execute(params![
                 u.agent_id.as_str(),
                 u.version,
                 u.metric.key(),
-                count,
-                mean,
-                m2,
+                i64::try_from(stats.n).unwrap_or(i64::MAX),
+                stats.mean,
+                stats.m2,
                 now
             ])
             .map_err(map_err)?;
