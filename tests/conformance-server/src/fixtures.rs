@@ -64,11 +64,42 @@ pub fn tools() -> Vec<Tool> {
             "test_elicitation_sep1330_enums",
             "Elicits a form with every enum style",
         ),
+        (
+            "test_trigger_tool_change",
+            "Tells every subscription that the tool list changed",
+        ),
+        (
+            "test_trigger_prompt_change",
+            "Tells every subscription that the prompt list changed",
+        ),
+        (
+            "test_missing_capability",
+            "Needs the client's sampling capability",
+        ),
+        (
+            "test_streaming_elicitation",
+            "Answers with an input-required result holding an elicitation",
+        ),
+        (
+            "test_logging_tool",
+            "Sends a log notification only when the request asks for a log level",
+        ),
     ];
     let mut tools: Vec<Tool> = plain
         .iter()
+        .chain(&crate::input::TOOLS)
         .map(|(name, description)| Tool::new(*name, *description, no_arguments()))
+        .chain(crate::tasks::tools())
         .collect();
+    tools.push(Tool::new(
+        "test_custom_header",
+        "Echoes `value`, which clients also send as the Mcp-Param-Value header (SEP-2243)",
+        schema(json!({
+            "type": "object",
+            "properties": {"value": {"type": "string", "x-mcp-header": "Value"}},
+            "required": ["value"]
+        })),
+    ));
     tools.push(Tool::new(
         "test_sampling",
         "Asks the client's model to complete a prompt",
@@ -95,7 +126,9 @@ pub fn tools() -> Vec<Tool> {
 }
 
 pub fn is_fixture_tool(name: &str) -> bool {
-    name.starts_with("test_") || name == "json_schema_2020_12_tool"
+    name.starts_with("test_")
+        || name == "json_schema_2020_12_tool"
+        || crate::tasks::is_task_fixture(name)
 }
 
 fn text_resource(uri: &str, mime: &str, text: &str) -> ResourceContents {
@@ -132,6 +165,12 @@ pub fn simple_tool_result(name: &str, arguments: &JsonObject) -> Option<CallTool
         ]),
         "test_error_handling" => CallToolResult::error(vec![ContentBlock::text(
             "This tool intentionally returns an error for testing",
+        )]),
+        "test_custom_header" => CallToolResult::success(vec![ContentBlock::text(
+            arguments
+                .get("value")
+                .and_then(Value::as_str)
+                .unwrap_or_default(),
         )]),
         "json_schema_2020_12_tool" => CallToolResult::success(vec![ContentBlock::text(format!(
             "received {}",
@@ -261,6 +300,11 @@ pub fn prompts() -> Vec<Prompt> {
         Prompt::new(
             "test_prompt_with_image",
             Some("A prompt with an image"),
+            None,
+        ),
+        Prompt::new(
+            crate::input::PROMPT,
+            Some("A prompt that asks for its context first"),
             None,
         ),
     ]

@@ -3,7 +3,9 @@
 //! prompts the suite calls. Used by `tests/conformance/run`.
 
 mod fixtures;
+mod input;
 mod server;
+mod tasks;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -74,7 +76,8 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let options = config.server.http_options(CancellationToken::new());
     let make = {
         let platform = platform.clone();
-        move || server::ConformanceServer::new(platform.mcp_server())
+        let shared = std::sync::Arc::new(server::Shared::default());
+        move || server::ConformanceServer::new(platform.mcp_server(), shared.clone())
     };
     let app = aop_mcp::router(
         make,

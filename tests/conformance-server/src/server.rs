@@ -3,41 +3,70 @@
 
 #![allow(deprecated)] // resources/subscribe is a legacy-era method the suite still calls.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aop_mcp::AgentServer;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult,
-    ContentBlock, CreateMessageRequestParams, ElicitRequestParams, ElicitationSchema,
-    GetPromptRequestParams, GetPromptResponse, ListPromptsResult, ListResourceTemplatesResult,
-    ListResourcesResult, ListToolsResult, LoggingLevel, LoggingMessageNotificationParam,
-    PaginatedRequestParams, ProgressNotificationParam, ReadResourceRequestParams,
-    ReadResourceResponse, SamplingMessage, ServerCapabilities, ServerConfig, SetLevelRequestParams,
-    SubscribeRequestParams, UnsubscribeRequestParams,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, ClientCapabilities,
+    CompleteRequestParams, CompleteResult, ContentBlock, CreateMessageRequestParams,
+    ElicitRequestParams, ElicitationSchema, GetPromptRequestParams, GetPromptResponse,
+    GetTaskParams, GetTaskResult, InputRequests, InputRequiredResult, ListPromptsResult,
+    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, LoggingLevel,
+    LoggingMessageNotificationParam, PaginatedRequestParams, ProgressNotificationParam,
+    ReadResourceRequestParams, ReadResourceResponse, SamplingMessage, ServerCapabilities,
+    ServerConfig, SetLevelRequestParams, SubscribeRequestParams, SubscriptionFilter,
+    UnsubscribeRequestParams, UpdateTaskParams,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{RequestContext, SubscriptionContext, SubscriptionSink};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::{Value, json};
 
 use crate::fixtures;
+use crate::input::{self, Inputs};
+use crate::tasks::{self, Tasks};
 
 /// Pause between the notifications a fixture tool sends.
 const STEP: Duration = Duration::from_millis(50);
 
+/// What the fixtures share across requests (one per process: stateless requests each get a new
+/// handler).
+#[derive(Default)]
+pub struct Shared {
+    inputs: Inputs,
+    tasks: Tasks,
+    /// Open `subscriptions/listen` streams (2026-07-28).
+    listeners: Mutex<HashMap<u64, SubscriptionSink>>,
+    next_listener: AtomicU64,
+}
+
 #[derive(Clone)]
 pub struct ConformanceServer {
     platform: AgentServer,
+    shared: Arc<Shared>,
+    /// Resources subscribed to with the legacy `resources/subscribe`.
     subscriptions: Arc<Mutex<HashSet<String>>>,
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl ConformanceServer {
-    pub fn new(platform: AgentServer) -> Self {
+    pub fn new(platform: AgentServer, shared: Arc<Shared>) -> Self {
         Self {
             platform,
+            shared,
             subscriptions: Arc::default(),
         }
+    }
+
+    fn listeners(&self) -> Vec<SubscriptionSink> {
+        lock(&self.shared.listeners).values().cloned().collect()
     }
 
     async fn fixture_tool(
@@ -45,6 +74,18 @@ impl ConformanceServer {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
+        if input::TOOLS.iter().any(|(n, _)| *n == request.name) {
+            return self
+                .shared
+                .inputs
+                .call(&request, context.meta.client_capabilities());
+        }
+        if tasks::is_task_fixture(&request.name) {
+            let client_has_tasks = context
+                .client_capabilities()
+                .is_some_and(|caps| caps.supports_tasks());
+            return self.shared.tasks.call(request, client_has_tasks).await;
+        }
         let arguments = request.arguments.unwrap_or_default();
         let name = request.name.as_ref();
         if let Some(result) = fixtures::simple_tool_result(name, &arguments) {
@@ -130,6 +171,57 @@ impl ConformanceServer {
                 )
                 .await
             }
+            "test_trigger_tool_change" | "test_trigger_prompt_change" => {
+                for listener in self.listeners() {
+                    let sent = if name == "test_trigger_tool_change" {
+                        listener.notify_tool_list_changed().await
+                    } else {
+                        listener.notify_prompt_list_changed().await
+                    };
+                    if let Err(e) = sent {
+                        tracing::warn!(error = %e, "cannot notify a subscription");
+                    }
+                }
+                success("Change notified")
+            }
+            "test_missing_capability" => {
+                let declared = context.meta.client_capabilities().unwrap_or_default();
+                if declared.sampling.is_none() {
+                    return Err(ErrorData::missing_required_client_capability(
+                        ClientCapabilities::builder().enable_sampling().build(),
+                    ));
+                }
+                success("The client declared sampling")
+            }
+            "test_streaming_elicitation" => {
+                let form = serde_json::from_value(json!({"type": "object",
+                    "properties": {"value": {"type": "string"}}, "required": ["value"]}))
+                .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+                let request =
+                    rmcp::model::ElicitRequest::new(ElicitRequestParams::FormElicitationParams {
+                        meta: None,
+                        message: "Provide a value".to_owned(),
+                        requested_schema: form,
+                    });
+                let requests = InputRequests::from([(
+                    "streaming_elicitation".to_owned(),
+                    rmcp::model::InputRequest::Elicitation(request),
+                )]);
+                return Ok(InputRequiredResult::from_input_requests(requests).into());
+            }
+            "test_logging_tool" => {
+                if let Some(level) = context.meta.log_level() {
+                    let note = LoggingMessageNotificationParam::new(
+                        level,
+                        json!("the request asked for log messages"),
+                    )
+                    .with_logger("aop-conformance-server");
+                    if let Err(e) = context.peer.notify_logging_message(note).await {
+                        tracing::warn!(error = %e, "cannot send a log notification");
+                    }
+                }
+                success("Logging tool finished")
+            }
             other => {
                 return Err(ErrorData::invalid_params(
                     format!("unknown tool: {other}"),
@@ -178,13 +270,65 @@ impl ServerHandler for ConformanceServer {
         let mut config = AgentServer::server_config();
         config.capabilities = ServerCapabilities::builder()
             .enable_tools()
+            .enable_tool_list_changed()
             .enable_resources()
             .enable_resources_subscribe()
             .enable_prompts()
+            .enable_prompts_list_changed()
             .enable_logging()
             .enable_completions()
+            .enable_tasks()
             .build();
         config
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        Some(requested.supported_by(&self.get_info().capabilities))
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        let key = self.shared.next_listener.fetch_add(1, Ordering::Relaxed);
+        lock(&self.shared.listeners).insert(key, context.sink().clone());
+        context.cancelled().await;
+        lock(&self.shared.listeners).remove(&key);
+        Ok(())
+    }
+
+    /// Fixture tasks first, then the platform's own (evolutions).
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, ErrorData> {
+        match self.shared.tasks.manager.get_task(&request.task_id) {
+            Ok(task) => Ok(GetTaskResult::new(task)),
+            Err(_) => self.platform.get_task(request, context).await,
+        }
+    }
+
+    async fn update_task(
+        &self,
+        request: UpdateTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.shared
+            .tasks
+            .manager
+            .update_task(&request.task_id, request.input_responses)
+    }
+
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        match self.shared.tasks.manager.cancel_task(&request.task_id) {
+            Ok(()) => Ok(()),
+            Err(_) => self.platform.cancel_task(request, context).await,
+        }
     }
 
     async fn list_tools(
@@ -265,10 +409,7 @@ impl ServerHandler for ConformanceServer {
         request: SubscribeRequestParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        self.subscriptions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(request.uri.to_string());
+        lock(&self.subscriptions).insert(request.uri.to_string());
         Ok(())
     }
 
@@ -277,10 +418,7 @@ impl ServerHandler for ConformanceServer {
         request: UnsubscribeRequestParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        self.subscriptions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(request.uri.as_str());
+        lock(&self.subscriptions).remove(request.uri.as_str());
         Ok(())
     }
 
@@ -297,6 +435,9 @@ impl ServerHandler for ConformanceServer {
         request: GetPromptRequestParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
+        if request.name == input::PROMPT {
+            return Ok(self.shared.inputs.prompt(&request));
+        }
         let arguments = request.arguments.clone().unwrap_or_default();
         fixtures::prompt(&request.name, &arguments)
             .map(Into::into)
