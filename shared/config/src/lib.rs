@@ -7,6 +7,7 @@
 
 mod durations;
 mod loader;
+pub mod redact;
 mod section;
 
 pub use durations::{millis, seconds};

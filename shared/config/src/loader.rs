@@ -147,7 +147,7 @@ impl Loader {
                     Some(text) if !seen.setting.secret => {
                         format!(
                             "{key} ({var}, from {origin}): {reason} (got '{}')",
-                            text.trim()
+                            crate::redact::shorten(&crate::redact::url(text.trim()), 200)
                         )
                     }
                     _ => format!("{key} ({var}, from {origin}): {reason}"),

@@ -79,7 +79,12 @@ pub(crate) fn classify(error: &OpenAIError) -> Failure {
                 transient: transient_status(h.status, &h.body),
                 status: Some(h.status),
                 retry_after: h.retry_after,
-                message: provider_message(&h.body),
+                message: match h.status {
+                    // The provider's own text names the key (masked, but still part of it).
+                    401 => "the LLM provider refused the API key".to_owned(),
+                    403 => "the LLM provider refused access with this API key".to_owned(),
+                    _ => provider_message(&h.body),
+                },
             },
             None => Failure {
                 transient: false,
@@ -92,7 +97,11 @@ pub(crate) fn classify(error: &OpenAIError) -> Failure {
             transient: transient_status(api.status_code.as_u16(), ""),
             status: Some(api.status_code.as_u16()),
             retry_after: None,
-            message: api.api_error.message.clone(),
+            message: match api.status_code.as_u16() {
+                401 => "the LLM provider refused the API key".to_owned(),
+                403 => "the LLM provider refused access with this API key".to_owned(),
+                _ => api.api_error.message.clone(),
+            },
         },
         OpenAIError::Reqwest(e) => Failure {
             transient: e.is_timeout() || e.is_connect() || e.is_request() || e.is_body(),

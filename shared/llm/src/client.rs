@@ -82,15 +82,16 @@ impl OpenAiChatModel {
     /// # Errors
     /// A message naming the endpoint and what is wrong; never the key.
     pub async fn check_model(&self, model: &str, timeout: Duration) -> Result<String, String> {
-        let base = self.settings.endpoint().trim_end_matches('/');
-        let mut request = self.http.get(format!("{base}/models")).timeout(timeout);
+        let url = self.settings.endpoint().trim_end_matches('/');
+        let base = aop_config::redact::url(url);
+        let mut request = self.http.get(format!("{url}/models")).timeout(timeout);
         if let Some(key) = &self.settings.api_key {
             request = request.bearer_auth(key.expose_secret());
         }
         let response = request
             .send()
             .await
-            .map_err(|e| self.scrub(format!("{base} did not answer: {e}")))?;
+            .map_err(|e| self.scrub(format!("{base} did not answer: {}", e.without_url())))?;
         match response.status().as_u16() {
             200 => {}
             401 | 403 => {
@@ -104,7 +105,7 @@ impl OpenAiChatModel {
         let body = response
             .bytes()
             .await
-            .map_err(|e| format!("{base}/models did not answer in time: {e}"))?;
+            .map_err(|e| format!("{base}/models did not answer in time: {}", e.without_url()))?;
         let body: serde_json::Value = serde_json::from_slice(&body)
             .map_err(|e| format!("{base}/models did not answer JSON: {e}"))?;
         let offered = body["data"]

@@ -185,7 +185,11 @@ pub fn openai_model(config: &Config) -> Result<Option<aop_llm::OpenAiChatModel>,
     if !openai.is_configured() {
         return Ok(None);
     }
-    tracing::info!(base_url = %openai.endpoint(), model = %openai.model, "LLM endpoint configured");
+    tracing::info!(
+        base_url = %aop_config::redact::url(openai.endpoint()),
+        model = %openai.model,
+        "LLM endpoint configured"
+    );
     Ok(Some(aop_llm::OpenAiChatModel::new(openai.clone())?))
 }
 

@@ -597,6 +597,10 @@ async fn a_refused_key_fails_the_run_at_once_without_showing_the_key() {
     let error = failed.error.unwrap();
     assert!(error.contains("401"), "{error}");
     assert!(!error.contains(KEY), "{error}");
+    assert!(
+        !error.contains("sk-evo"),
+        "the masked key is not shown either: {error}"
+    );
 }
 
 #[tokio::test]

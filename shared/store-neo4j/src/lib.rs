@@ -182,15 +182,9 @@ impl Section for Neo4jSettings {
     }
 }
 
-/// The URI with any `user:password@` part removed: what may appear in logs and errors.
+/// The URI without its `user:password@` part or query: what may appear in logs and errors.
 pub fn redact_uri(uri: &str) -> String {
-    match uri.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((_, host)) => format!("{scheme}://{host}"),
-            None => uri.to_owned(),
-        },
-        None => uri.to_owned(),
-    }
+    aop_config::redact::url(uri)
 }
 
 /// Fresh credentials after a login was refused (a rotated secret, say).
