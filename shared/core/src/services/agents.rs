@@ -603,10 +603,19 @@ impl AgentService {
         self_id: Option<&AgentId>,
         capabilities: &[Capability],
     ) -> Result<(), ServiceError> {
+        // Too many capabilities is already refused, cheaply: no store reads for any of them.
+        if capabilities.len() > crate::validate::MAX_CAPABILITIES {
+            return Ok(());
+        }
+        let mut checked = std::collections::HashSet::new();
         for (i, cap) in capabilities.iter().enumerate() {
             let Some(target) = &cap.delegate_to else {
                 continue;
             };
+            // Each delegate is looked up, and its chain walked, once.
+            if !checked.insert(target) {
+                continue;
+            }
             let field = format!("capabilities[{i}].delegate_to");
             if Some(target) == self_id {
                 p.push(field, "an agent cannot delegate to itself");
