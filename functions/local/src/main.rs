@@ -368,13 +368,12 @@ async fn run(config: Config) -> Result<(), BoxError> {
         platform.schedule.clone().run(shutdown.clone()),
     ));
     let stop = shutdown.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            wait_for_signal().await;
-            tracing::info!("shutting down");
-            stop.cancel();
-        })
-        .await?;
+    aop_mcp::listen::serve(listener, app, config.server.limits(), async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        stop.cancel();
+    })
+    .await;
     shutdown.cancel();
     for task in background {
         if let Err(e) = task.await {

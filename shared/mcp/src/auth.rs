@@ -1,9 +1,12 @@
-//! Bearer API keys for `/mcp`. Keys are compared in constant time and never logged. A key may
-//! carry a name (`alice=sk-...`): the principal its requests act as (who deploys, who reviews);
-//! a bare key is named by its position (`key-1`, `key-2`, ...).
+//! Bearer API keys for `/mcp`. Keys are never logged, and a presented key is compared with each
+//! configured one as SHA-256 digests in constant time, so neither which key matched nor how long
+//! the keys are shows in the answer's timing. A key may carry a name (`alice=sk-...`): the
+//! principal its requests act as (who deploys, who reviews); a bare key is named by its position
+//! (`key-1`, `key-2`, ...).
 
 use aop_core::principal::Principal;
 use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// A key below this length after `name=` is taken as a bare key that contains `=`.
@@ -11,14 +14,21 @@ const MIN_NAMED_KEY: usize = 8;
 
 /// The configured API keys with the principal each stands for; empty turns authentication off.
 #[derive(Clone, Default)]
-pub struct ApiKeys(Vec<(Principal, SecretString)>);
+pub struct ApiKeys(Vec<(Principal, [u8; 32])>);
+
+fn digest(key: &[u8]) -> [u8; 32] {
+    Sha256::digest(key).into()
+}
 
 impl ApiKeys {
     pub fn new(keys: Vec<SecretString>) -> Self {
         Self(
             keys.into_iter()
                 .enumerate()
-                .map(|(i, key)| named(i, &key))
+                .map(|(i, key)| {
+                    let (principal, key) = named(i, &key);
+                    (principal, digest(key.expose_secret().as_bytes()))
+                })
                 .collect(),
         )
     }
@@ -30,14 +40,10 @@ impl ApiKeys {
     /// The principal of the key an `Authorization` header value carries, if it carries one.
     /// Every key is compared, so timing does not reveal which one matched or how much of it.
     pub fn principal(&self, authorization: Option<&str>) -> Option<Principal> {
-        let token = authorization.and_then(bearer_token)?;
+        let token = digest(authorization.and_then(bearer_token)?.as_bytes());
         let mut found = None;
         for (principal, key) in &self.0 {
-            let matched: bool = key
-                .expose_secret()
-                .as_bytes()
-                .ct_eq(token.as_bytes())
-                .into();
+            let matched: bool = key.ct_eq(&token).into();
             if matched && found.is_none() {
                 found = Some(principal.clone());
             }

@@ -41,6 +41,10 @@ pub struct HttpOptions {
     pub json_response: bool,
     /// Serve `GET /metrics`.
     pub expose_metrics: bool,
+    /// Time a client has to send an MCP request's body once its headers are in; 408 after.
+    pub body_timeout: Duration,
+    /// Sessions of the `initialize` era: how many, and how long idle.
+    pub sessions: crate::sessions::SessionLimits,
     /// Cancelled at shutdown; ends open sessions and streams.
     pub shutdown: CancellationToken,
 }
@@ -56,6 +60,8 @@ struct AppState {
     store: Arc<dyn AgentStore>,
     metrics: Arc<Metrics>,
     keys: ApiKeys,
+    allowed_hosts: Arc<[String]>,
+    allowed_origins: Arc<[String]>,
 }
 
 /// Builds the Router. `make_server` makes the MCP handler: once per session, or once per request
@@ -79,18 +85,28 @@ where
         .with_sse_keep_alive(Some(Duration::from_secs(15)))
         .with_max_request_body_bytes(MAX_BODY_BYTES)
         .with_cancellation_token(options.shutdown.clone());
-    let mcp: StreamableHttpService<S, LocalSessionManager> = StreamableHttpService::new(
-        move || Ok(make_server()),
-        Arc::new(LocalSessionManager::default()),
-        config,
-    );
+    let sessions = crate::sessions::Sessions::new(options.sessions);
+    let mcp: StreamableHttpService<S, LocalSessionManager> =
+        StreamableHttpService::new(move || Ok(make_server()), sessions.manager.clone(), config);
     let state = AppState {
         store,
         metrics,
         keys: ApiKeys::new(options.api_keys.clone()),
+        allowed_hosts: options.allowed_hosts.clone().into(),
+        allowed_origins: options.allowed_origins.clone().into(),
     };
-    let mcp_routes = Router::new()
-        .nest_service("/mcp", mcp)
+    let body_timeout = options.body_timeout;
+    let mut mcp_routes = Router::new().nest_service("/mcp", mcp);
+    if !options.stateless {
+        mcp_routes = mcp_routes.layer(middleware::from_fn_with_state(
+            sessions,
+            crate::sessions::limit,
+        ));
+    }
+    let mcp_routes = mcp_routes
+        .layer(middleware::from_fn(move |request, next| {
+            read_body(body_timeout, request, next)
+        }))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let mut app = Router::new().route("/health", get(health));
     if options.expose_metrics {
@@ -101,9 +117,65 @@ where
                 .layer(middleware::from_fn_with_state(state.clone(), authenticate)),
         );
     }
+    // The Host and Origin rules rmcp applies to /mcp, for the routes beside it.
+    let app = app.layer(middleware::from_fn_with_state(state.clone(), same_site));
     app.merge(mcp_routes)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
+}
+
+/// An MCP request's body, read whole by [`read_body`], for the layers inside it.
+#[derive(Clone)]
+pub(crate) struct BodyBytes(pub(crate) axum::body::Bytes);
+
+/// A client error as the JSON body the other refusals use.
+pub(crate) fn refusal(status: StatusCode, error: &str, message: &str) -> Response {
+    (
+        status,
+        Json(serde_json::json!({"error": error, "message": message})),
+    )
+        .into_response()
+}
+
+/// Reads an authenticated request's body before the MCP handler sees it, within `deadline` and
+/// [`MAX_BODY_BYTES`]: a client that stops sending gets 408, a body cut short (the connection
+/// closed, a chunk malformed) 400 and an oversized one 413, instead of a handler waiting on it.
+async fn read_body(deadline: Duration, request: Request, next: Next) -> Response {
+    use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+    let (parts, body) = request.into_parts();
+    let read = Limited::new(body, MAX_BODY_BYTES).collect();
+    let bytes = match tokio::time::timeout(deadline, read).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => {
+            return refusal(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                &format!("an MCP request body is at most {MAX_BODY_BYTES} bytes"),
+            );
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "request body cut short");
+            return refusal(
+                StatusCode::BAD_REQUEST,
+                "incomplete_body",
+                "the request body ended before its declared length or was malformed",
+            );
+        }
+        Err(_) => {
+            return refusal(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                &format!(
+                    "the request body did not arrive within {} s",
+                    deadline.as_secs()
+                ),
+            );
+        }
+    };
+    let mut request = Request::from_parts(parts, axum::body::Body::from(bytes.clone()));
+    request.extensions_mut().insert(BodyBytes(bytes));
+    next.run(request).await
 }
 
 /// What the MCP handler tells the access line about the call it served: the tool and how the
@@ -129,6 +201,18 @@ fn method_label(method: &axum::http::Method) -> &'static str {
     }
 }
 
+/// The `Mcp-Method` header as the access line shows it: a method name as MCP spells them
+/// (`tools/call`, `notifications/initialized`), anything else `other`, so a caller cannot
+/// write what it likes into the log.
+fn rpc_label(method: &str) -> String {
+    let plausible = method.len() <= 64
+        && !method.is_empty()
+        && method
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'/' || b == b'_');
+    if plausible { method } else { "other" }.to_owned()
+}
+
 /// Request id, span, request metrics and one access line for every request: at `info` (`warn`
 /// for a server error) with the method, route, status, duration and, for a tool call, the tool
 /// and its outcome. The line is written when the response body has been sent (or dropped), so
@@ -146,7 +230,7 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
         .headers()
         .get("mcp-method")
         .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+        .map(rpc_label);
     let note = CallNote::default();
     request.extensions_mut().insert(note.clone());
     let span = tracing::info_span!("http_request", request_id = %id);
@@ -256,10 +340,15 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
         }
         return next.run(request).await;
     }
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
+    let mut presented = request.headers().get_all(header::AUTHORIZATION).iter();
+    let given = presented.next().and_then(|v| v.to_str().ok());
+    if presented.next().is_some() {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "send one Authorization header, not several",
+        );
+    }
     if let Some(principal) = state.keys.principal(given) {
         request.extensions_mut().insert(principal);
         return next.run(request).await;
@@ -270,14 +359,11 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
         "missing_token"
     };
     tracing::debug!(reason, "rejected unauthenticated MCP request");
-    let mut response = (
+    let mut response = refusal(
         StatusCode::UNAUTHORIZED,
-        Json(serde_json::json!({
-            "error": reason,
-            "message": "send an API key as `Authorization: Bearer <key>`",
-        })),
-    )
-        .into_response();
+        reason,
+        "send an API key as `Authorization: Bearer <key>`",
+    );
     let challenge = if given.is_some() {
         "Bearer realm=\"aop\", error=\"invalid_token\""
     } else {
@@ -290,17 +376,37 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
     response
 }
 
+/// Refuses a request whose `Host` or `Origin` is not allowed (403), as rmcp does on `/mcp`.
+async fn same_site(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let refused = crate::origin::refusal(
+        request.uri(),
+        request.headers(),
+        &state.allowed_hosts,
+        &state.allowed_origins,
+    );
+    match refused {
+        None => next.run(request).await,
+        Some(reason) => {
+            tracing::debug!(reason, "refused a request from another site");
+            refusal(StatusCode::FORBIDDEN, "forbidden", reason)
+        }
+    }
+}
+
+/// Whether the process and its store are up. Says what kind of store, never where it is: the
+/// detail (a path, a URI or why it is down) goes to the log.
 async fn health(State(state): State<AppState>) -> Response {
     let store = state.store.health().await;
     let status = if store.up {
         StatusCode::OK
     } else {
+        tracing::warn!(store = store.kind, detail = %store.detail, "health check: the store is down");
         StatusCode::SERVICE_UNAVAILABLE
     };
     let body = serde_json::json!({
         "status": if store.up { "ok" } else { "degraded" },
         "version": env!("CARGO_PKG_VERSION"),
-        "store": store,
+        "store": {"kind": store.kind, "up": store.up},
     });
     (status, Json(body)).into_response()
 }

@@ -14,14 +14,20 @@ mod errors;
 mod evolution;
 #[cfg(feature = "server")]
 pub mod http;
+#[cfg(feature = "listen")]
+pub mod listen;
 #[cfg(feature = "server")]
 pub mod metrics;
+#[cfg(feature = "server")]
+mod origin;
 #[cfg(feature = "server")]
 mod request_id;
 #[cfg(feature = "server")]
 mod resources;
 #[cfg(feature = "server")]
 mod server;
+#[cfg(feature = "server")]
+pub mod sessions;
 mod settings;
 #[cfg(feature = "server")]
 mod tools;

@@ -432,7 +432,7 @@ impl AgentServer {
         let span = tracing::info_span!(
             "execute_tool",
             request_id = %request_id::from_context(&context),
-            tool = %tool,
+            tool = %aop_config::redact::shorten(&tool, 64),
         );
         let call_note = context
             .extensions
@@ -458,7 +458,8 @@ impl AgentServer {
                 .observe_tool(&tool, outcome, started.elapsed().as_secs_f64());
         }
         if let Some(note) = call_note {
-            note.record(&tool, outcome);
+            // A name no tool has is the caller's text: the access line says `unknown` instead.
+            note.record(if known { &tool } else { "unknown" }, outcome);
         }
         result
     }

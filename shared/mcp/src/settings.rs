@@ -31,6 +31,19 @@ pub struct ServerSettings {
     /// List each tool's output schema in `tools/list` (results carry structured content
     /// either way).
     pub output_schemas: bool,
+    /// Connections open at once; the next is answered 503 and closed.
+    pub max_connections: u32,
+    /// Seconds a client has to send a request's headers; also how long an idle keep-alive
+    /// connection stays open.
+    pub header_timeout_secs: u64,
+    /// Seconds a client has to send a request's body once its headers are in (408 after).
+    pub body_timeout_secs: u64,
+    /// Sessions (of the `initialize` era) open at once, all callers together.
+    pub max_sessions: u32,
+    /// Sessions open at once for one caller (API key).
+    pub max_sessions_per_principal: u32,
+    /// Seconds a session may sit idle before it is closed.
+    pub session_idle_secs: u64,
 }
 
 impl Default for ServerSettings {
@@ -45,6 +58,12 @@ impl Default for ServerSettings {
             json_response: false,
             toolsets: Vec::new(),
             output_schemas: false,
+            max_connections: 1024,
+            header_timeout_secs: 10,
+            body_timeout_secs: 30,
+            max_sessions: 1000,
+            max_sessions_per_principal: 100,
+            session_idle_secs: 120,
         }
     }
 }
@@ -73,7 +92,26 @@ impl ServerSettings {
             stateless: self.stateless,
             json_response: self.json_response,
             expose_metrics: true,
+            body_timeout: std::time::Duration::from_secs(self.body_timeout_secs),
+            sessions: crate::sessions::SessionLimits {
+                max: usize::try_from(self.max_sessions).unwrap_or(usize::MAX),
+                max_per_principal: usize::try_from(self.max_sessions_per_principal)
+                    .unwrap_or(usize::MAX),
+                idle: std::time::Duration::from_secs(self.session_idle_secs),
+            },
             shutdown,
+        }
+    }
+}
+
+#[cfg(feature = "listen")]
+impl ServerSettings {
+    /// The connection limits of a listener with these settings.
+    pub fn limits(&self) -> crate::listen::Limits {
+        crate::listen::Limits {
+            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+            header_timeout: std::time::Duration::from_secs(self.header_timeout_secs),
+            ..crate::listen::Limits::default()
         }
     }
 }
@@ -90,6 +128,26 @@ impl Section for ServerSettings {
         Setting::new("json_response", "AOP_JSON_RESPONSE", Kind::Flag),
         Setting::new("toolsets", "AOP_TOOLSETS", Kind::List),
         Setting::new("output_schemas", "AOP_OUTPUT_SCHEMAS", Kind::Flag),
+        Setting::new("max_connections", "AOP_MAX_CONNECTIONS", Kind::Whole)
+            .expecting("a number of connections, at least 1"),
+        Setting::new(
+            "header_timeout_secs",
+            "AOP_HEADER_TIMEOUT_SECS",
+            Kind::Whole,
+        )
+        .expecting("seconds, at least 1"),
+        Setting::new("body_timeout_secs", "AOP_BODY_TIMEOUT_SECS", Kind::Whole)
+            .expecting("seconds, at least 1"),
+        Setting::new("max_sessions", "AOP_MAX_SESSIONS", Kind::Whole)
+            .expecting("a number of sessions, at least 1"),
+        Setting::new(
+            "max_sessions_per_principal",
+            "AOP_MAX_SESSIONS_PER_PRINCIPAL",
+            Kind::Whole,
+        )
+        .expecting("a number of sessions, at least 1"),
+        Setting::new("session_idle_secs", "AOP_SESSION_IDLE_SECS", Kind::Whole)
+            .expecting("seconds, at least 1"),
     ];
 
     fn check(&self, problems: &mut Problems) {
@@ -110,6 +168,16 @@ impl Section for ServerSettings {
                 );
             }
         }
+        problems.at_least("max_connections", self.max_connections, 1);
+        problems.at_least("header_timeout_secs", self.header_timeout_secs, 1);
+        problems.at_least("body_timeout_secs", self.body_timeout_secs, 1);
+        problems.at_least("max_sessions", self.max_sessions, 1);
+        problems.at_least(
+            "max_sessions_per_principal",
+            self.max_sessions_per_principal,
+            1,
+        );
+        problems.at_least("session_idle_secs", self.session_idle_secs, 1);
         for origin in &self.allowed_origins {
             if !(origin == "null" || origin.contains("://")) {
                 problems.push(

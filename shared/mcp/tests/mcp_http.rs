@@ -15,6 +15,7 @@ use aop_core::{
 use aop_mcp::{AgentServer, HttpOptions, Metrics, Services, ToolCatalog, Toolset};
 use aop_store_sqlite::SqliteStore;
 use axum::body::Body;
+use futures_util::StreamExt;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use secrecy::SecretString;
@@ -26,6 +27,7 @@ struct TestApp {
     _dir: tempfile::TempDir,
 }
 
+#[derive(Debug)]
 struct Reply {
     status: StatusCode,
     headers: http::HeaderMap,
@@ -599,7 +601,12 @@ async fn api_keys_gate_mcp_but_not_health() {
     assert!(right.body["result"]["tools"].is_array());
 
     let metrics = app
-        .send(Request::get("/metrics").body(Body::empty()).unwrap())
+        .send(
+            Request::get("/metrics")
+                .header("host", "127.0.0.1:8000")
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await;
     assert_eq!(
         metrics.status,
@@ -609,6 +616,7 @@ async fn api_keys_gate_mcp_but_not_health() {
     let metrics = app
         .send(
             Request::get("/metrics")
+                .header("host", "127.0.0.1:8000")
                 .header("authorization", "Bearer sk-test-key")
                 .body(Body::empty())
                 .unwrap(),
@@ -617,12 +625,45 @@ async fn api_keys_gate_mcp_but_not_health() {
     assert_eq!(metrics.status, StatusCode::OK);
 
     let health = app
-        .send(Request::get("/health").body(Body::empty()).unwrap())
+        .send(
+            Request::get("/health")
+                .header("host", "127.0.0.1:8000")
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await;
     assert_eq!(health.status, StatusCode::OK);
     assert_eq!(health.body["status"], "ok");
     assert_eq!(health.body["store"]["kind"], "sqlite");
     assert_eq!(health.body["store"]["up"], true);
+    assert_eq!(
+        health.body["store"].as_object().unwrap().len(),
+        2,
+        "health says what kind of store and whether it is up, not where it is: {}",
+        health.body
+    );
+    assert!(
+        !health
+            .body
+            .to_string()
+            .contains(&*std::env::temp_dir().to_string_lossy())
+    );
+
+    let mut twice = list();
+    twice
+        .headers_mut()
+        .append("authorization", "Bearer sk-wrong".parse().unwrap());
+    twice
+        .headers_mut()
+        .append("authorization", "Bearer sk-test-key".parse().unwrap());
+    let twice = app.send(twice).await;
+    assert_eq!(twice.status, StatusCode::BAD_REQUEST, "{:?}", twice.body);
+    assert!(
+        twice.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("one Authorization header")
+    );
 }
 
 #[tokio::test]
@@ -659,11 +700,57 @@ async fn foreign_origins_and_hosts_are_refused() {
 }
 
 #[tokio::test]
+async fn health_and_metrics_refuse_other_sites_as_mcp_does() {
+    // No keys: a page on another site that rebinds its name to this server must read nothing.
+    let app = TestApp::new(|o| o.allowed_origins = vec!["https://app.example.com".into()]);
+    let cases = [
+        ("127.0.0.1:8000", None),
+        ("localhost", None),
+        ("attacker.example", None),
+        ("attacker.example:8000", None),
+        ("127.0.0.1:8000", Some("https://app.example.com")),
+        ("127.0.0.1:8000", Some("https://evil.example")),
+        ("127.0.0.1:8000", Some("http://app.example.com")),
+        ("127.0.0.1:8000", Some("null")),
+    ];
+    for (host, origin) in cases {
+        let request = |builder: http::request::Builder, body: Body| {
+            let mut builder = builder.header("host", host);
+            if let Some(origin) = origin {
+                builder = builder.header("origin", origin);
+            }
+            builder.body(body).unwrap()
+        };
+        let mut mcp = TestApp::rpc("tools/list")
+            .body(TestApp::body("tools/list", json!({})))
+            .unwrap();
+        mcp.headers_mut().insert("host", host.parse().unwrap());
+        if let Some(origin) = origin {
+            mcp.headers_mut().insert("origin", origin.parse().unwrap());
+        }
+        let mcp_allowed = app.send(mcp).await.status == StatusCode::OK;
+        for path in ["/health", "/metrics"] {
+            let reply = app.send(request(Request::get(path), Body::empty())).await;
+            assert_eq!(
+                reply.status == StatusCode::OK,
+                mcp_allowed,
+                "{path} with Host {host} and Origin {origin:?}: {} (/mcp allowed: {mcp_allowed})",
+                reply.status
+            );
+            if !mcp_allowed {
+                assert_eq!(reply.status, StatusCode::FORBIDDEN);
+            }
+        }
+    }
+}
+
+#[tokio::test]
 async fn request_ids_are_echoed_or_generated() {
     let app = TestApp::new(|_| {});
     let given = app
         .send(
             Request::get("/health")
+                .header("host", "127.0.0.1:8000")
                 .header("x-request-id", "req-abc_123")
                 .body(Body::empty())
                 .unwrap(),
@@ -673,6 +760,7 @@ async fn request_ids_are_echoed_or_generated() {
     let generated = app
         .send(
             Request::get("/health")
+                .header("host", "127.0.0.1:8000")
                 .header("x-request-id", "bad id with spaces")
                 .body(Body::empty())
                 .unwrap(),
@@ -694,7 +782,12 @@ async fn metrics_count_tool_calls_by_tool_and_outcome() {
     app.tool_error("get_agent", json!({"agent_id": "agt_nope"}))
         .await;
     let reply = app
-        .send(Request::get("/metrics").body(Body::empty()).unwrap())
+        .send(
+            Request::get("/metrics")
+                .header("host", "127.0.0.1:8000")
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await;
     let text = reply.body.as_str().unwrap();
     assert!(
@@ -884,4 +977,144 @@ async fn an_evolution_is_an_mcp_task_for_clients_that_take_tasks() {
         "{:?}",
         unknown.body
     );
+}
+
+/// A body that sends `first` and then either stops (`then_fail: false`, the client goes quiet)
+/// or breaks off (`then_fail: true`, the connection closed before the declared length).
+fn stalled_body(first: &'static str, then_fail: bool) -> Body {
+    let chunks = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(first))])
+        .chain(futures_util::stream::once(async move {
+            if then_fail {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "connection closed",
+                ))
+            } else {
+                std::future::pending().await
+            }
+        }));
+    Body::from_stream(chunks)
+}
+
+#[tokio::test]
+async fn a_client_that_stops_sending_its_body_gets_408_within_the_body_timeout() {
+    let app = TestApp::new(|o| o.body_timeout = std::time::Duration::from_millis(200));
+    let reply = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        app.send(
+            TestApp::rpc("tools/list")
+                .body(stalled_body(r#"{"jsonrpc":"2.0","id":1,"#, false))
+                .unwrap(),
+        ),
+    )
+    .await
+    .expect("the server answers instead of waiting for the rest of the body");
+    assert_eq!(
+        reply.status,
+        StatusCode::REQUEST_TIMEOUT,
+        "{:?}",
+        reply.body
+    );
+    assert_eq!(reply.body["error"], "body_timeout");
+}
+
+#[tokio::test]
+async fn a_body_cut_short_is_a_client_error_not_a_server_error() {
+    let app = TestApp::new(|_| {});
+    let reply = app
+        .send(
+            TestApp::rpc("tools/list")
+                .body(stalled_body(r#"{"jsonrpc":"2.0","id":1,"#, true))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{:?}", reply.body);
+    assert_eq!(reply.body["error"], "incomplete_body");
+}
+
+#[tokio::test]
+async fn an_oversized_body_gets_413_and_a_complete_one_is_still_served() {
+    let app = TestApp::new(|_| {});
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{{"pad":"{}"}}}}"#,
+        "x".repeat(5 * 1024 * 1024)
+    );
+    let reply = app
+        .send(TestApp::rpc("tools/list").body(Body::from(big)).unwrap())
+        .await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(reply.body["error"], "body_too_large");
+    let listed = app.call("tools/list", json!({})).await;
+    assert_eq!(listed.status, StatusCode::OK, "{:?}", listed.body);
+}
+
+/// An `initialize` (the 2025-11-25 era) as `key`; the session id it opened, or the refusal.
+async fn initialize(app: &TestApp, key: &str) -> Result<String, Reply> {
+    let body = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                   "clientInfo": {"name": "test", "version": "1"}}
+    });
+    let reply = app
+        .send(
+            Request::post("/mcp")
+                .header("host", "127.0.0.1:8000")
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .header("authorization", format!("Bearer {key}"))
+                .body(Body::from(body.to_string()))
+                .unwrap(),
+        )
+        .await;
+    match reply.headers.get("mcp-session-id") {
+        Some(id) if reply.status == StatusCode::OK => Ok(id.to_str().unwrap().to_owned()),
+        _ => Err(reply),
+    }
+}
+
+#[tokio::test]
+async fn sessions_are_limited_in_all_and_per_caller() {
+    let app = TestApp::new(|o| {
+        o.stateless = false;
+        o.api_keys = vec![
+            SecretString::from("alice=sk-alice-key".to_owned()),
+            SecretString::from("bob=sk-bob-key".to_owned()),
+        ];
+        o.sessions.max = 3;
+        o.sessions.max_per_principal = 2;
+    });
+    let first = initialize(&app, "sk-alice-key").await.unwrap();
+    initialize(&app, "sk-alice-key").await.unwrap();
+    let refused = initialize(&app, "sk-alice-key").await.unwrap_err();
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{:?}",
+        refused.body
+    );
+    assert_eq!(refused.body["error"], "too_many_sessions");
+    assert!(refused.headers.contains_key("retry-after"));
+
+    initialize(&app, "sk-bob-key").await.unwrap();
+    let full = initialize(&app, "sk-bob-key").await.unwrap_err();
+    assert_eq!(
+        full.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{:?}",
+        full.body
+    );
+
+    // Closing a session frees its place, for its caller and in all.
+    let closed = app
+        .send(
+            Request::delete("/mcp")
+                .header("host", "127.0.0.1:8000")
+                .header("authorization", "Bearer sk-alice-key")
+                .header("mcp-session-id", &first)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert!(closed.status.is_success(), "{}", closed.status);
+    initialize(&app, "sk-alice-key").await.unwrap();
 }

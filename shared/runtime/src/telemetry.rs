@@ -241,10 +241,12 @@ where
         .with(JsonLines::new(writer)))
 }
 
-/// The filter for `level`. At a default level of `info`, the MCP SDK (`rmcp`) logs only
-/// warnings unless the filter names it: it writes several INFO lines for every stateless call
-/// (a session initialised, an input stream ended), lines a user pays for and reads past. At
-/// `debug` and `trace` they are all there.
+/// The filter for `level`. At a default level of `info`, the MCP SDK (`rmcp`) logs only errors
+/// unless the filter names it: it writes several INFO lines for every stateless call (a session
+/// initialised, an input stream ended) and a WARN line for every error answer a client's request
+/// earns (an unknown tool, bad parameters), lines a user pays for and reads past, and which a
+/// client could multiply at will; the access line already records each request. At `debug` and
+/// `trace` they are all there.
 fn filter(level: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
     let directives: Vec<&str> = level.split(',').map(str::trim).collect();
     let default_is_info = directives
@@ -254,7 +256,7 @@ fn filter(level: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseErr
         .is_some_and(|d| d.eq_ignore_ascii_case("info"));
     let names_rmcp = directives.iter().any(|d| d.starts_with("rmcp"));
     if default_is_info && !names_rmcp {
-        EnvFilter::try_new(format!("{level},rmcp=warn"))
+        EnvFilter::try_new(format!("{level},rmcp=error"))
     } else {
         EnvFilter::try_new(level)
     }
@@ -313,13 +315,11 @@ mod tests {
     }
 
     #[test]
-    fn the_sdks_per_call_info_lines_show_only_when_asked_for() {
-        assert_eq!(passed("info"), ["stream broke", "tool called"]);
+    fn the_sdks_per_call_lines_show_only_when_asked_for() {
+        assert_eq!(passed("info"), ["tool called"]);
         // `aop` is a prefix of our crates' targets (`aop_mcp`, ...).
-        assert_eq!(
-            passed("aop=debug,info"),
-            ["stream broke", "tool called", "details"]
-        );
+        assert_eq!(passed("aop=debug,info"), ["tool called", "details"]);
+        assert_eq!(passed("rmcp=warn,info"), ["stream broke", "tool called"]);
         assert_eq!(
             passed("debug"),
             [

@@ -68,8 +68,9 @@ fn call(tool: &str, arguments: Value) -> Request<Body> {
         .unwrap()
 }
 
-/// Serves four requests (two tool calls that write and read, a refused call, a health check)
-/// with logging at `level`, and returns the log lines of each request.
+/// Serves six requests (two tool calls that write and read, a refused call, a health check, a
+/// call of a tool with a 10,000-character name that no tool has, a request whose `Mcp-Method`
+/// header is not a method) with logging at `level`, and returns the log lines of each request.
 async fn lines_per_request(level: &str) -> Vec<Vec<Value>> {
     let dir = tempfile::tempdir().unwrap();
     let env = [
@@ -107,7 +108,19 @@ async fn lines_per_request(level: &str) -> Vec<Vec<Value>> {
     for request in [
         call("get_agent", json!({"agent_id": id})),
         call("get_agent", json!({"agent_id": "agt_missing"})),
-        Request::get("/health").body(Body::empty()).unwrap(),
+        Request::get("/health")
+            .header("host", "127.0.0.1:8000")
+            .body(Body::empty())
+            .unwrap(),
+        call(&"x".repeat(10_000), json!({})),
+        {
+            let mut garbage = call("get_agent", json!({"agent_id": id}));
+            garbage.headers_mut().insert(
+                "mcp-method",
+                "tools/call; rm -rf ".repeat(50).parse().unwrap(),
+            );
+            garbage
+        },
     ] {
         let response = router.clone().oneshot(request).await.unwrap();
         let _ = response.into_body().collect().await.unwrap();
@@ -133,7 +146,8 @@ async fn at_the_default_level_each_request_writes_one_access_line() {
             "{line}"
         );
     }
-    let [created, found, missing, health] = [0, 1, 2, 3].map(|i| &logged[i][0]);
+    let [created, found, missing, health, unknown, garbage] =
+        [0, 1, 2, 3, 4, 5].map(|i| &logged[i][0]);
     assert_eq!(created["tool"], "create_agent");
     assert_eq!(created["outcome"], "ok");
     assert_eq!(created["status"], 200);
@@ -145,6 +159,10 @@ async fn at_the_default_level_each_request_writes_one_access_line() {
     assert_eq!(health["route"], "/health");
     assert_eq!(health["method"], "GET");
     assert!(health.get("tool").is_none(), "{health}");
+    // What a caller sends is not written into the log as it came.
+    assert_eq!(unknown["tool"], "unknown", "{unknown}");
+    assert!(unknown.to_string().len() < 1_000, "{unknown}");
+    assert_eq!(garbage["rpc"], "other", "{garbage}");
 }
 
 #[tokio::test(flavor = "current_thread")]

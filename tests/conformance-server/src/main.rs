@@ -88,6 +88,12 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let addr = SocketAddr::new(config.server.host, config.server.port);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(url = %format!("http://{addr}/mcp"), stateless = config.server.stateless, "listening");
-    axum::serve(listener, app).await?;
+    aop_mcp::listen::serve(
+        listener,
+        app,
+        config.server.limits(),
+        std::future::pending(),
+    )
+    .await;
     Ok(())
 }
