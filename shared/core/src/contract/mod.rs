@@ -101,6 +101,7 @@ macro_rules! store_contract_tests {
             feedback_metrics_equal_statistics_computed_directly,
             a_redelivered_event_changes_nothing,
             a_batch_applies_each_event_once_as_one_by_one_would,
+            events_no_statistic_can_take_are_refused_alone,
             bad_feedback_is_refused_field_by_field,
             update_refuses_a_delegation_cycle,
             sessions_start_read_and_end_once,
@@ -1222,6 +1223,77 @@ pub async fn a_batch_applies_each_event_once_as_one_by_one_would(f: &Fixture) {
         (batched[0].variance - single[0].variance).abs() < 1e-9,
         "{batched:?} {single:?}"
     );
+}
+
+/// A crafted `feedback.submitted` whose value is not a rating (huge, not a number, below 0) is
+/// refused as unusable (it goes to the dead-letter topic) instead of turning the statistics into
+/// NaN, which the store would then refuse forever; the events around it in its batch apply.
+pub async fn events_no_statistic_can_take_are_refused_alone(f: &Fixture) {
+    let svc = f.feedback_service();
+    let id = f
+        .service()
+        .create(agent("crafted"))
+        .await
+        .unwrap()
+        .agent
+        .agent_id;
+    for v in [2.0, 4.0] {
+        svc.submit(SubmitFeedback {
+            agent_id: id.clone(),
+            ..rating("accuracy", v)
+        })
+        .await
+        .unwrap();
+    }
+    let events = f.events_of(&id).await;
+    let ratings: Vec<&crate::DomainEvent> = events
+        .iter()
+        .filter(|e| e.event_type() == crate::EventType::FeedbackSubmitted)
+        .collect();
+    let crafted: Vec<crate::DomainEvent> = [1.7e308, f64::NAN, -0.5]
+        .into_iter()
+        .enumerate()
+        .map(|(i, value)| {
+            let mut event = ratings[0].clone();
+            event.id = format!("{}-crafted-{i}", event.id);
+            if let EventData::FeedbackSubmitted(p) = &mut event.data {
+                p.feedback.ratings[0].normalized = value;
+            }
+            event
+        })
+        .collect();
+    let processor = FitnessHandler::new(f.feedback.clone());
+    assert!(matches!(
+        processor.handle(&crafted[0]).await,
+        Err(crate::handler::HandleError::Poison { .. })
+    ));
+    let batch = [ratings[0], &crafted[1], &crafted[2], ratings[1]];
+    let outcomes = processor.handle_batch(&batch).await;
+    assert_eq!(outcomes.len(), 4, "{outcomes:?}");
+    assert!(matches!(outcomes[0], Ok(Handled::Applied)), "{outcomes:?}");
+    for refused in &outcomes[1..3] {
+        assert!(
+            matches!(refused, Err(crate::handler::HandleError::Poison { reason, .. })
+                if reason.contains("not a number between 0 and 1")),
+            "{outcomes:?}"
+        );
+    }
+    assert!(matches!(outcomes[3], Ok(Handled::Applied)), "{outcomes:?}");
+    let stats = svc
+        .metrics(MetricsQuery {
+            agent_id: id.clone(),
+            version: None,
+            metric: Some("accuracy".into()),
+            from: None,
+            to: None,
+        })
+        .await
+        .unwrap()
+        .metrics;
+    assert_eq!(stats.len(), 1);
+    assert_eq!(stats[0].count, 2, "{stats:?}");
+    // 2 and 4 on a 1-5 scale: 0.25 and 0.75.
+    assert!((stats[0].mean - 0.5).abs() < 1e-12, "{stats:?}");
 }
 
 pub async fn bad_feedback_is_refused_field_by_field(f: &Fixture) {

@@ -40,37 +40,52 @@ impl EventHandler for FitnessHandler {
     }
 
     /// # Errors
-    /// `Transient` when the store failed: a sick database delays events instead of dropping
-    /// them.
+    /// `Poison` for an event whose values no statistic can take (not finite, a rating outside
+    /// 0..1) or that the store refuses for good; `Transient` when the store failed for now: a
+    /// sick database delays events instead of dropping them.
     async fn handle(&self, event: &DomainEvent) -> Result<Handled, HandleError> {
-        let Some(updates) = updates_for(&event.data) else {
-            return Ok(Handled::Ignored);
+        let updates = match updates_for(event) {
+            Ok(None) => return Ok(Handled::Ignored),
+            Ok(Some(updates)) => updates,
+            Err(poison) => return Err(poison),
         };
         match self.store.apply_once(&event.id, &updates).await {
             Ok(true) => Ok(Handled::Applied),
             Ok(false) => Ok(Handled::Duplicate),
-            Err(source) => Err(HandleError::transient(event, source)),
+            Err(source) if source.is_transient() => Err(HandleError::transient(event, source)),
+            Err(source) => Err(HandleError::poison(
+                event,
+                format!("the store refuses it: {source}"),
+            )),
         }
     }
 
-    /// All the batch's statistics in one store call (one transaction on the stores that can).
+    /// All the batch's usable statistics in one store call (one transaction on the stores that
+    /// can). Unusable events are refused on their own; if the store refuses the batch for good,
+    /// its events are tried one by one, so only the one at fault is refused.
     async fn handle_batch(&self, events: &[&DomainEvent]) -> Vec<Result<Handled, HandleError>> {
-        let updates: Vec<Option<Vec<FitnessUpdate>>> =
-            events.iter().map(|e| updates_for(&e.data)).collect();
+        let mut updates: Vec<Result<Option<Vec<FitnessUpdate>>, HandleError>> =
+            events.iter().map(|e| updates_for(e)).collect();
         let applying: Vec<(&str, &[FitnessUpdate])> = events
             .iter()
             .zip(&updates)
-            .filter_map(|(e, u)| u.as_deref().map(|u| (e.id.as_str(), u)))
+            .filter_map(|(e, u)| match u {
+                Ok(Some(u)) => Some((e.id.as_str(), u.as_slice())),
+                _ => None,
+            })
             .collect();
         if applying.is_empty() {
-            return events.iter().map(|_| Ok(Handled::Ignored)).collect();
+            return updates
+                .into_iter()
+                .map(|u| u.map(|_| Handled::Ignored))
+                .collect();
         }
         match self.store.apply_each_once(&applying).await {
             Ok(fresh) => {
                 let mut fresh = fresh.into_iter();
                 updates
-                    .iter()
-                    .map(|u| match u {
+                    .into_iter()
+                    .map(|u| match u? {
                         None => Ok(Handled::Ignored),
                         Some(_) if fresh.next().unwrap_or(false) => Ok(Handled::Applied),
                         Some(_) => Ok(Handled::Duplicate),
@@ -79,19 +94,64 @@ impl EventHandler for FitnessHandler {
             }
             // Nothing of the batch counts as applied: from its first event with statistics on,
             // it comes again (each event is applied at most once either way).
-            Err(source) => {
-                let first = updates.iter().position(Option::is_some).unwrap_or(0);
-                let mut results: Vec<Result<Handled, HandleError>> =
-                    (0..first).map(|_| Ok(Handled::Ignored)).collect();
+            Err(source) if source.is_transient() => {
+                let first = updates
+                    .iter()
+                    .position(|u| matches!(u, Ok(Some(_))))
+                    .unwrap_or(0);
+                let mut results: Vec<Result<Handled, HandleError>> = updates
+                    .drain(..first)
+                    .map(|u| u.map(|_| Handled::Ignored))
+                    .collect();
                 results.push(Err(HandleError::transient(events[first], source)));
+                results
+            }
+            Err(source) => {
+                tracing::warn!(error = %source, "the store refused a batch of statistics; applying its events one by one");
+                let mut results = Vec::with_capacity(events.len());
+                for event in events {
+                    let result = self.handle(event).await;
+                    let stop = matches!(&result, Err(e) if e.is_transient());
+                    results.push(result);
+                    if stop {
+                        break;
+                    }
+                }
                 results
             }
         }
     }
 }
 
+/// The largest turn latency (ms) or token count a statistic takes: far beyond any real turn,
+/// far below where sums of squares stop being finite.
+const MAX_TURN_MEASURE: f64 = 1e12;
+
+/// The statistics an event feeds (`None` for events without any), or why it cannot feed them.
+fn updates_for(event: &DomainEvent) -> Result<Option<Vec<FitnessUpdate>>, HandleError> {
+    let Some(updates) = statistics(&event.data) else {
+        return Ok(None);
+    };
+    for u in &updates {
+        let (low, high) = match u.metric {
+            Metric::Rating(_) | Metric::TurnError => (0.0, 1.0),
+            Metric::TurnLatencyMs | Metric::TurnTokens => (0.0, MAX_TURN_MEASURE),
+        };
+        if !(u.value.is_finite() && (low..=high).contains(&u.value)) {
+            return Err(HandleError::poison(
+                event,
+                format!(
+                    "{} of version {} is {}, not a number between {low} and {high}",
+                    u.metric, u.version, u.value
+                ),
+            ));
+        }
+    }
+    Ok(Some(updates))
+}
+
 /// The statistics an event feeds, or `None` for events without any.
-fn updates_for(data: &EventData) -> Option<Vec<FitnessUpdate>> {
+fn statistics(data: &EventData) -> Option<Vec<FitnessUpdate>> {
     match data {
         EventData::InteractionCompleted(p) => Some(turn_updates(&p.interaction, false)),
         EventData::InteractionFailed(p) => Some(turn_updates(&p.interaction, true)),
