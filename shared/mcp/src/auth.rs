@@ -76,7 +76,7 @@ fn named(index: usize, entry: &SecretString) -> (Principal, SecretString) {
     )
 }
 
-fn bearer_token(header: &str) -> Option<&str> {
+pub(crate) fn bearer_token(header: &str) -> Option<&str> {
     let (scheme, token) = header.trim().split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")

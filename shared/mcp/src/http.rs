@@ -1,6 +1,7 @@
 //! The HTTP surface: `/mcp` (MCP Streamable HTTP), `/health` and `/metrics`, with request ids,
 //! request metrics and bearer authentication. The same Router serves locally and on Lambda.
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,9 @@ use tracing::Instrument;
 
 use crate::auth::ApiKeys;
 use crate::metrics::Metrics;
+use crate::oauth::{OAuthConfig, TokenVerifier};
 use crate::request_id::{self, REQUEST_ID_HEADER};
+use crate::scopes::{Scope, Scopes};
 
 /// Largest MCP request body accepted.
 const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -45,6 +48,10 @@ pub struct HttpOptions {
     pub body_timeout: Duration,
     /// Sessions of the `initialize` era: how many, and how long idle.
     pub sessions: crate::sessions::SessionLimits,
+    /// The scopes of each named API key; a key not named here has every scope.
+    pub key_scopes: HashMap<String, Scopes>,
+    /// Bearer tokens from an OAuth issuer, next to (or instead of) API keys.
+    pub oauth: Option<OAuthConfig>,
     /// Cancelled at shutdown; ends open sessions and streams.
     pub shutdown: CancellationToken,
 }
@@ -62,6 +69,8 @@ struct AppState {
     keys: ApiKeys,
     allowed_hosts: Arc<[String]>,
     allowed_origins: Arc<[String]>,
+    key_scopes: Arc<HashMap<String, Scopes>>,
+    oauth: Option<Arc<TokenVerifier>>,
 }
 
 /// Builds the Router. `make_server` makes the MCP handler: once per session, or once per request
@@ -94,6 +103,11 @@ where
         keys: ApiKeys::new(options.api_keys.clone()),
         allowed_hosts: options.allowed_hosts.clone().into(),
         allowed_origins: options.allowed_origins.clone().into(),
+        key_scopes: Arc::new(options.key_scopes.clone()),
+        oauth: options
+            .oauth
+            .clone()
+            .map(|config| Arc::new(TokenVerifier::new(config))),
     };
     let body_timeout = options.body_timeout;
     let mut mcp_routes = Router::new().nest_service("/mcp", mcp);
@@ -104,11 +118,24 @@ where
         ));
     }
     let mcp_routes = mcp_routes
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(middleware::from_fn(move |request, next| {
             read_body(body_timeout, request, next)
         }))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let mut app = Router::new().route("/health", get(health));
+    if let Some(config) = &options.oauth {
+        // RFC 9728: at the well-known path, and with the resource's path after it.
+        let path = config
+            .metadata_url()
+            .split_once("://")
+            .and_then(|(_, rest)| rest.find('/').map(|i| rest[i..].to_owned()))
+            .unwrap_or_else(|| crate::oauth::METADATA_PATH.to_owned());
+        app = app.route(crate::oauth::METADATA_PATH, get(resource_metadata));
+        if path != crate::oauth::METADATA_PATH {
+            app = app.route(&path, get(resource_metadata));
+        }
+    }
     if options.expose_metrics {
         // Metrics name every agent and its spend: behind the same keys as /mcp.
         app = app.merge(
@@ -330,14 +357,17 @@ impl http_body::Body for Logged {
     }
 }
 
-/// Requires a configured bearer key on `/mcp` and `/metrics` when keys are configured, and
-/// records who the caller is ([`Principal`]) in the request: the key's name; anonymous with
-/// keys off, unless the entry point has put one there already (a JWT's subject on Lambda).
+/// Requires a bearer credential on `/mcp` and `/metrics` when keys or OAuth are configured, and
+/// records who the caller is ([`Principal`]) and what it may do ([`Scopes`]) in the request: a
+/// key's name and configured scopes, or a token's subject and `scope` claim. With neither
+/// configured the caller is anonymous with every scope, unless the entry point has put a
+/// principal there already (a JWT's subject on Lambda).
 async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    if !state.keys.enabled() {
+    if !state.keys.enabled() && state.oauth.is_none() {
         if request.extensions().get::<Principal>().is_none() {
             request.extensions_mut().insert(Principal::anonymous());
         }
+        request.extensions_mut().insert(Scopes::all());
         return next.run(request).await;
     }
     let mut presented = request.headers().get_all(header::AUTHORIZATION).iter();
@@ -350,30 +380,112 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
         );
     }
     if let Some(principal) = state.keys.principal(given) {
+        let scopes = state
+            .key_scopes
+            .get(principal.as_str())
+            .copied()
+            .unwrap_or_else(Scopes::all);
         request.extensions_mut().insert(principal);
+        request.extensions_mut().insert(scopes);
         return next.run(request).await;
+    }
+    let token = given.and_then(crate::auth::bearer_token);
+    let mut why = None;
+    if let (Some(verifier), Some(token)) = (&state.oauth, token) {
+        match verifier.verify(token).await {
+            Ok(caller) => {
+                request.extensions_mut().insert(caller.principal);
+                request.extensions_mut().insert(caller.scopes);
+                return next.run(request).await;
+            }
+            Err(e) => why = Some(e),
+        }
     }
     let reason = if given.is_some() {
         "invalid_token"
     } else {
         "missing_token"
     };
-    tracing::debug!(reason, "rejected unauthenticated MCP request");
-    let mut response = refusal(
-        StatusCode::UNAUTHORIZED,
-        reason,
-        "send an API key as `Authorization: Bearer <key>`",
-    );
-    let challenge = if given.is_some() {
-        "Bearer realm=\"aop\", error=\"invalid_token\""
-    } else {
-        "Bearer realm=\"aop\""
+    tracing::debug!(reason, token_error = ?why, "rejected unauthenticated MCP request");
+    let message = match (&why, state.oauth.is_some()) {
+        (Some(e), _) => e.to_string(),
+        (None, true) => {
+            "send an API key or an access token as `Authorization: Bearer <credential>`".to_owned()
+        }
+        (None, false) => "send an API key as `Authorization: Bearer <key>`".to_owned(),
     };
-    response.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static(challenge),
-    );
+    let mut response = refusal(StatusCode::UNAUTHORIZED, reason, &message);
+    let mut challenge = String::from("Bearer realm=\"aop\"");
+    if given.is_some() {
+        challenge.push_str(", error=\"invalid_token\"");
+        if let Some(e) = &why {
+            challenge.push_str(&format!(", error_description=\"{e}\""));
+        }
+    }
+    if let Some(verifier) = &state.oauth {
+        challenge.push_str(&format!(
+            ", resource_metadata=\"{}\"",
+            verifier.config().metadata_url()
+        ));
+    }
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
     response
+}
+
+/// Refuses a tool call or read outside the caller's scopes (403 naming the scope it needs)
+/// before it reaches the tool.
+async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let held = request
+        .extensions()
+        .get::<Scopes>()
+        .copied()
+        .unwrap_or_else(Scopes::all);
+    if held.is_all() {
+        return next.run(request).await;
+    }
+    let needed = request
+        .extensions()
+        .get::<BodyBytes>()
+        .map(|body| crate::scopes::for_request(&body.0))
+        .unwrap_or_default();
+    match needed.into_iter().find(|scope| !held.allows(*scope)) {
+        None => next.run(request).await,
+        Some(missing) => insufficient_scope(&state, missing),
+    }
+}
+
+fn insufficient_scope(state: &AppState, missing: Scope) -> Response {
+    let mut response = refusal(
+        StatusCode::FORBIDDEN,
+        "insufficient_scope",
+        &format!("this request needs the scope {missing}, which the credential does not carry"),
+    );
+    let mut challenge =
+        format!("Bearer realm=\"aop\", error=\"insufficient_scope\", scope=\"{missing}\"");
+    if let Some(verifier) = &state.oauth {
+        challenge.push_str(&format!(
+            ", resource_metadata=\"{}\"",
+            verifier.config().metadata_url()
+        ));
+    }
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+/// The protected-resource metadata (RFC 9728) that points MCP clients to the issuer.
+async fn resource_metadata(State(state): State<AppState>) -> Response {
+    match &state.oauth {
+        Some(verifier) => Json(verifier.config().metadata()).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 /// Refuses a request whose `Host` or `Origin` is not allowed (403), as rmcp does on `/mcp`.
@@ -411,7 +523,11 @@ async fn health(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn metrics_text(State(state): State<AppState>) -> Response {
+async fn metrics_text(State(state): State<AppState>, request: Request) -> Response {
+    let held = request.extensions().get::<Scopes>().copied();
+    if held.is_some_and(|scopes| !scopes.is_all()) {
+        return insufficient_scope(&state, Scope::Admin);
+    }
     (
         [(
             header::CONTENT_TYPE,

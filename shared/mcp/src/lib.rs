@@ -19,11 +19,15 @@ pub mod listen;
 #[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]
+pub mod oauth;
+#[cfg(feature = "server")]
 mod origin;
 #[cfg(feature = "server")]
 mod request_id;
 #[cfg(feature = "server")]
 mod resources;
+#[cfg(feature = "server")]
+pub mod scopes;
 #[cfg(feature = "server")]
 mod server;
 #[cfg(feature = "server")]

@@ -164,8 +164,10 @@ impl AgentServer {
     )]
     async fn create_agent(
         &self,
-        Parameters(input): Parameters<CreateAgent>,
+        Parameters(mut input): Parameters<CreateAgent>,
+        context: RequestContext<RoleServer>,
     ) -> Result<Json<aop_core::AgentDetail>, ToolFailure> {
+        input.created_by = Some(principal(&context).to_string());
         Ok(Json(self.agents.create(input).await?))
     }
 
@@ -200,8 +202,10 @@ impl AgentServer {
     )]
     async fn update_agent(
         &self,
-        Parameters(input): Parameters<UpdateAgent>,
+        Parameters(mut input): Parameters<UpdateAgent>,
+        context: RequestContext<RoleServer>,
     ) -> Result<Json<aop_core::AgentDetail>, ToolFailure> {
+        input.created_by = Some(principal(&context).to_string());
         Ok(Json(self.agents.update(input).await?))
     }
 

@@ -44,6 +44,14 @@ pub struct ServerSettings {
     pub max_sessions_per_principal: u32,
     /// Seconds a session may sit idle before it is closed.
     pub session_idle_secs: u64,
+    /// Scopes of named API keys: `name=scope scope` entries; a key not named has every scope.
+    pub api_key_scopes: Vec<String>,
+    /// The OAuth issuer whose bearer JWTs are accepted (`iss`); unset: API keys only.
+    pub oauth_issuer: Option<String>,
+    /// This server's resource URL, the tokens' required `aud` (RFC 8707).
+    pub oauth_audience: Option<String>,
+    /// The issuer's key set; `{issuer}/.well-known/jwks.json` when unset.
+    pub oauth_jwks_url: Option<String>,
 }
 
 impl Default for ServerSettings {
@@ -64,11 +72,20 @@ impl Default for ServerSettings {
             max_sessions: 1000,
             max_sessions_per_principal: 100,
             session_idle_secs: 120,
+            api_key_scopes: Vec::new(),
+            oauth_issuer: None,
+            oauth_audience: None,
+            oauth_jwks_url: None,
         }
     }
 }
 
 impl ServerSettings {
+    /// Whether bearer tokens from an OAuth issuer are accepted.
+    pub fn oauth_enabled(&self) -> bool {
+        self.oauth_issuer.is_some()
+    }
+
     /// The configured toolsets; unknown names are refused when the configuration is checked.
     pub fn toolsets(&self) -> Vec<Toolset> {
         self.toolsets
@@ -99,8 +116,27 @@ impl ServerSettings {
                     .unwrap_or(usize::MAX),
                 idle: std::time::Duration::from_secs(self.session_idle_secs),
             },
+            // Checked when the configuration was loaded.
+            key_scopes: crate::scopes::parse_key_scopes(&self.api_key_scopes).unwrap_or_default(),
+            oauth: self.oauth_config(),
             shutdown,
         }
+    }
+}
+
+#[cfg(feature = "server")]
+impl ServerSettings {
+    /// The OAuth settings, when an issuer is configured.
+    pub fn oauth_config(&self) -> Option<crate::oauth::OAuthConfig> {
+        let issuer = self.oauth_issuer.clone()?;
+        Some(crate::oauth::OAuthConfig {
+            jwks_url: self.oauth_jwks_url.clone().unwrap_or_else(|| {
+                format!("{}/.well-known/jwks.json", issuer.trim_end_matches('/'))
+            }),
+            audience: self.oauth_audience.clone().unwrap_or_default(),
+            issuer,
+            min_refetch: crate::oauth::REFETCH_AT_MOST_EVERY,
+        })
     }
 }
 
@@ -148,14 +184,44 @@ impl Section for ServerSettings {
         .expecting("a number of sessions, at least 1"),
         Setting::new("session_idle_secs", "AOP_SESSION_IDLE_SECS", Kind::Whole)
             .expecting("seconds, at least 1"),
+        Setting::new("api_key_scopes", "AOP_API_KEY_SCOPES", Kind::List),
+        Setting::new("oauth_issuer", "AOP_OAUTH_ISSUER", Kind::Text)
+            .expecting("the issuer's URL, as in its tokens' iss"),
+        Setting::new("oauth_audience", "AOP_OAUTH_AUDIENCE", Kind::Text)
+            .expecting("this server's resource URL, such as https://mcp.example.com/mcp"),
+        Setting::new("oauth_jwks_url", "AOP_OAUTH_JWKS_URL", Kind::Text)
+            .expecting("the URL of the issuer's JWK set"),
     ];
 
     fn check(&self, problems: &mut Problems) {
-        if self.api_keys.is_empty() && !self.host.is_loopback() {
+        if self.api_keys.is_empty() && !self.oauth_enabled() && !self.host.is_loopback() {
             problems.push(
                 "host",
-                "binding beyond loopback needs API keys (set AOP_API_KEYS)",
+                "binding beyond loopback needs API keys (AOP_API_KEYS) or an OAuth issuer (AOP_OAUTH_ISSUER)",
             );
+        }
+        #[cfg(feature = "server")]
+        if let Err(reason) = crate::scopes::parse_key_scopes(&self.api_key_scopes) {
+            problems.push("api_key_scopes", reason);
+        }
+        match (&self.oauth_issuer, &self.oauth_audience) {
+            (Some(_), None) => problems.push(
+                "oauth_audience",
+                "must be set with oauth_issuer: tokens are accepted only for this resource",
+            ),
+            (None, Some(_)) => problems.push("oauth_issuer", "must be set with oauth_audience"),
+            _ => {}
+        }
+        for (field, url) in [
+            ("oauth_issuer", &self.oauth_issuer),
+            ("oauth_audience", &self.oauth_audience),
+            ("oauth_jwks_url", &self.oauth_jwks_url),
+        ] {
+            if let Some(url) = url
+                && !secure_url(url)
+            {
+                problems.push(field, "must be an https:// URL (http:// only on loopback)");
+            }
         }
         for name in &self.toolsets {
             if Toolset::parse(name).is_none() {
@@ -187,6 +253,25 @@ impl Section for ServerSettings {
             }
         }
     }
+}
+
+/// `https://`, or `http://` to a loopback host (a local issuer in development and tests).
+fn secure_url(url: &str) -> bool {
+    if url.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = authority
+        .rsplit_once(':')
+        .map_or(authority, |(host, _)| host)
+        .trim_matches(['[', ']']);
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]

@@ -1118,3 +1118,297 @@ async fn sessions_are_limited_in_all_and_per_caller() {
     assert!(closed.status.is_success(), "{}", closed.status);
     initialize(&app, "sk-alice-key").await.unwrap();
 }
+
+/// An OAuth issuer for the tests: serves its JWK set on loopback and signs tokens with the test
+/// keys in `tests/keys` (RS256 as `rsa-1`, ES256 as `ec-1`). `publish` changes the set it serves.
+struct Issuer {
+    url: String,
+    jwks: Arc<std::sync::Mutex<Value>>,
+    fetches: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+const ISSUER_AUDIENCE: &str = "http://127.0.0.1:8000/mcp";
+
+impl Issuer {
+    async fn start() -> Self {
+        let jwks = Arc::new(std::sync::Mutex::new(json!({"keys": []})));
+        let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (served, counted) = (jwks.clone(), fetches.clone());
+        let app = axum::Router::new().route(
+            "/jwks",
+            axum::routing::get(move || {
+                let (served, counted) = (served.clone(), counted.clone());
+                async move {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    axum::Json(served.lock().unwrap().clone())
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { url, jwks, fetches }
+    }
+
+    fn key(kid: &str) -> (jsonwebtoken::EncodingKey, jsonwebtoken::Algorithm) {
+        match kid {
+            "rsa-1" => (
+                jsonwebtoken::EncodingKey::from_rsa_pem(include_bytes!("keys/rsa-test-only.pem"))
+                    .unwrap(),
+                jsonwebtoken::Algorithm::RS256,
+            ),
+            _ => (
+                jsonwebtoken::EncodingKey::from_ec_pem(include_bytes!("keys/ec-test-only.pem"))
+                    .unwrap(),
+                jsonwebtoken::Algorithm::ES256,
+            ),
+        }
+    }
+
+    /// Serves the public halves of `kids`.
+    fn publish(&self, kids: &[&str]) {
+        let keys: Vec<Value> = kids
+            .iter()
+            .map(|kid| {
+                let (key, alg) = Self::key(kid);
+                let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, alg).unwrap();
+                jwk.common.key_id = Some((*kid).to_owned());
+                serde_json::to_value(jwk).unwrap()
+            })
+            .collect();
+        *self.jwks.lock().unwrap() = json!({ "keys": keys });
+    }
+
+    /// A token signed with `kid`'s key; `claims` override the defaults (this issuer, this
+    /// server's audience, subject `carol`, an hour to live).
+    fn token(&self, kid: &str, claims: Value) -> String {
+        let now = jsonwebtoken::get_current_timestamp();
+        let mut body = json!({
+            "iss": self.url, "aud": ISSUER_AUDIENCE, "sub": "carol",
+            "iat": now, "exp": now + 3600,
+        });
+        for (k, v) in claims.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (key, alg) = Self::key(kid);
+        let mut header = jsonwebtoken::Header::new(alg);
+        header.kid = Some(kid.to_owned());
+        jsonwebtoken::encode(&header, &body, &key).unwrap()
+    }
+
+    fn options(&self, o: &mut HttpOptions) {
+        o.oauth = Some(aop_mcp::oauth::OAuthConfig {
+            issuer: self.url.clone(),
+            audience: ISSUER_AUDIENCE.to_owned(),
+            jwks_url: format!("{}/jwks", self.url),
+            min_refetch: std::time::Duration::ZERO,
+        });
+    }
+}
+
+impl TestApp {
+    async fn call_as(&self, credential: &str, method: &str, params: Value) -> Reply {
+        let mut builder = Self::rpc(method).header("authorization", format!("Bearer {credential}"));
+        if let Some(name) = params
+            .get("name")
+            .or_else(|| params.get("uri"))
+            .and_then(Value::as_str)
+        {
+            builder = builder.header("mcp-name", name);
+        }
+        self.send(builder.body(Self::body(method, params)).unwrap())
+            .await
+    }
+}
+
+#[tokio::test]
+async fn tokens_from_the_issuer_act_as_their_subject_within_their_scopes() {
+    let issuer = Issuer::start().await;
+    issuer.publish(&["rsa-1"]);
+    let app = TestApp::new(|o| issuer.options(o));
+
+    let reader = issuer.token("rsa-1", json!({"scope": "agents:read other:scope"}));
+    let listed = app.call_as(&reader, "tools/list", json!({})).await;
+    assert_eq!(listed.status, StatusCode::OK, "{:?}", listed.body);
+    let create = json!({"name": "create_agent",
+        "arguments": {"name": "Support", "instructions": "Be brief."}});
+    let refused = app.call_as(&reader, "tools/call", create.clone()).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{:?}", refused.body);
+    assert_eq!(refused.body["error"], "insufficient_scope");
+    assert!(
+        refused.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("agents:write")
+    );
+    let challenge = refused.headers["www-authenticate"].to_str().unwrap();
+    assert!(
+        challenge.contains("error=\"insufficient_scope\""),
+        "{challenge}"
+    );
+    assert!(challenge.contains("scope=\"agents:write\""), "{challenge}");
+
+    let writer = issuer.token("rsa-1", json!({"scope": "agents:write agents:read"}));
+    let created = app.call_as(&writer, "tools/call", create).await;
+    assert_eq!(created.status, StatusCode::OK, "{:?}", created.body);
+    let agent = &created.body["result"]["structuredContent"];
+    assert_eq!(agent["version"]["created_by"], "carol", "{agent}");
+    // A resource read needs agents:read.
+    let uri = format!("agent://{}", agent["agent"]["agent_id"].as_str().unwrap());
+    let sessions_only = issuer.token("rsa-1", json!({"scope": "sessions"}));
+    let read = app
+        .call_as(&sessions_only, "resources/read", json!({"uri": uri}))
+        .await;
+    assert_eq!(read.status, StatusCode::FORBIDDEN, "{:?}", read.body);
+    let read = app
+        .call_as(&reader, "resources/read", json!({"uri": uri}))
+        .await;
+    assert_eq!(read.status, StatusCode::OK, "{:?}", read.body);
+    // Metrics name every agent and its spend: admin only.
+    let metrics = app
+        .send(
+            Request::get("/metrics")
+                .header("host", "127.0.0.1:8000")
+                .header("authorization", format!("Bearer {reader}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(metrics.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn tokens_that_are_not_for_this_server_now_are_refused_saying_why() {
+    let issuer = Issuer::start().await;
+    issuer.publish(&["rsa-1", "ec-1"]);
+    let app = TestApp::new(|o| issuer.options(o));
+    let now = jsonwebtoken::get_current_timestamp();
+    let cases = [
+        (issuer.token("ec-1", json!({"exp": now - 3600})), "expired"),
+        (
+            issuer.token("rsa-1", json!({"nbf": now + 3600})),
+            "not valid yet",
+        ),
+        (
+            issuer.token("rsa-1", json!({"aud": "https://other.example/mcp"})),
+            "another resource",
+        ),
+        (
+            issuer.token("rsa-1", json!({"iss": "https://evil.example"})),
+            "another issuer",
+        ),
+        (issuer.token("rsa-1", json!({"sub": ""})), "no subject"),
+        ("not.a.token".to_owned(), "malformed"),
+    ];
+    for (token, why) in cases {
+        let reply = app.call_as(&token, "tools/list", json!({})).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNAUTHORIZED,
+            "{why}: {:?}",
+            reply.body
+        );
+        assert!(
+            reply.body["message"].as_str().unwrap().contains(why),
+            "{why}: {:?}",
+            reply.body
+        );
+        let challenge = reply.headers["www-authenticate"].to_str().unwrap();
+        assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+    }
+    // A token signed with the right kid but another key (an HMAC with the public key as the
+    // secret, the classic algorithm confusion) is refused.
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("rsa-1".into());
+    let forged = jsonwebtoken::encode(
+        &header,
+        &json!({"iss": issuer.url, "aud": ISSUER_AUDIENCE, "sub": "mallory", "exp": now + 60}),
+        &jsonwebtoken::EncodingKey::from_secret(b"public key text").unwrap(),
+    )
+    .unwrap();
+    let reply = app.call_as(&forged, "tools/list", json!({})).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{:?}", reply.body);
+}
+
+#[tokio::test]
+async fn clients_find_the_issuer_from_a_401_and_rotated_keys_need_no_restart() {
+    let issuer = Issuer::start().await;
+    issuer.publish(&["rsa-1"]);
+    let app = TestApp::new(|o| issuer.options(o));
+    let missing = app.call("tools/list", json!({})).await;
+    assert_eq!(missing.status, StatusCode::UNAUTHORIZED);
+    let challenge = missing.headers["www-authenticate"].to_str().unwrap();
+    let metadata_url = "http://127.0.0.1:8000/.well-known/oauth-protected-resource/mcp";
+    assert!(
+        challenge.contains(&format!("resource_metadata=\"{metadata_url}\"")),
+        "{challenge}"
+    );
+    let metadata = app
+        .send(
+            Request::get("/.well-known/oauth-protected-resource/mcp")
+                .header("host", "127.0.0.1:8000")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(metadata.status, StatusCode::OK);
+    assert_eq!(metadata.body["resource"], ISSUER_AUDIENCE);
+    assert_eq!(
+        metadata.body["authorization_servers"][0],
+        issuer.url.as_str()
+    );
+    assert!(
+        metadata.body["scopes_supported"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("agents:write"))
+    );
+
+    let admin = issuer.token("rsa-1", json!({"scope": "admin"}));
+    assert_eq!(
+        app.call_as(&admin, "tools/list", json!({})).await.status,
+        StatusCode::OK
+    );
+    // The issuer starts signing with a new key: its first token makes the server fetch again.
+    issuer.publish(&["rsa-1", "ec-1"]);
+    let rotated = issuer.token("ec-1", json!({"scope": "admin"}));
+    assert_eq!(
+        app.call_as(&rotated, "tools/list", json!({})).await.status,
+        StatusCode::OK
+    );
+    // Known keys are not fetched for every request.
+    let before = issuer.fetches.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..5 {
+        assert_eq!(
+            app.call_as(&admin, "tools/list", json!({})).await.status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        issuer.fetches.load(std::sync::atomic::Ordering::SeqCst),
+        before
+    );
+}
+
+#[tokio::test]
+async fn api_keys_carry_the_scopes_configured_for_their_names() {
+    let app = TestApp::new(|o| {
+        o.api_keys = vec![
+            SecretString::from("ro=sk-read-only".to_owned()),
+            SecretString::from("ops=sk-operations".to_owned()),
+        ];
+        o.key_scopes = aop_mcp::scopes::parse_key_scopes(&["ro=agents:read".into()]).unwrap();
+    });
+    let create = json!({"name": "create_agent",
+        "arguments": {"name": "Support", "instructions": "Be brief."}});
+    let refused = app
+        .call_as("sk-read-only", "tools/call", create.clone())
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{:?}", refused.body);
+    let created = app.call_as("sk-operations", "tools/call", create).await;
+    assert_eq!(created.status, StatusCode::OK, "{:?}", created.body);
+    assert_eq!(
+        created.body["result"]["structuredContent"]["version"]["created_by"],
+        "ops"
+    );
+}

@@ -48,8 +48,10 @@ pub struct CreateAgent {
     /// URIs or names of documents the agent draws on.
     #[serde(default)]
     pub knowledge_sources: Vec<String>,
-    /// Who creates it (a user id). Default `user`.
-    #[serde(default)]
+    /// Who creates it: the authenticated caller, set by the entry point (never an argument).
+    /// Default `user`.
+    #[serde(skip)]
+    #[schemars(skip)]
     pub created_by: Option<String>,
 }
 
@@ -78,7 +80,10 @@ pub struct UpdateAgent {
     /// Why the version was made. Default: the list of changed fields.
     #[serde(default)]
     pub change_summary: Option<String>,
-    #[serde(default)]
+    /// Who makes the version: the authenticated caller, set by the entry point (never an
+    /// argument).
+    #[serde(skip)]
+    #[schemars(skip)]
     pub created_by: Option<String>,
 }
 
