@@ -94,6 +94,8 @@ fn spawn(stateless: bool) -> Server {
         .arg(dir.path())
         .env("LOG_LEVEL", "warn")
         .env_remove("AOP_API_KEYS")
+        // The benchmark is one caller sending as fast as it can: no rate limit.
+        .env("AOP_RATE_LIMIT_PER_MINUTE", "0")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     if stateless {
@@ -266,6 +268,7 @@ async fn targets(http: &Http) -> [Target; 2] {
         .arg("--json-response")
         .env("LOG_LEVEL", "info")
         .env("AOP_API_KEYS", format!("bench={API_KEY}"))
+        .env("AOP_RATE_LIMIT_PER_MINUTE", "0")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -52,6 +52,8 @@ pub struct HttpOptions {
     pub key_scopes: HashMap<String, Scopes>,
     /// Bearer tokens from an OAuth issuer, next to (or instead of) API keys.
     pub oauth: Option<OAuthConfig>,
+    /// Requests per caller on `/mcp`.
+    pub rate_limit: RateLimit,
     /// Cancelled at shutdown; ends open sessions and streams.
     pub shutdown: CancellationToken,
 }
@@ -71,6 +73,28 @@ struct AppState {
     allowed_origins: Arc<[String]>,
     key_scopes: Arc<HashMap<String, Scopes>>,
     oauth: Option<Arc<TokenVerifier>>,
+    limiter: Option<Arc<Limiter>>,
+}
+
+type Limiter = governor::DefaultKeyedRateLimiter<Principal>;
+
+/// Requests per caller: a sustained rate and a burst on top (a token bucket).
+#[derive(Clone, Copy, Debug)]
+pub struct RateLimit {
+    /// Requests a minute; 0 turns the limit off.
+    pub per_minute: u32,
+    /// Requests a caller may make at once beyond the rate.
+    pub burst: u32,
+}
+
+impl RateLimit {
+    fn limiter(self) -> Option<Limiter> {
+        let per_minute = std::num::NonZeroU32::new(self.per_minute)?;
+        let burst = std::num::NonZeroU32::new(self.burst).unwrap_or(std::num::NonZeroU32::MIN);
+        Some(governor::RateLimiter::hashmap(
+            governor::Quota::per_minute(per_minute).allow_burst(burst),
+        ))
+    }
 }
 
 /// Builds the Router. `make_server` makes the MCP handler: once per session, or once per request
@@ -108,6 +132,7 @@ where
             .oauth
             .clone()
             .map(|config| Arc::new(TokenVerifier::new(config))),
+        limiter: options.rate_limit.limiter().map(Arc::new),
     };
     let body_timeout = options.body_timeout;
     let mut mcp_routes = Router::new().nest_service("/mcp", mcp);
@@ -117,11 +142,13 @@ where
             crate::sessions::limit,
         ));
     }
+    // Run outermost first: who is calling, at what rate, the body, what it may do.
     let mcp_routes = mcp_routes
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(middleware::from_fn(move |request, next| {
             read_body(body_timeout, request, next)
         }))
+        .layer(middleware::from_fn_with_state(state.clone(), rate_limit))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let mut app = Router::new().route("/health", get(health));
     if let Some(config) = &options.oauth {
@@ -434,6 +461,38 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
             .insert(header::WWW_AUTHENTICATE, value);
     }
     response
+}
+
+/// Refuses a caller's request beyond its rate (429 with `Retry-After`), before its body is read.
+async fn rate_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(limiter) = &state.limiter else {
+        return next.run(request).await;
+    };
+    let anonymous = Principal::anonymous();
+    let caller = request
+        .extensions()
+        .get::<Principal>()
+        .unwrap_or(&anonymous);
+    if let Err(not_until) = limiter.check_key(caller) {
+        use governor::clock::Clock;
+        let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        tracing::debug!(caller = caller.as_str(), seconds, "rate limited");
+        let mut response = refusal(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            &format!("too many requests from this caller; try again in {seconds} s"),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        return response;
+    }
+    // Callers that stopped calling are forgotten now and then, so the table stays small.
+    if limiter.len() > 10_000 {
+        limiter.retain_recent();
+    }
+    next.run(request).await
 }
 
 /// Refuses a tool call or read outside the caller's scopes (403 naming the scope it needs)

@@ -40,7 +40,7 @@ mod toolset;
 #[cfg(feature = "server")]
 pub use catalog::ToolCatalog;
 #[cfg(feature = "server")]
-pub use http::{HttpOptions, router};
+pub use http::{HttpOptions, RateLimit, router};
 #[cfg(feature = "server")]
 pub use metrics::Metrics;
 #[cfg(feature = "server")]

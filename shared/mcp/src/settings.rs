@@ -52,6 +52,10 @@ pub struct ServerSettings {
     pub oauth_audience: Option<String>,
     /// The issuer's key set; `{issuer}/.well-known/jwks.json` when unset.
     pub oauth_jwks_url: Option<String>,
+    /// Requests a minute per caller on `/mcp`; 0 turns the limit off.
+    pub rate_limit_per_minute: u32,
+    /// Requests a caller may make at once beyond its rate.
+    pub rate_limit_burst: u32,
 }
 
 impl Default for ServerSettings {
@@ -76,6 +80,8 @@ impl Default for ServerSettings {
             oauth_issuer: None,
             oauth_audience: None,
             oauth_jwks_url: None,
+            rate_limit_per_minute: 6000,
+            rate_limit_burst: 200,
         }
     }
 }
@@ -119,6 +125,10 @@ impl ServerSettings {
             // Checked when the configuration was loaded.
             key_scopes: crate::scopes::parse_key_scopes(&self.api_key_scopes).unwrap_or_default(),
             oauth: self.oauth_config(),
+            rate_limit: crate::RateLimit {
+                per_minute: self.rate_limit_per_minute,
+                burst: self.rate_limit_burst,
+            },
             shutdown,
         }
     }
@@ -191,6 +201,14 @@ impl Section for ServerSettings {
             .expecting("this server's resource URL, such as https://mcp.example.com/mcp"),
         Setting::new("oauth_jwks_url", "AOP_OAUTH_JWKS_URL", Kind::Text)
             .expecting("the URL of the issuer's JWK set"),
+        Setting::new(
+            "rate_limit_per_minute",
+            "AOP_RATE_LIMIT_PER_MINUTE",
+            Kind::Whole,
+        )
+        .expecting("requests a minute per caller (0: no limit)"),
+        Setting::new("rate_limit_burst", "AOP_RATE_LIMIT_BURST", Kind::Whole)
+            .expecting("requests at once beyond the rate, at least 1"),
     ];
 
     fn check(&self, problems: &mut Problems) {
@@ -244,6 +262,7 @@ impl Section for ServerSettings {
             1,
         );
         problems.at_least("session_idle_secs", self.session_idle_secs, 1);
+        problems.at_least("rate_limit_burst", self.rate_limit_burst, 1);
         for origin in &self.allowed_origins {
             if !(origin == "null" || origin.contains("://")) {
                 problems.push(

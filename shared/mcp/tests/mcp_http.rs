@@ -1412,3 +1412,38 @@ async fn api_keys_carry_the_scopes_configured_for_their_names() {
         "ops"
     );
 }
+
+#[tokio::test]
+async fn each_caller_has_its_own_rate_and_is_told_when_to_come_back() {
+    let app = TestApp::new(|o| {
+        o.api_keys = vec![
+            SecretString::from("busy=sk-busy-key".to_owned()),
+            SecretString::from("calm=sk-calm-key".to_owned()),
+        ];
+        o.rate_limit = aop_mcp::RateLimit {
+            per_minute: 60,
+            burst: 3,
+        };
+    });
+    for _ in 0..3 {
+        let reply = app.call_as("sk-busy-key", "tools/list", json!({})).await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    }
+    let limited = app.call_as("sk-busy-key", "tools/list", json!({})).await;
+    assert_eq!(
+        limited.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{:?}",
+        limited.body
+    );
+    assert_eq!(limited.body["error"], "rate_limited");
+    let retry_after: u64 = limited.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    // Another caller is not slowed down by the first.
+    let calm = app.call_as("sk-calm-key", "tools/list", json!({})).await;
+    assert_eq!(calm.status, StatusCode::OK, "{:?}", calm.body);
+}

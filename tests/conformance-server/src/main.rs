@@ -45,6 +45,8 @@ fn main() -> ExitCode {
         "--stateless",
         args.stateless.to_string(),
     );
+    // The suite is one caller sending hundreds of requests in seconds.
+    overrides.set("server.rate_limit_per_minute", "--rate-limit", "0");
     overrides.set(
         "server.json_response",
         "--json-response",
