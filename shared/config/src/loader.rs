@@ -139,6 +139,9 @@ impl Loader {
 
     /// Records a problem with a setting read before: `key (VAR, from origin): reason (got '…')`.
     pub fn problem(&mut self, key: &str, reason: impl fmt::Display) {
+        // A reason may quote the value: no credentials, and not too much of it.
+        let reason =
+            crate::redact::shorten(&crate::redact::words(&reason.to_string()), 600).into_owned();
         let line = match self.seen.get(key) {
             Some(seen) => {
                 let var = seen.setting.env;
@@ -147,7 +150,7 @@ impl Loader {
                     Some(text) if !seen.setting.secret => {
                         format!(
                             "{key} ({var}, from {origin}): {reason} (got '{}')",
-                            crate::redact::shorten(&crate::redact::url(text.trim()), 200)
+                            shown(text.trim())
                         )
                     }
                     _ => format!("{key} ({var}, from {origin}): {reason}"),
@@ -175,8 +178,9 @@ impl Loader {
             for key in values.keys() {
                 if !self.seen.contains_key(key) {
                     self.errors.push(format!(
-                        "config file {}: unknown setting '{key}'",
-                        path.display()
+                        "config file {}: unknown setting '{}'",
+                        path.display(),
+                        shown(key)
                     ));
                 }
             }
@@ -265,8 +269,9 @@ fn read_file(path: &Path, errors: &mut Vec<String>) -> Option<BTreeMap<String, S
         Ok(v) => v,
         Err(e) => {
             errors.push(format!(
-                "config file {}: not valid YAML: {e}",
-                path.display()
+                "config file {}: not valid YAML: {}",
+                path.display(),
+                shown(&e.to_string())
             ));
             return None;
         }
@@ -274,6 +279,11 @@ fn read_file(path: &Path, errors: &mut Vec<String>) -> Option<BTreeMap<String, S
     let mut flat = BTreeMap::new();
     flatten("", &doc, &mut flat, errors, path);
     Some(flat)
+}
+
+/// Input as an error may echo it: without credentials, and short.
+fn shown(text: &str) -> String {
+    crate::redact::shorten(&crate::redact::words(text), 200).into_owned()
 }
 
 fn flatten(
@@ -305,8 +315,9 @@ fn flatten(
             let parts: Vec<String> = items.iter().filter_map(scalar).collect();
             if parts.len() != items.len() {
                 errors.push(format!(
-                    "config file {}: {prefix}: list items must be plain values",
-                    path.display()
+                    "config file {}: {}: list items must be plain values",
+                    path.display(),
+                    shown(prefix)
                 ));
             }
             out.insert(prefix.to_owned(), parts.join(","));
@@ -316,8 +327,9 @@ fn flatten(
                 out.insert(prefix.to_owned(), s);
             }
             None => errors.push(format!(
-                "config file {}: {prefix}: unsupported value",
-                path.display()
+                "config file {}: {}: unsupported value",
+                path.display(),
+                shown(prefix)
             )),
         },
     }

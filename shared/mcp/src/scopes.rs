@@ -160,17 +160,23 @@ pub fn for_request(body: &[u8]) -> Vec<Scope> {
 /// The `name=scope scope` entries of `AOP_API_KEY_SCOPES`, by key name; an error names the
 /// entry and the scope that is not one.
 pub fn parse_key_scopes(entries: &[String]) -> Result<HashMap<String, Scopes>, String> {
+    // What is echoed is cut short and stripped of anything that looks like a credential.
+    let shown =
+        |text: &str| aop_config::redact::shorten(&aop_config::redact::words(text), 64).into_owned();
     let mut by_name = HashMap::new();
     for entry in entries {
         let Some((name, list)) = entry.split_once('=') else {
             return Err(format!(
-                "'{entry}' is not name=scope scope ... (for example alice=agents:read sessions)"
+                "'{}' is not name=scope scope ... (for example alice=agents:read sessions)",
+                shown(entry)
             ));
         };
         for scope in list.split_whitespace() {
             if Scope::parse(scope).is_none() {
                 return Err(format!(
-                    "'{scope}' (for {name}) is not a scope; the scopes are {}",
+                    "'{}' (for {}) is not a scope; the scopes are {}",
+                    shown(scope),
+                    shown(name),
                     Scope::ALL.map(Scope::name).join(", ")
                 ));
             }

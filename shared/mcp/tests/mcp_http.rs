@@ -18,6 +18,7 @@ use axum::body::Body;
 use futures_util::StreamExt;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
+use proptest::prelude::prop_assert;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -1446,4 +1447,67 @@ async fn each_caller_has_its_own_rate_and_is_told_when_to_come_back() {
     // Another caller is not slowed down by the first.
     let calm = app.call_as("sk-calm-key", "tools/list", json!({})).await;
     assert_eq!(calm.status, StatusCode::OK, "{:?}", calm.body);
+}
+
+/// Fuzz: any request body, in either era, gets an answer that is not a server error (a JSON-RPC
+/// error or a 4xx) and never takes the server down. Inputs: `tests/corpus/mcp-request` and its
+/// mutations (`AOP_FUZZ_CASES`).
+#[test]
+fn any_request_body_gets_an_answer_never_a_server_error() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let app = runtime.block_on(async {
+        TestApp::new(|o| {
+            o.rate_limit = aop_mcp::RateLimit {
+                per_minute: 0,
+                burst: 1,
+            }
+        })
+    });
+    let mut runner = proptest::test_runner::TestRunner::new(aop_test_support::fuzz::config());
+    let inputs = aop_test_support::fuzz::inputs(aop_test_support::fuzz::corpus("mcp-request"));
+    runner
+        .run(&inputs, |body| {
+            // The headers a client would send for this body, as far as it can be read.
+            let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+            let field = |path: &[&str]| {
+                let mut v = parsed.as_ref()?;
+                for key in path {
+                    v = v.get(*key)?;
+                }
+                v.as_str().map(str::to_owned)
+            };
+            let mut request = Request::post("/mcp")
+                .header("host", "127.0.0.1:8000")
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream");
+            if let Some(version) =
+                field(&["params", "_meta", "io.modelcontextprotocol/protocolVersion"])
+            {
+                request = request.header("mcp-protocol-version", version);
+                if let Some(method) = field(&["method"]) {
+                    request = request.header("mcp-method", method);
+                }
+                if let Some(name) = field(&["params", "name"]).or_else(|| field(&["params", "uri"]))
+                {
+                    request = request.header("mcp-name", name);
+                }
+            }
+            let Ok(request) = request.body(Body::from(body.clone())) else {
+                // A method or name no header can carry: a client could not send it either.
+                return Ok(());
+            };
+            let reply = runtime.block_on(app.send(request));
+            prop_assert!(
+                reply.status.as_u16() < 500,
+                "{} for {:?}: {:?}",
+                reply.status,
+                String::from_utf8_lossy(&body),
+                reply.body
+            );
+            Ok(())
+        })
+        .unwrap();
+    // Still serving after all of that.
+    let listed = runtime.block_on(app.call("tools/list", json!({})));
+    assert_eq!(listed.status, StatusCode::OK);
 }

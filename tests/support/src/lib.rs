@@ -1,8 +1,11 @@
-//! What the tests share: finding the real servers they run against.
+//! What the tests share: finding the real servers they run against, and ([`fuzz`]) the inputs
+//! of the decoders' fuzz tests.
 //!
 //! A test that needs a server asks [`service`] for its address. Without one it skips, saying
 //! which variable to set; under `AOP_REQUIRE_SERVICES` (what `scripts/test-all` sets) a missing
 //! server fails the test instead, so a run that promised real servers cannot pass by skipping.
+
+pub mod fuzz;
 
 /// A real server some tests need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
