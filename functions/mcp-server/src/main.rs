@@ -25,6 +25,9 @@ async fn main() -> Result<(), lambda_http::Error> {
     options.stateless = true;
     options.json_response = true;
     options.expose_metrics = false;
+    // On the internet behind API Gateway: a request needs a key, a token, or the JWT
+    // authorizer's verified subject. Nothing is served anonymously.
+    options.require_caller = true;
     let app = role
         .router(options)
         .layer(axum::middleware::map_request(from_invocation));

@@ -19,7 +19,7 @@ async fn api_gateway_events_round_trip_through_the_real_binary() {
         ],
     )
     .await;
-    let mut api = Api { lambda, next_id: 0 };
+    let mut api = Api::new(lambda);
 
     let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-11-25", "capabilities": {},
@@ -93,4 +93,43 @@ async fn api_gateway_events_round_trip_through_the_real_binary() {
     let health = api.request("GET", "/health", &[], None).await;
     assert_eq!(health["statusCode"], 200, "{health}");
     assert_eq!(body_json(&health)["store"]["up"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_keys_oauth_or_an_authorizer_nothing_is_served_anonymously() {
+    let dir = tempfile::tempdir().unwrap();
+    let lambda = LambdaEmulator::start(
+        env!("CARGO_BIN_EXE_mcp-server"),
+        &[
+            ("AOP_DATA_DIR", dir.path().display().to_string()),
+            ("AOP_ALLOWED_HOSTS", API_HOST.to_owned()),
+        ],
+    )
+    .await;
+    let mut api = Api::new(lambda);
+    api.subject = None;
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}});
+    let refused = api
+        .request(
+            "POST",
+            "/mcp",
+            &[("mcp-protocol-version", "2025-11-25")],
+            Some(list.clone()),
+        )
+        .await;
+    assert_eq!(refused["statusCode"], 401, "{refused}");
+    assert_eq!(body_json(&refused)["error"], "unauthenticated", "{refused}");
+    let health = api.request("GET", "/health", &[], None).await;
+    assert_eq!(health["statusCode"], 200, "{health}");
+    // The same request through a JWT authorizer is served.
+    api.subject = Some("emulated-user".to_owned());
+    let served = api
+        .request(
+            "POST",
+            "/mcp",
+            &[("mcp-protocol-version", "2025-11-25")],
+            Some(list),
+        )
+        .await;
+    assert_eq!(served["statusCode"], 200, "{served}");
 }

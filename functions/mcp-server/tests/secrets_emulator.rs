@@ -94,7 +94,7 @@ async fn starts_from_secret_arns_alone_picks_up_a_rotated_key_and_logs_no_secret
         ],
     )
     .await;
-    let mut api = Api { lambda, next_id: 0 };
+    let mut api = Api::new(lambda);
     let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-11-25", "capabilities": {},
         "clientInfo": {"name": "secrets", "version": "1"}}});

@@ -54,6 +54,9 @@ pub struct HttpOptions {
     pub oauth: Option<OAuthConfig>,
     /// Requests per caller on `/mcp`.
     pub rate_limit: RateLimit,
+    /// Refuse requests without a verified caller even when neither keys nor OAuth are
+    /// configured (on Lambda, where the entry point passes the JWT authorizer's subject).
+    pub require_caller: bool,
     /// Cancelled at shutdown; ends open sessions and streams.
     pub shutdown: CancellationToken,
 }
@@ -74,6 +77,7 @@ struct AppState {
     key_scopes: Arc<HashMap<String, Scopes>>,
     oauth: Option<Arc<TokenVerifier>>,
     limiter: Option<Arc<Limiter>>,
+    require_caller: bool,
 }
 
 type Limiter = governor::DefaultKeyedRateLimiter<Principal>;
@@ -133,6 +137,7 @@ where
             .clone()
             .map(|config| Arc::new(TokenVerifier::new(config))),
         limiter: options.rate_limit.limiter().map(Arc::new),
+        require_caller: options.require_caller,
     };
     let body_timeout = options.body_timeout;
     let mut mcp_routes = Router::new().nest_service("/mcp", mcp);
@@ -392,6 +397,13 @@ impl http_body::Body for Logged {
 async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     if !state.keys.enabled() && state.oauth.is_none() {
         if request.extensions().get::<Principal>().is_none() {
+            if state.require_caller {
+                return refusal(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    "no verified caller: this server has no API keys (AOP_API_KEYS) or OAuth issuer (AOP_OAUTH_ISSUER), and the request did not pass a JWT authorizer",
+                );
+            }
             request.extensions_mut().insert(Principal::anonymous());
         }
         request.extensions_mut().insert(Scopes::all());

@@ -129,6 +129,7 @@ impl ServerSettings {
                 per_minute: self.rate_limit_per_minute,
                 burst: self.rate_limit_burst,
             },
+            require_caller: false,
             shutdown,
         }
     }

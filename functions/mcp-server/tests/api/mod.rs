@@ -12,6 +12,20 @@ pub const API_HOST: &str = "abc123.execute-api.eu-west-1.amazonaws.com";
 pub struct Api {
     pub lambda: LambdaEmulator,
     pub next_id: u64,
+    /// The `sub` of the JWT API Gateway's authorizer verified, as it puts it in the event;
+    /// `None` for a request with no verified caller.
+    pub subject: Option<String>,
+}
+
+impl Api {
+    /// Requests as `emulated-user`, whom a JWT authorizer verified.
+    pub fn new(lambda: LambdaEmulator) -> Self {
+        Self {
+            lambda,
+            next_id: 0,
+            subject: Some("emulated-user".to_owned()),
+        }
+    }
 }
 
 impl Api {
@@ -29,6 +43,10 @@ impl Api {
         event["requestContext"]["http"]["path"] = json!(path);
         event["requestContext"]["requestId"] = json!(format!("apigw-{}", self.next_id));
         event["rawPath"] = json!(path);
+        if let Some(subject) = &self.subject {
+            event["requestContext"]["authorizer"] =
+                json!({"jwt": {"claims": {"sub": subject}, "scopes": null}});
+        }
         for (k, v) in headers {
             event["headers"][*k] = json!(v);
         }
