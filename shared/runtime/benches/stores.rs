@@ -178,7 +178,11 @@ fn main() {
         let sqlite = Arc::new(SqliteStore::open_dir(dir.path()).expect("sqlite"));
         reads("embedded", sqlite.clone()).await;
         let agent = seed(sqlite.clone()).await.remove(0);
+        // Durable commits (the default) against NORMAL, in the same run.
         one_by_one("embedded", sqlite.clone(), &agent).await;
+        sqlite.set_durable(false).expect("synchronous = NORMAL");
+        one_by_one("normal", sqlite.clone(), &agent).await;
+        sqlite.set_durable(true).expect("synchronous = FULL");
         fitness("embedded", sqlite, &agent).await;
 
         let Ok(uri) = std::env::var("AOP_BENCH_NEO4J") else {

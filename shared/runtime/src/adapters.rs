@@ -58,6 +58,10 @@ impl Stores {
     fn embedded(config: &Config, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
         let dir = &config.sqlite.data_dir;
         let store = aop_store_sqlite::SqliteStore::open_dir_with_clock(dir, clock.clone())
+            .and_then(|store| {
+                store.set_durable(config.sqlite.durable())?;
+                Ok(store)
+            })
             .map_err(|source| StartupError::Store {
                 dir: dir.display().to_string(),
                 source,

@@ -74,7 +74,7 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(map_err)?;
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
         )
         .map_err(|e| {
             StoreError::permanent(
@@ -107,6 +107,22 @@ impl SqliteStore {
         if let Err(e) = conn.busy_timeout(timeout) {
             tracing::warn!(error = %e, "cannot set the busy timeout");
         }
+    }
+
+    /// Whether a commit waits for the disk before it returns (`synchronous = FULL`, the
+    /// default: an acknowledged write survives a power loss) or only for the write-ahead log's
+    /// write (`NORMAL`: faster; the last commits before a power loss may vanish).
+    ///
+    /// # Errors
+    /// `Permanent` when SQLite refuses the setting.
+    pub fn set_durable(&self, durable: bool) -> Result<(), StoreError> {
+        let conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mode = if durable { "FULL" } else { "NORMAL" };
+        conn.execute_batch(&format!("PRAGMA synchronous = {mode};"))
+            .map_err(|e| StoreError::permanent(format!("cannot set synchronous = {mode}"), e))
     }
 
     pub fn path(&self) -> &Path {
