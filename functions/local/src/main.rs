@@ -36,6 +36,9 @@ enum Command {
     /// Kafka topics.
     #[command(subcommand)]
     Topics(TopicsCommand),
+    /// Events on Kafka.
+    #[command(subcommand)]
+    Events(EventsCommand),
     /// Evolve an agent from its feedback and evaluation cases, in this process, with a progress
     /// bar: the winner becomes a proposal (or a canary with --mode auto); no alias moves.
     Evolve(EvolveArgs),
@@ -88,6 +91,25 @@ enum TopicsCommand {
     /// Create the event topics and their dead-letter topics (kafka section of the config);
     /// existing topics are left alone and any partition-count drift is reported.
     Apply(CommonArgs),
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Send the dead letters of TOPIC (TOPIC.dlq) written so far back to TOPIC, once each, in
+    /// order: after an outage longer than the retries, or a fix. Handlers apply each event at
+    /// most once, so letters applied after all change nothing.
+    Redrive(RedriveArgs),
+}
+
+#[derive(Args, Clone)]
+struct RedriveArgs {
+    /// The topic whose dead letters go back (agent_events, feedback_events, ...).
+    topic: String,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout_secs: u64,
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 #[derive(Args, Clone, Default)]
@@ -162,6 +184,7 @@ fn main() -> ExitCode {
         Some(Command::Migrate(args)) => migrate(&args),
         Some(Command::Doctor(args)) => doctor(&args),
         Some(Command::Topics(TopicsCommand::Apply(args))) => topics_apply(&args),
+        Some(Command::Events(EventsCommand::Redrive(args))) => events_redrive(&args),
         Some(Command::Evolve(args)) => evolve::run(&args),
     };
     match result {
@@ -280,6 +303,26 @@ fn topics_apply(args: &CommonArgs) -> Result<(), BoxError> {
     if drift {
         return Err("some topics differ from the configuration (partitions are never changed automatically)".into());
     }
+    Ok(())
+}
+
+fn events_redrive(args: &RedriveArgs) -> Result<(), BoxError> {
+    let config = load(&args.common, &args.common.overrides())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (config, _) = runtime.block_on(aop_runtime::settle(config, Role::Local))?;
+    let settings = aop_runtime::adapters::kafka_client(&config)?;
+    let sent = runtime.block_on(aop_events::redrive::redrive(
+        &settings,
+        &args.topic,
+        std::time::Duration::from_secs(args.timeout_secs),
+    ))?;
+    println!(
+        "re-drove {sent} dead letters from {} to {}",
+        aop_events::Topics::dead_letter(&args.topic),
+        args.topic
+    );
     Ok(())
 }
 

@@ -8,6 +8,8 @@ mod envelope;
 pub mod kafka;
 #[cfg(feature = "msk")]
 pub mod msk;
+#[cfg(feature = "kafka")]
+pub mod redrive;
 pub mod schema;
 mod settings;
 mod topics;

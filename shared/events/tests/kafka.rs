@@ -153,3 +153,89 @@ async fn an_unreachable_broker_is_reported_not_waited_on_forever() {
         "bounded by the delivery timeout"
     );
 }
+
+/// Dead letters written while the store was down go back to their topic once each, in order,
+/// keyed as before and without the dead-letter headers; a second re-drive sends only what was
+/// dead-lettered since.
+#[tokio::test]
+async fn re_driven_dead_letters_go_back_once_each() {
+    use aop_events::msk::{DeadLetter, DeadLetters};
+    let Some(servers) = broker() else { return };
+    let topics = unique_topics();
+    let settings = ClientSettings::new(servers.clone());
+    apply_topics(&settings, &specs(&topics)).await.unwrap();
+    let topic = topics.feedback_events.clone();
+    let dead = aop_events::kafka::KafkaDeadLetters::new(&settings).unwrap();
+    let letter = |n: i64| DeadLetter {
+        topic: topic.clone(),
+        partition: 0,
+        offset: n,
+        key: Some(format!("agt_{}", n % 2).into_bytes()),
+        value: format!("{{\"letter\":{n}}}").into_bytes(),
+        error: "cannot apply event now: store unavailable".into(),
+        attempts: 3,
+    };
+    for n in 0..3 {
+        dead.send(&letter(n)).await.unwrap();
+    }
+    let timeout = Duration::from_secs(30);
+    let sent = aop_events::redrive::redrive(&settings, &topic, timeout)
+        .await
+        .unwrap();
+    assert_eq!(sent, 3);
+    assert_eq!(
+        aop_events::redrive::redrive(&settings, &topic, timeout)
+            .await
+            .unwrap(),
+        0,
+        "a second run sends nothing already sent"
+    );
+    dead.send(&letter(3)).await.unwrap();
+    assert_eq!(
+        aop_events::redrive::redrive(&settings, &topic, timeout)
+            .await
+            .unwrap(),
+        1
+    );
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &servers)
+        .set(
+            "group.id",
+            format!("test-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let mut values: Vec<(String, String)> = Vec::new();
+    while values.len() < 4 {
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("the re-driven letters arrive within 30 s")
+            .unwrap();
+        let headers: Vec<String> = message
+            .headers()
+            .map(|h| h.iter().map(|h| h.key.to_owned()).collect())
+            .unwrap_or_default();
+        assert!(
+            headers.iter().all(|k| !k.starts_with("aop_")),
+            "dead-letter headers stay behind: {headers:?}"
+        );
+        values.push((
+            String::from_utf8(message.key().unwrap().to_vec()).unwrap(),
+            String::from_utf8(message.payload().unwrap().to_vec()).unwrap(),
+        ));
+    }
+    values.sort();
+    assert_eq!(
+        values,
+        [
+            ("agt_0".to_owned(), "{\"letter\":0}".to_owned()),
+            ("agt_0".to_owned(), "{\"letter\":2}".to_owned()),
+            ("agt_1".to_owned(), "{\"letter\":1}".to_owned()),
+            ("agt_1".to_owned(), "{\"letter\":3}".to_owned()),
+        ]
+    );
+}
