@@ -79,17 +79,26 @@ pub trait EventHandler: Send + Sync {
     /// and including the first transient failure; the events after it are not attempted (they
     /// come again). A handler that can apply many events in one store transaction overrides it.
     async fn handle_batch(&self, events: &[&DomainEvent]) -> Vec<Result<Handled, HandleError>> {
-        let mut results = Vec::with_capacity(events.len());
-        for event in events {
-            let result = self.handle(event).await;
-            let stop = matches!(&result, Err(e) if e.is_transient());
-            results.push(result);
-            if stop {
-                break;
-            }
-        }
-        results
+        one_by_one(self, events).await
     }
+}
+
+/// [`EventHandler::handle`] for each event in order, stopping after the first transient
+/// failure: what [`EventHandler::handle_batch`] does unless a handler does better.
+pub async fn one_by_one<H: EventHandler + ?Sized>(
+    handler: &H,
+    events: &[&DomainEvent],
+) -> Vec<Result<Handled, HandleError>> {
+    let mut results = Vec::with_capacity(events.len());
+    for event in events {
+        let result = handler.handle(event).await;
+        let stop = matches!(&result, Err(e) if e.is_transient());
+        results.push(result);
+        if stop {
+            break;
+        }
+    }
+    results
 }
 
 /// Several handlers behind one: each event goes to every handler that wants it, in order. Used

@@ -49,6 +49,26 @@ impl ClientSettings {
         }
     }
 
+    /// An idempotent producer that waits for every replica (`acks=all`) within the delivery
+    /// timeout: for records that must not be lost or doubled (dead letters, re-driven ones).
+    ///
+    /// # Errors
+    /// `Client` when the producer cannot be created.
+    pub(crate) fn reliable_producer(&self) -> Result<FutureProducer, KafkaError> {
+        self.client_config()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set(
+                "delivery.timeout.ms",
+                self.delivery_timeout.as_millis().to_string(),
+            )
+            .create()
+            .map_err(|source| KafkaError::Client {
+                servers: self.bootstrap_servers.clone(),
+                source,
+            })
+    }
+
     pub(crate) fn client_config(&self) -> ClientConfig {
         use secrecy::ExposeSecret;
         let mut c = ClientConfig::new();
@@ -417,19 +437,7 @@ impl KafkaDeadLetters {
     /// # Errors
     /// `Client` when the producer cannot be created.
     pub fn new(settings: &ClientSettings) -> Result<Self, KafkaError> {
-        let producer = settings
-            .client_config()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set(
-                "delivery.timeout.ms",
-                settings.delivery_timeout.as_millis().to_string(),
-            )
-            .create()
-            .map_err(|source| KafkaError::Client {
-                servers: settings.bootstrap_servers.clone(),
-                source,
-            })?;
+        let producer = settings.reliable_producer()?;
         Ok(Self {
             producer,
             timeout: settings.delivery_timeout,

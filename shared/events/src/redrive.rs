@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::Topics;
@@ -53,19 +53,7 @@ pub async fn redrive(
             servers: settings.bootstrap_servers.clone(),
             source,
         })?;
-    let producer: FutureProducer = settings
-        .client_config()
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set(
-            "delivery.timeout.ms",
-            settings.delivery_timeout.as_millis().to_string(),
-        )
-        .create()
-        .map_err(|source| KafkaError::Client {
-            servers: settings.bootstrap_servers.clone(),
-            source,
-        })?;
+    let producer = settings.reliable_producer()?;
     let metadata = consumer
         .fetch_metadata(Some(&dlq), timeout)
         .map_err(unreachable(settings))?;

@@ -453,7 +453,6 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
         }
         (None, false) => "send an API key as `Authorization: Bearer <key>`".to_owned(),
     };
-    let mut response = refusal(StatusCode::UNAUTHORIZED, reason, &message);
     let mut challenge = String::from("Bearer realm=\"aop\"");
     if given.is_some() {
         challenge.push_str(", error=\"invalid_token\"");
@@ -461,6 +460,16 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
             challenge.push_str(&format!(", error_description=\"{e}\""));
         }
     }
+    challenged(
+        refusal(StatusCode::UNAUTHORIZED, reason, &message),
+        challenge,
+        &state,
+    )
+}
+
+/// `response` with `WWW-Authenticate: <challenge>`, pointing OAuth clients at this server's
+/// protected-resource metadata when there is an issuer.
+fn challenged(mut response: Response, mut challenge: String, state: &AppState) -> Response {
     if let Some(verifier) = &state.oauth {
         challenge.push_str(&format!(
             ", resource_metadata=\"{}\"",
@@ -530,25 +539,15 @@ async fn authorize(State(state): State<AppState>, request: Request, next: Next) 
 }
 
 fn insufficient_scope(state: &AppState, missing: Scope) -> Response {
-    let mut response = refusal(
-        StatusCode::FORBIDDEN,
-        "insufficient_scope",
-        &format!("this request needs the scope {missing}, which the credential does not carry"),
-    );
-    let mut challenge =
-        format!("Bearer realm=\"aop\", error=\"insufficient_scope\", scope=\"{missing}\"");
-    if let Some(verifier) = &state.oauth {
-        challenge.push_str(&format!(
-            ", resource_metadata=\"{}\"",
-            verifier.config().metadata_url()
-        ));
-    }
-    if let Ok(value) = HeaderValue::from_str(&challenge) {
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, value);
-    }
-    response
+    challenged(
+        refusal(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            &format!("this request needs the scope {missing}, which the credential does not carry"),
+        ),
+        format!("Bearer realm=\"aop\", error=\"insufficient_scope\", scope=\"{missing}\""),
+        state,
+    )
 }
 
 /// The protected-resource metadata (RFC 9728) that points MCP clients to the issuer.

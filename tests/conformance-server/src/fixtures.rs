@@ -2,9 +2,9 @@
 //! with the contents its scenarios expect.
 
 use rmcp::model::{
-    AudioContent, CallToolResult, ContentBlock, GetPromptResult, JsonObject, Prompt,
-    PromptArgument, PromptMessage, ReadResourceResult, Resource, ResourceContents,
-    ResourceTemplate, Role, Tool,
+    AudioContent, CallToolResult, ContentBlock, ElicitRequest, ElicitRequestParams,
+    GetPromptResult, InputRequest, JsonObject, Prompt, PromptArgument, PromptMessage,
+    ReadResourceResult, Resource, ResourceContents, ResourceTemplate, Role, Tool,
 };
 use serde_json::{Value, json};
 
@@ -179,6 +179,24 @@ pub fn simple_tool_result(name: &str, arguments: &JsonObject) -> Option<CallTool
         _ => return None,
     };
     Some(result)
+}
+
+/// A request for a one-field form (`field` of JSON type `kind`), as input-required results and
+/// tasks ask for input.
+pub fn form_request(message: &str, field: &str, kind: &str) -> InputRequest {
+    let schema = json!({
+        "type": "object",
+        "properties": {field: {"type": kind}},
+        "required": [field],
+    });
+    InputRequest::Elicitation(ElicitRequest::new(
+        ElicitRequestParams::FormElicitationParams {
+            meta: None,
+            message: message.to_owned(),
+            requested_schema: serde_json::from_value(schema)
+                .expect("a one-field form is an elicitation schema"),
+        },
+    ))
 }
 
 /// The form `test_elicitation` asks for.

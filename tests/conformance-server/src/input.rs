@@ -7,10 +7,9 @@
 use rmcp::ErrorData;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ClientCapabilities, ContentBlock,
-    CreateMessageRequest, CreateMessageRequestParams, ElicitRequest, ElicitRequestParams,
-    GetPromptRequestParams, GetPromptResponse, GetPromptResult, InputRequest, InputRequests,
-    InputRequiredResult, InputResponses, JsonObject, ListRootsRequest, PromptMessage,
-    RequestStateCodec, Role, SamplingMessage,
+    CreateMessageRequest, CreateMessageRequestParams, GetPromptRequestParams, GetPromptResponse,
+    GetPromptResult, InputRequest, InputRequests, InputRequiredResult, InputResponses, JsonObject,
+    ListRootsRequest, PromptMessage, RequestStateCodec, Role, SamplingMessage,
 };
 use serde_json::{Value, json};
 
@@ -67,19 +66,7 @@ impl Default for Inputs {
 }
 
 fn ask(message: &str, field: &str) -> InputRequest {
-    let schema = json!({
-        "type": "object",
-        "properties": {field: {"type": "string"}},
-        "required": [field],
-    });
-    InputRequest::Elicitation(ElicitRequest::new(
-        ElicitRequestParams::FormElicitationParams {
-            meta: None,
-            message: message.to_owned(),
-            requested_schema: serde_json::from_value(schema)
-                .expect("a one-field form is an elicitation schema"),
-        },
-    ))
+    crate::fixtures::form_request(message, field, "string")
 }
 
 fn sample(prompt: &str) -> InputRequest {

@@ -194,18 +194,9 @@ impl ConformanceServer {
                 success("The client declared sampling")
             }
             "test_streaming_elicitation" => {
-                let form = serde_json::from_value(json!({"type": "object",
-                    "properties": {"value": {"type": "string"}}, "required": ["value"]}))
-                .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
-                let request =
-                    rmcp::model::ElicitRequest::new(ElicitRequestParams::FormElicitationParams {
-                        meta: None,
-                        message: "Provide a value".to_owned(),
-                        requested_schema: form,
-                    });
                 let requests = InputRequests::from([(
                     "streaming_elicitation".to_owned(),
-                    rmcp::model::InputRequest::Elicitation(request),
+                    fixtures::form_request("Provide a value", "value", "string"),
                 )]);
                 return Ok(InputRequiredResult::from_input_requests(requests).into());
             }

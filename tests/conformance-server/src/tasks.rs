@@ -7,8 +7,7 @@ use std::time::Duration;
 use rmcp::ErrorData;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ClientCapabilities, ContentBlock,
-    CreateTaskResult, ElicitRequest, ElicitRequestParams, InputRequest, InputRequests,
-    InputRequiredResult, JsonObject, Tool,
+    CreateTaskResult, InputRequests, InputRequiredResult, JsonObject, Tool,
 };
 use rmcp::task_manager::{TaskExit, TaskManager, TaskOptions};
 use serde_json::{Value, json};
@@ -82,21 +81,7 @@ pub fn tools() -> Vec<Tool> {
         .collect()
 }
 
-fn ask(message: &str, field: &str, kind: &str) -> InputRequest {
-    let schema = json!({
-        "type": "object",
-        "properties": {field: {"type": kind}},
-        "required": [field],
-    });
-    InputRequest::Elicitation(ElicitRequest::new(
-        ElicitRequestParams::FormElicitationParams {
-            meta: None,
-            message: message.to_owned(),
-            requested_schema: serde_json::from_value(schema)
-                .expect("a one-field form is an elicitation schema"),
-        },
-    ))
-}
+use crate::fixtures::form_request as ask;
 
 fn text(text: impl Into<String>) -> CallToolResult {
     CallToolResult::success(vec![ContentBlock::text(text)])

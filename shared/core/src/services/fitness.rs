@@ -108,16 +108,7 @@ impl EventHandler for FitnessHandler {
             }
             Err(source) => {
                 tracing::warn!(error = %source, "the store refused a batch of statistics; applying its events one by one");
-                let mut results = Vec::with_capacity(events.len());
-                for event in events {
-                    let result = self.handle(event).await;
-                    let stop = matches!(&result, Err(e) if e.is_transient());
-                    results.push(result);
-                    if stop {
-                        break;
-                    }
-                }
-                results
+                crate::handler::one_by_one(self, events).await
             }
         }
     }
