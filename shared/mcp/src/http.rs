@@ -67,7 +67,7 @@ impl Default for HttpOptions {
     }
 }
 
-#[derive(Clone)]
+/// What the layers share; behind an `Arc`, so a layer's copy is one reference count.
 struct AppState {
     store: Arc<dyn AgentStore>,
     metrics: Arc<Metrics>,
@@ -78,7 +78,10 @@ struct AppState {
     oauth: Option<Arc<TokenVerifier>>,
     limiter: Option<Arc<Limiter>>,
     require_caller: bool,
+    body_timeout: Duration,
 }
+
+type Shared = State<Arc<AppState>>;
 
 type Limiter = governor::DefaultKeyedRateLimiter<Principal>;
 
@@ -125,7 +128,7 @@ where
     let sessions = crate::sessions::Sessions::new(options.sessions);
     let mcp: StreamableHttpService<S, LocalSessionManager> =
         StreamableHttpService::new(move || Ok(make_server()), sessions.manager.clone(), config);
-    let state = AppState {
+    let state = Arc::new(AppState {
         store,
         metrics,
         keys: ApiKeys::new(options.api_keys.clone()),
@@ -138,8 +141,8 @@ where
             .map(|config| Arc::new(TokenVerifier::new(config))),
         limiter: options.rate_limit.limiter().map(Arc::new),
         require_caller: options.require_caller,
-    };
-    let body_timeout = options.body_timeout;
+        body_timeout: options.body_timeout,
+    });
     let mut mcp_routes = Router::new().nest_service("/mcp", mcp);
     if !options.stateless {
         mcp_routes = mcp_routes.layer(middleware::from_fn_with_state(
@@ -147,14 +150,7 @@ where
             crate::sessions::limit,
         ));
     }
-    // Run outermost first: who is calling, at what rate, the body, what it may do.
-    let mcp_routes = mcp_routes
-        .layer(middleware::from_fn_with_state(state.clone(), authorize))
-        .layer(middleware::from_fn(move |request, next| {
-            read_body(body_timeout, request, next)
-        }))
-        .layer(middleware::from_fn_with_state(state.clone(), rate_limit))
-        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    let mcp_routes = mcp_routes.layer(middleware::from_fn_with_state(state.clone(), admit));
     let mut app = Router::new().route("/health", get(health));
     if let Some(config) = &options.oauth {
         // RFC 9728: at the well-known path, and with the resource's path after it.
@@ -199,7 +195,7 @@ pub(crate) fn refusal(status: StatusCode, error: &str, message: &str) -> Respons
 /// Reads an authenticated request's body before the MCP handler sees it, within `deadline` and
 /// [`MAX_BODY_BYTES`]: a client that stops sending gets 408, a body cut short (the connection
 /// closed, a chunk malformed) 400 and an oversized one 413, instead of a handler waiting on it.
-async fn read_body(deadline: Duration, request: Request, next: Next) -> Response {
+async fn read_body(deadline: Duration, request: Request) -> Result<Request, Response> {
     use http_body_util::{BodyExt, LengthLimitError, Limited};
 
     let (parts, body) = request.into_parts();
@@ -207,34 +203,61 @@ async fn read_body(deadline: Duration, request: Request, next: Next) -> Response
     let bytes = match tokio::time::timeout(deadline, read).await {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(e)) if e.is::<LengthLimitError>() => {
-            return refusal(
+            return Err(refusal(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
                 &format!("an MCP request body is at most {MAX_BODY_BYTES} bytes"),
-            );
+            ));
         }
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "request body cut short");
-            return refusal(
+            return Err(refusal(
                 StatusCode::BAD_REQUEST,
                 "incomplete_body",
                 "the request body ended before its declared length or was malformed",
-            );
+            ));
         }
         Err(_) => {
-            return refusal(
+            return Err(refusal(
                 StatusCode::REQUEST_TIMEOUT,
                 "body_timeout",
                 &format!(
                     "the request body did not arrive within {} s",
                     deadline.as_secs()
                 ),
-            );
+            ));
         }
     };
     let mut request = Request::from_parts(parts, axum::body::Body::from(bytes.clone()));
     request.extensions_mut().insert(BodyBytes(bytes));
+    Ok(request)
+}
+
+/// The checks an MCP request passes, in order and in one layer: who is calling, at what rate,
+/// its body within its deadline, and whether the caller's scopes allow what it asks for.
+async fn admit(State(state): Shared, mut request: Request, next: Next) -> Response {
+    if let Err(refused) = identify(&state, &mut request).await {
+        return refused;
+    }
+    if let Some(refused) = within_rate(&state, &request) {
+        return refused;
+    }
+    let request = match read_body(state.body_timeout, request).await {
+        Ok(request) => request,
+        Err(refused) => return refused,
+    };
+    if let Some(refused) = permitted(&state, &request) {
+        return refused;
+    }
     next.run(request).await
+}
+
+/// `/metrics`: the caller must be known, as on `/mcp`.
+async fn authenticate(State(state): Shared, mut request: Request, next: Next) -> Response {
+    match identify(&state, &mut request).await {
+        Ok(()) => next.run(request).await,
+        Err(refused) => refused,
+    }
 }
 
 /// What the MCP handler tells the access line about the call it served: the tool and how the
@@ -276,7 +299,7 @@ fn rpc_label(method: &str) -> String {
 /// for a server error) with the method, route, status, duration and, for a tool call, the tool
 /// and its outcome. The line is written when the response body has been sent (or dropped), so
 /// a streamed (SSE) answer is logged complete, with its tool.
-async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+async fn observe(State(state): Shared, mut request: Request, next: Next) -> Response {
     let id = request_id::ensure(&mut request);
     let method = method_label(request.method());
     let route = match request.uri().path() {
@@ -394,29 +417,29 @@ impl http_body::Body for Logged {
 /// key's name and configured scopes, or a token's subject and `scope` claim. With neither
 /// configured the caller is anonymous with every scope, unless the entry point has put a
 /// principal there already (a JWT's subject on Lambda).
-async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+async fn identify(state: &AppState, request: &mut Request) -> Result<(), Response> {
     if !state.keys.enabled() && state.oauth.is_none() {
         if request.extensions().get::<Principal>().is_none() {
             if state.require_caller {
-                return refusal(
+                return Err(refusal(
                     StatusCode::UNAUTHORIZED,
                     "unauthenticated",
                     "no verified caller: this server has no API keys (AOP_API_KEYS) or OAuth issuer (AOP_OAUTH_ISSUER), and the request did not pass a JWT authorizer",
-                );
+                ));
             }
             request.extensions_mut().insert(Principal::anonymous());
         }
         request.extensions_mut().insert(Scopes::all());
-        return next.run(request).await;
+        return Ok(());
     }
     let mut presented = request.headers().get_all(header::AUTHORIZATION).iter();
     let given = presented.next().and_then(|v| v.to_str().ok());
     if presented.next().is_some() {
-        return refusal(
+        return Err(refusal(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "send one Authorization header, not several",
-        );
+        ));
     }
     if let Some(principal) = state.keys.principal(given) {
         let scopes = state
@@ -426,7 +449,7 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
             .unwrap_or_else(Scopes::all);
         request.extensions_mut().insert(principal);
         request.extensions_mut().insert(scopes);
-        return next.run(request).await;
+        return Ok(());
     }
     let token = given.and_then(crate::auth::bearer_token);
     let mut why = None;
@@ -435,7 +458,7 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
             Ok(caller) => {
                 request.extensions_mut().insert(caller.principal);
                 request.extensions_mut().insert(caller.scopes);
-                return next.run(request).await;
+                return Ok(());
             }
             Err(e) => why = Some(e),
         }
@@ -460,11 +483,11 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
             challenge.push_str(&format!(", error_description=\"{e}\""));
         }
     }
-    challenged(
+    Err(challenged(
         refusal(StatusCode::UNAUTHORIZED, reason, &message),
         challenge,
-        &state,
-    )
+        state,
+    ))
 }
 
 /// `response` with `WWW-Authenticate: <challenge>`, pointing OAuth clients at this server's
@@ -484,11 +507,9 @@ fn challenged(mut response: Response, mut challenge: String, state: &AppState) -
     response
 }
 
-/// Refuses a caller's request beyond its rate (429 with `Retry-After`), before its body is read.
-async fn rate_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let Some(limiter) = &state.limiter else {
-        return next.run(request).await;
-    };
+/// The 429 (with `Retry-After`) for a caller beyond its rate, checked before the body is read.
+fn within_rate(state: &AppState, request: &Request) -> Option<Response> {
+    let limiter = state.limiter.as_ref()?;
     let anonymous = Principal::anonymous();
     let caller = request
         .extensions()
@@ -507,35 +528,35 @@ async fn rate_limit(State(state): State<AppState>, request: Request, next: Next)
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
-        return response;
+        return Some(response);
     }
     // Callers that stopped calling are forgotten now and then, so the table stays small.
     if limiter.len() > 10_000 {
         limiter.retain_recent();
     }
-    next.run(request).await
+    None
 }
 
-/// Refuses a tool call or read outside the caller's scopes (403 naming the scope it needs)
-/// before it reaches the tool.
-async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// The 403 naming the scope a tool call or read needs when the caller's scopes lack it, before
+/// it reaches the tool.
+fn permitted(state: &AppState, request: &Request) -> Option<Response> {
     let held = request
         .extensions()
         .get::<Scopes>()
         .copied()
         .unwrap_or_else(Scopes::all);
     if held.is_all() {
-        return next.run(request).await;
+        return None;
     }
     let needed = request
         .extensions()
         .get::<BodyBytes>()
         .map(|body| crate::scopes::for_request(&body.0))
         .unwrap_or_default();
-    match needed.into_iter().find(|scope| !held.allows(*scope)) {
-        None => next.run(request).await,
-        Some(missing) => insufficient_scope(&state, missing),
-    }
+    needed
+        .into_iter()
+        .find(|scope| !held.allows(*scope))
+        .map(|missing| insufficient_scope(state, missing))
 }
 
 fn insufficient_scope(state: &AppState, missing: Scope) -> Response {
@@ -551,7 +572,7 @@ fn insufficient_scope(state: &AppState, missing: Scope) -> Response {
 }
 
 /// The protected-resource metadata (RFC 9728) that points MCP clients to the issuer.
-async fn resource_metadata(State(state): State<AppState>) -> Response {
+async fn resource_metadata(State(state): Shared) -> Response {
     match &state.oauth {
         Some(verifier) => Json(verifier.config().metadata()).into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
@@ -559,7 +580,7 @@ async fn resource_metadata(State(state): State<AppState>) -> Response {
 }
 
 /// Refuses a request whose `Host` or `Origin` is not allowed (403), as rmcp does on `/mcp`.
-async fn same_site(State(state): State<AppState>, request: Request, next: Next) -> Response {
+async fn same_site(State(state): Shared, request: Request, next: Next) -> Response {
     let refused = crate::origin::refusal(
         request.uri(),
         request.headers(),
@@ -577,7 +598,7 @@ async fn same_site(State(state): State<AppState>, request: Request, next: Next) 
 
 /// Whether the process and its store are up. Says what kind of store, never where it is: the
 /// detail (a path, a URI or why it is down) goes to the log.
-async fn health(State(state): State<AppState>) -> Response {
+async fn health(State(state): Shared) -> Response {
     let store = state.store.health().await;
     let status = if store.up {
         StatusCode::OK
@@ -593,7 +614,7 @@ async fn health(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn metrics_text(State(state): State<AppState>, request: Request) -> Response {
+async fn metrics_text(State(state): Shared, request: Request) -> Response {
     let held = request.extensions().get::<Scopes>().copied();
     if held.is_some_and(|scopes| !scopes.is_all()) {
         return insufficient_scope(&state, Scope::Admin);
