@@ -1,6 +1,6 @@
 //! The listener over real sockets: a client that never finishes its headers is cut off, the
-//! connection limit answers 503 and frees its place when a connection closes, and a shutdown lets
-//! the request in flight finish.
+//! connection limit answers 503 and frees its place when a connection closes, a shutdown lets
+//! the request in flight finish, and an ambiguous body length cannot smuggle a second request.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -18,6 +18,10 @@ const PATIENCE: Duration = Duration::from_secs(10);
 fn app() -> Router {
     Router::new()
         .route("/health", get(|| async { "ok" }))
+        .route(
+            "/echo",
+            axum::routing::post(|body: String| async move { format!("{} bytes", body.len()) }),
+        )
         .route(
             "/slow",
             get(|| async {
@@ -134,4 +138,24 @@ async fn shutdown_lets_the_request_in_flight_finish() {
         TcpStream::connect(addr).await.is_err(),
         "nothing listens after shutdown"
     );
+}
+
+#[tokio::test]
+async fn a_request_with_both_content_length_and_chunked_encoding_is_read_as_chunked_and_closed() {
+    // RFC 9112 6.1: Transfer-Encoding overrides Content-Length, and the server closes the
+    // connection after answering (a request smuggled behind it is never read).
+    let (addr, _stop, _server) = start(Limits::default()).await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /echo HTTP/1.1\r\nhost: localhost\r\ncontent-length: 4\r\n\
+              transfer-encoding: chunked\r\n\r\n6\r\nabcdef\r\n0\r\n\r\n\
+              GET /health HTTP/1.1\r\nhost: localhost\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(answer.ends_with("6 bytes"), "{answer:?}");
+    assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{answer:?}");
 }
