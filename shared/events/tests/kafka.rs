@@ -38,6 +38,23 @@ fn specs(topics: &Topics) -> Vec<TopicSpec> {
         .collect()
 }
 
+/// A consumer in a group of its own reading `topics` from their beginning.
+fn reader(servers: &str, topics: &[&str]) -> StreamConsumer {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set(
+            "group.id",
+            format!("test-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(topics).unwrap();
+    consumer
+}
+
 fn event(kind: EventType, agent: &AgentId, n: i64) -> DomainEvent {
     let mut event = aop_core::samples::event(kind, agent);
     event.time = 1_795_759_200_000 + n;
@@ -76,20 +93,7 @@ async fn events_reach_their_topics_keyed_by_agent_in_order() {
     let (delivered, error) = sink.deliver(&sent).await;
     assert_eq!((delivered, error), (sent.len(), None));
 
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &servers)
-        .set(
-            "group.id",
-            format!("test-{}", uuid::Uuid::new_v4().simple()),
-        )
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer
-        .subscribe(&[&topics.agent_events, &topics.feedback_events])
-        .unwrap();
+    let consumer = reader(&servers, &[&topics.agent_events, &topics.feedback_events]);
     let mut received: HashMap<(String, String), Vec<(i64, DomainEvent)>> = HashMap::new();
     let mut count = 0;
     while count < sent.len() {
@@ -198,17 +202,7 @@ async fn re_driven_dead_letters_go_back_once_each() {
         1
     );
 
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &servers)
-        .set(
-            "group.id",
-            format!("test-{}", uuid::Uuid::new_v4().simple()),
-        )
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[&topic]).unwrap();
+    let consumer = reader(&servers, &[&topic]);
     let mut values: Vec<(String, String)> = Vec::new();
     while values.len() < 4 {
         let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())

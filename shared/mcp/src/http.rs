@@ -154,11 +154,7 @@ where
     let mut app = Router::new().route("/health", get(health));
     if let Some(config) = &options.oauth {
         // RFC 9728: at the well-known path, and with the resource's path after it.
-        let path = config
-            .metadata_url()
-            .split_once("://")
-            .and_then(|(_, rest)| rest.find('/').map(|i| rest[i..].to_owned()))
-            .unwrap_or_else(|| crate::oauth::METADATA_PATH.to_owned());
+        let path = config.metadata_path();
         app = app.route(crate::oauth::METADATA_PATH, get(resource_metadata));
         if path != crate::oauth::METADATA_PATH {
             app = app.route(&path, get(resource_metadata));

@@ -40,16 +40,24 @@ pub struct OAuthConfig {
 }
 
 impl OAuthConfig {
-    /// The URL of this server's protected-resource metadata (RFC 9728): the well-known path
-    /// inserted before the resource's path.
+    /// The resource URL split into `scheme://authority` and its path.
+    fn resource_parts(&self) -> (&str, &str) {
+        let after_scheme = self.audience.find("://").map_or(0, |i| i + 3);
+        let path_at = self.audience[after_scheme..]
+            .find('/')
+            .map_or(self.audience.len(), |i| after_scheme + i);
+        self.audience.split_at(path_at)
+    }
+
+    /// The path this server serves its protected-resource metadata at (RFC 9728): the
+    /// well-known path followed by the resource's path.
+    pub fn metadata_path(&self) -> String {
+        format!("{METADATA_PATH}{}", self.resource_parts().1)
+    }
+
+    /// The URL of this server's protected-resource metadata.
     pub fn metadata_url(&self) -> String {
-        match self.audience.split_once("://") {
-            Some((scheme, rest)) => {
-                let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-                format!("{scheme}://{authority}{METADATA_PATH}{path}")
-            }
-            None => format!("{}{METADATA_PATH}", self.audience),
-        }
+        format!("{}{}", self.resource_parts().0, self.metadata_path())
     }
 
     /// The protected-resource metadata document.
@@ -311,6 +319,10 @@ mod tests {
         assert_eq!(
             config.metadata_url(),
             "https://mcp.example.com/.well-known/oauth-protected-resource/mcp"
+        );
+        assert_eq!(
+            config.metadata_path(),
+            "/.well-known/oauth-protected-resource/mcp"
         );
         assert_eq!(config.metadata()["resource"], "https://mcp.example.com/mcp");
     }

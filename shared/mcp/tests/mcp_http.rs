@@ -704,17 +704,19 @@ async fn foreign_origins_and_hosts_are_refused() {
 async fn health_and_metrics_refuse_other_sites_as_mcp_does() {
     // No keys: a page on another site that rebinds its name to this server must read nothing.
     let app = TestApp::new(|o| o.allowed_origins = vec!["https://app.example.com".into()]);
+    // (Host, Origin, whether the site is allowed): both answers are pinned, so the test fails
+    // if either side stops checking, not only if they disagree.
     let cases = [
-        ("127.0.0.1:8000", None),
-        ("localhost", None),
-        ("attacker.example", None),
-        ("attacker.example:8000", None),
-        ("127.0.0.1:8000", Some("https://app.example.com")),
-        ("127.0.0.1:8000", Some("https://evil.example")),
-        ("127.0.0.1:8000", Some("http://app.example.com")),
-        ("127.0.0.1:8000", Some("null")),
+        ("127.0.0.1:8000", None, true),
+        ("localhost", None, true),
+        ("attacker.example", None, false),
+        ("attacker.example:8000", None, false),
+        ("127.0.0.1:8000", Some("https://app.example.com"), true),
+        ("127.0.0.1:8000", Some("https://evil.example"), false),
+        ("127.0.0.1:8000", Some("http://app.example.com"), false),
+        ("127.0.0.1:8000", Some("null"), false),
     ];
-    for (host, origin) in cases {
+    for (host, origin, allowed) in cases {
         let request = |builder: http::request::Builder, body: Body| {
             let mut builder = builder.header("host", host);
             if let Some(origin) = origin {
@@ -730,6 +732,10 @@ async fn health_and_metrics_refuse_other_sites_as_mcp_does() {
             mcp.headers_mut().insert("origin", origin.parse().unwrap());
         }
         let mcp_allowed = app.send(mcp).await.status == StatusCode::OK;
+        assert_eq!(
+            mcp_allowed, allowed,
+            "/mcp with Host {host} and Origin {origin:?}"
+        );
         for path in ["/health", "/metrics"] {
             let reply = app.send(request(Request::get(path), Body::empty())).await;
             assert_eq!(
