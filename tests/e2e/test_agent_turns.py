@@ -184,3 +184,23 @@ def test_feedback_becomes_fitness_statistics(start_server, llm):
         assert by_metric["interaction.tokens"]["mean"] == 30
 
     asyncio.run(with_client(server.url, "legacy", scenario))
+
+
+def test_a_daily_spend_cap_stops_turns_before_the_model_is_called(start_server, llm):
+    # gpt-4o-mini costs USD 0.15 per million prompt tokens: one such turn spends 0.15.
+    server = start_server(**llm_env(llm, AOP_DAILY_COST_CAP_USD="0.1"))
+
+    async def scenario(client):
+        agent = ok(await client.call_tool("create_agent", {
+            "name": "Spender", "instructions": "Hi.", "model": "gpt-4o-mini"}))
+        agent_id = agent["agent"]["agent_id"]
+        llm.script([text("expensive", 1_000_000, 0)])
+        first = ok(await client.call_tool("run_agent", {"agent_id": agent_id, "input": "hello"}))
+        assert abs(first["cost_usd"] - 0.15) < 1e-9
+        sent = len(llm.requests())
+        refused = error_text(await client.call_tool("run_agent", {"agent_id": agent_id, "input": "again"}))
+        assert f"daily spend cap reached: agent '{agent_id}' has spent USD 0.1500 today (UTC)" in refused
+        assert "of its daily cap of USD 0.10" in refused
+        assert len(llm.requests()) == sent, "a refused turn calls no model"
+
+    asyncio.run(with_client(server.url, "legacy", scenario))

@@ -38,6 +38,7 @@ async fn msk_batches_are_applied_once_and_answered_with_batch_item_failures() {
     for v in [5.0, 4.0, 1.0, 2.0] {
         feedback
             .submit(SubmitFeedback {
+                caller: None,
                 agent_id: agent.clone(),
                 session_id: None,
                 interaction_id: None,

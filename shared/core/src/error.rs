@@ -100,6 +100,10 @@ pub enum ServiceError {
         interaction_id: String,
         reason: String,
     },
+    /// An agent or a caller has spent its daily allowance on model calls; the message names
+    /// which, how much and when turns resume.
+    #[error("daily spend cap reached: {0}")]
+    SpendCapReached(String),
     /// The store failed; the source says whether retrying can help.
     #[error("store failure")]
     Store(#[from] StoreError),

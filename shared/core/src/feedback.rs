@@ -34,6 +34,10 @@ pub struct Feedback {
     pub categories: Vec<String>,
     pub user_id: String,
     pub created_at: i64,
+    /// The authenticated caller who submitted it (`user_id` is what the caller says about its
+    /// end user). Absent in records written before callers were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_by: Option<crate::principal::Principal>,
 }
 
 /// A rating scale `min-max` with `min < max`, both finite.

@@ -27,6 +27,7 @@ pub mod pricing;
 pub mod principal;
 pub mod proposal;
 pub mod session;
+pub mod spend;
 pub mod validate;
 
 pub mod events;

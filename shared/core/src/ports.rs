@@ -198,6 +198,14 @@ pub trait SessionStore: Send + Sync {
         interaction_id: &crate::session::InteractionId,
     ) -> Result<Option<crate::session::Interaction>, StoreError>;
 
+    /// US dollars recorded on the turns created at `since` (epoch ms) or later: one agent's,
+    /// or those one caller asked for. Turns without a price count as nothing.
+    async fn spent_since(
+        &self,
+        spender: crate::spend::Spender<'_>,
+        since: i64,
+    ) -> Result<f64, StoreError>;
+
     /// Interactions of an agent, oldest first, after the cursor's interaction id, at most
     /// `page.limit + 1`.
     async fn list_interactions(

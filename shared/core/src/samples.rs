@@ -69,6 +69,7 @@ pub fn session(agent_id: &AgentId) -> Session {
 /// A completed turn of version `version` that used 30 tokens in 420 ms.
 pub fn interaction(agent_id: &AgentId, version: u32) -> Interaction {
     Interaction {
+        invoked_by: None,
         interaction_id: InteractionId::generate(),
         agent_id: agent_id.clone(),
         version,
@@ -94,6 +95,7 @@ pub fn interaction(agent_id: &AgentId, version: u32) -> Interaction {
 pub fn feedback(agent_id: &AgentId, version: u32, ratings: &[(&str, f64)]) -> Feedback {
     let scale = Scale::DEFAULT;
     Feedback {
+        submitted_by: None,
         feedback_id: FeedbackId::generate(),
         agent_id: agent_id.clone(),
         version,

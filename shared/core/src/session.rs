@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::AgentId;
 use crate::ids::prefixed_id;
+use crate::principal::Principal;
 
 prefixed_id!(SessionId, "ses_", "session");
 prefixed_id!(InteractionId, "int_", "interaction");
@@ -137,4 +138,8 @@ pub struct Interaction {
     pub status: InteractionStatus,
     pub error: Option<String>,
     pub created_at: i64,
+    /// Who asked for the turn (an API key's name, a token's subject; a delegated turn inherits
+    /// it). Absent in records written before callers were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invoked_by: Option<Principal>,
 }

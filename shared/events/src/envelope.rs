@@ -128,6 +128,7 @@ mod tests {
     fn event() -> DomainEvent {
         let agent_id = AgentId::parse("agent_id", "agt_1").unwrap();
         let feedback = aop_core::feedback::Feedback {
+            submitted_by: None,
             feedback_id: aop_core::session::FeedbackId::generate(),
             agent_id: agent_id.clone(),
             version: 1,

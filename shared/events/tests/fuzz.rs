@@ -44,6 +44,7 @@ async fn written_events() -> Vec<Vec<u8>> {
     );
     feedback
         .submit(SubmitFeedback {
+            caller: None,
             agent_id: agent.clone(),
             session_id: None,
             interaction_id: None,

@@ -62,6 +62,7 @@ impl World {
         for v in values {
             self.feedback
                 .submit(SubmitFeedback {
+                    caller: None,
                     agent_id: self.agent.clone(),
                     session_id: None,
                     interaction_id: None,

@@ -53,9 +53,10 @@ pub fn protocol_error(error: &ServiceError, uri: &str) -> ErrorData {
         ServiceError::NotFound { .. } => {
             ErrorData::resource_not_found(format!("{error} (resource {uri})"), None)
         }
-        ServiceError::Invalid(_) | ServiceError::Conflict(_) | ServiceError::Forbidden(_) => {
-            ErrorData::invalid_params(error.to_string(), None)
-        }
+        ServiceError::Invalid(_)
+        | ServiceError::Conflict(_)
+        | ServiceError::Forbidden(_)
+        | ServiceError::SpendCapReached(_) => ErrorData::invalid_params(error.to_string(), None),
         ServiceError::Store(_) => ErrorData::internal_error(client_message(error), None),
         ServiceError::ModelNotConfigured(_) | ServiceError::TurnFailed { .. } => {
             ErrorData::internal_error(error.to_string(), None)

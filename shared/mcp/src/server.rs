@@ -263,10 +263,11 @@ impl AgentServer {
     )]
     async fn send_message(
         &self,
-        Parameters(input): Parameters<SendMessage>,
+        Parameters(mut input): Parameters<SendMessage>,
         context: RequestContext<RoleServer>,
     ) -> Result<Json<aop_core::services::conversation::TurnReply>, ToolFailure> {
         let deadline = request_deadline(&context);
+        input.caller = Some(principal(&context));
         Ok(Json(
             self.conversations.send_message(input, deadline).await?,
         ))
@@ -283,10 +284,11 @@ impl AgentServer {
     )]
     async fn run_agent(
         &self,
-        Parameters(input): Parameters<RunAgent>,
+        Parameters(mut input): Parameters<RunAgent>,
         context: RequestContext<RoleServer>,
     ) -> Result<Json<aop_core::services::conversation::TurnReply>, ToolFailure> {
         let deadline = request_deadline(&context);
+        input.caller = Some(principal(&context));
         Ok(Json(self.conversations.run_agent(input, deadline).await?))
     }
 
@@ -348,8 +350,10 @@ impl AgentServer {
     )]
     async fn submit_feedback(
         &self,
-        Parameters(input): Parameters<SubmitFeedback>,
+        Parameters(mut input): Parameters<SubmitFeedback>,
+        context: RequestContext<RoleServer>,
     ) -> Result<Json<aop_core::feedback::Feedback>, ToolFailure> {
+        input.caller = Some(principal(&context));
         Ok(Json(self.feedback.submit(input).await?))
     }
 

@@ -1418,6 +1418,28 @@ async fn api_keys_carry_the_scopes_configured_for_their_names() {
         created.body["result"]["structuredContent"]["version"]["created_by"],
         "ops"
     );
+    // The submitter is the caller, whatever the arguments say about their end user.
+    let agent_id = created.body["result"]["structuredContent"]["agent"]["agent_id"].clone();
+    let rated = app
+        .call_as(
+            "sk-operations",
+            "tools/call",
+            json!({"name": "submit_feedback", "arguments": {
+                "agent_id": agent_id, "ratings": {"helpfulness": 4}, "user_id": "end-user-7"}}),
+        )
+        .await;
+    let feedback = &rated.body["result"]["structuredContent"];
+    assert_eq!(feedback["submitted_by"], "ops", "{:?}", rated.body);
+    assert_eq!(feedback["user_id"], "end-user-7");
+    let forged = app
+        .call_as(
+            "sk-operations",
+            "tools/call",
+            json!({"name": "submit_feedback", "arguments": {
+                "agent_id": agent_id, "ratings": {"helpfulness": 4}, "submitted_by": "ro"}}),
+        )
+        .await;
+    assert_eq!(forged.body["result"]["isError"], true, "{:?}", forged.body);
 }
 
 #[tokio::test]

@@ -38,6 +38,7 @@ fn platform(extra: &[(&str, String)], dir: &std::path::Path) -> (Config, Platfor
 
 fn feedback(agent: &aop_core::AgentId, value: f64) -> SubmitFeedback {
     SubmitFeedback {
+        caller: None,
         agent_id: agent.clone(),
         session_id: None,
         interaction_id: None,

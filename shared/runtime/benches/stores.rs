@@ -93,6 +93,7 @@ async fn reads(name: &str, store: Arc<dyn AgentStore>) {
 
 fn interaction(agent: &AgentId) -> Interaction {
     Interaction {
+        invoked_by: None,
         interaction_id: InteractionId::generate(),
         agent_id: agent.clone(),
         version: 1,

@@ -79,7 +79,7 @@ fn main() {
                 .mcp
                 .conversations
                 .run_agent(
-                    RunAgent { agent_id: agent.clone(), alias: None, input: "warm".into(), user_id: None },
+                    RunAgent { caller: None, agent_id: agent.clone(), alias: None, input: "warm".into(), user_id: None },
                     None,
                 )
                 .await
@@ -97,7 +97,7 @@ fn main() {
                 .mcp
                 .conversations
                 .run_agent(
-                    RunAgent { agent_id: agent.clone(), alias: None, input: "what is the time?".into(), user_id: None },
+                    RunAgent { caller: None, agent_id: agent.clone(), alias: None, input: "what is the time?".into(), user_id: None },
                     None,
                 )
                 .await

@@ -15,6 +15,7 @@ use aop_core::evolution::EvolutionSettings;
 use aop_core::principal::Principal;
 use aop_core::services::conversation::TurnLimits;
 use aop_core::services::proposals::ReviewRules;
+use aop_core::spend::SpendCaps;
 use aop_events::KafkaSettings;
 use aop_store_neo4j::Neo4jSettings;
 use aop_store_sqlite::SqliteSettings;
@@ -85,6 +86,13 @@ pub struct AgentsSettings {
     pub max_delegation_depth: usize,
     pub max_tool_calls: usize,
     pub history_budget_tokens: usize,
+    /// Daily cap (UTC day) on what each agent and each caller spends on model calls, US
+    /// dollars; no cap when absent.
+    pub daily_cost_cap_usd: Option<f64>,
+    /// Each caller's cap when it differs from `daily_cost_cap_usd`.
+    pub caller_daily_cost_cap_usd: Option<f64>,
+    /// Caps of single agents, `agent_id=usd`, over `daily_cost_cap_usd`.
+    pub agent_cost_caps: Vec<String>,
 }
 
 impl Default for AgentsSettings {
@@ -95,6 +103,9 @@ impl Default for AgentsSettings {
             max_delegation_depth: limits.max_delegation_depth,
             max_tool_calls: limits.max_tool_calls,
             history_budget_tokens: limits.history_budget_tokens,
+            daily_cost_cap_usd: None,
+            caller_daily_cost_cap_usd: None,
+            agent_cost_caps: Vec::new(),
         }
     }
 }
@@ -106,6 +117,15 @@ impl AgentsSettings {
             max_tool_calls: self.max_tool_calls,
             history_budget_tokens: self.history_budget_tokens,
             turn_timeout: self.turn_timeout,
+        }
+    }
+
+    /// The daily spend caps; the configuration was checked, so every entry parses.
+    pub fn spend_caps(&self) -> SpendCaps {
+        SpendCaps {
+            per_agent_usd: self.daily_cost_cap_usd,
+            per_caller_usd: self.caller_daily_cost_cap_usd.or(self.daily_cost_cap_usd),
+            agents: aop_core::spend::parse_agent_caps(&self.agent_cost_caps).unwrap_or_default(),
         }
     }
 }
@@ -130,6 +150,16 @@ impl Section for AgentsSettings {
             "AOP_HISTORY_BUDGET_TOKENS",
             Kind::Whole,
         ),
+        Setting::new("daily_cost_cap_usd", "AOP_DAILY_COST_CAP_USD", Kind::Number)
+            .expecting("US dollars per UTC day, at least 0"),
+        Setting::new(
+            "caller_daily_cost_cap_usd",
+            "AOP_CALLER_DAILY_COST_CAP_USD",
+            Kind::Number,
+        )
+        .expecting("US dollars per UTC day, at least 0"),
+        Setting::new("agent_cost_caps", "AOP_AGENT_COST_CAPS", Kind::List)
+            .expecting("agent_id=usd entries separated by commas"),
     ];
 
     fn check(&self, problems: &mut Problems) {
@@ -138,6 +168,17 @@ impl Section for AgentsSettings {
         }
         problems.at_least("max_tool_calls", self.max_tool_calls, 1);
         problems.at_least("history_budget_tokens", self.history_budget_tokens, 1);
+        for (key, cap) in [
+            ("daily_cost_cap_usd", self.daily_cost_cap_usd),
+            ("caller_daily_cost_cap_usd", self.caller_daily_cost_cap_usd),
+        ] {
+            if cap.is_some_and(|c| !c.is_finite() || c < 0.0) {
+                problems.push(key, "must be a number of US dollars, at least 0");
+            }
+        }
+        if let Err(reason) = aop_core::spend::parse_agent_caps(&self.agent_cost_caps) {
+            problems.push("agent_cost_caps", reason);
+        }
     }
 }
 
@@ -743,6 +784,62 @@ mod tests {
             text.contains("server.toolsets (AOP_TOOLSETS")
                 && text.contains("'deployment' is not a toolset; the toolsets are agents, sessions, feedback, deployments, evolution"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn spend_caps_are_read_and_bad_ones_named() {
+        let c = load(
+            None,
+            &[
+                ("AOP_DAILY_COST_CAP_USD", "5"),
+                ("AOP_AGENT_COST_CAPS", "agt_cheap=0.5, agt_free=0"),
+            ],
+            &Overrides::default(),
+        )
+        .unwrap();
+        let caps = c.agents.spend_caps();
+        assert_eq!(caps.per_agent_usd, Some(5.0));
+        assert_eq!(
+            caps.per_caller_usd,
+            Some(5.0),
+            "callers share the cap unless told"
+        );
+        let cheap = aop_core::AgentId::try_from("agt_cheap".to_owned()).unwrap();
+        assert_eq!(caps.agent(&cheap), Some(0.5));
+        assert_eq!(
+            load(None, &[], &Overrides::default())
+                .unwrap()
+                .agents
+                .spend_caps(),
+            SpendCaps::default(),
+            "no caps unless configured"
+        );
+        let err = load(
+            None,
+            &[
+                ("AOP_CALLER_DAILY_COST_CAP_USD", "-1"),
+                ("AOP_AGENT_COST_CAPS", "agt_cheap"),
+            ],
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("agents.caller_daily_cost_cap_usd (AOP_CALLER_DAILY_COST_CAP_USD"),
+            "{err}"
+        );
+        assert!(
+            err.contains("must be a number of US dollars, at least 0"),
+            "{err}"
+        );
+        assert!(
+            err.contains("agents.agent_cost_caps (AOP_AGENT_COST_CAPS"),
+            "{err}"
+        );
+        assert!(
+            err.contains("'agt_cheap' must be written agent_id=usd"),
+            "{err}"
         );
     }
 

@@ -744,6 +744,7 @@ async fn rated_turns_are_replayed_with_their_feedback_as_the_judges_rubric() {
             .conversations
             .run_agent(
                 aop_core::services::conversation::RunAgent {
+                    caller: None,
                     agent_id: agent_id.clone(),
                     alias: None,
                     input: format!("What is {a} plus {b}?"),
@@ -881,6 +882,7 @@ async fn the_schedule_starts_runs_on_low_ratings_and_asks_again_for_stalled_ones
                 .conversations
                 .run_agent(
                     aop_core::services::conversation::RunAgent {
+                        caller: None,
                         agent_id: agent_id.clone(),
                         alias: None,
                         input: "What is 1 plus 2?".into(),

@@ -124,6 +124,7 @@ async fn agents_turns_and_feedback_land_on_their_topics_keyed_and_in_order() {
             .conversations
             .run_agent(
                 aop_core::services::conversation::RunAgent {
+                    caller: None,
                     agent_id: id.clone(),
                     alias: None,
                     input: "hello".into(),
@@ -137,6 +138,7 @@ async fn agents_turns_and_feedback_land_on_their_topics_keyed_and_in_order() {
             .mcp
             .feedback
             .submit(aop_core::services::feedback::SubmitFeedback {
+                caller: None,
                 agent_id: id.clone(),
                 session_id: None,
                 interaction_id: Some(turn.interaction_id),

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use aop_core::services::conversation::{RunAgent, SendMessage, StartSession};
+use aop_core::services::conversation::{ConversationService, RunAgent, SendMessage, StartSession};
 use aop_core::session::InteractionStatus;
 use aop_core::{AgentId, Capability, CreateAgent, ServiceError, UpdateAgent};
 use aop_runtime::{Config, Overrides, Platform};
@@ -106,6 +106,7 @@ async fn a_session_delegates_keeps_history_and_records_every_turn() {
     let first = conv
         .send_message(
             SendMessage {
+                caller: None,
                 session_id: session.session_id.clone(),
                 content: "Add 2 and 2".into(),
             },
@@ -140,6 +141,7 @@ async fn a_session_delegates_keeps_history_and_records_every_turn() {
     let second = conv
         .send_message(
             SendMessage {
+                caller: None,
                 session_id: session.session_id.clone(),
                 content: "Sure?".into(),
             },
@@ -228,6 +230,7 @@ async fn a_rate_limit_then_success_is_retried() {
         .conversations
         .run_agent(
             RunAgent {
+                caller: None,
                 agent_id: id,
                 alias: None,
                 input: "hi".into(),
@@ -257,6 +260,7 @@ async fn a_refusal_fails_the_turn_clearly_and_keeps_the_key_out() {
         .conversations
         .run_agent(
             RunAgent {
+                caller: None,
                 agent_id: id.clone(),
                 alias: None,
                 input: "hi".into(),
@@ -308,6 +312,7 @@ async fn a_provider_slower_than_the_deadline_fails_the_turn_and_records_it() {
         .conversations
         .send_message(
             SendMessage {
+                caller: None,
                 session_id: session.session_id.clone(),
                 content: "quick!".into(),
             },
@@ -359,6 +364,7 @@ async fn delegation_is_bounded_in_depth_and_cycles_are_refused() {
         .conversations
         .run_agent(
             RunAgent {
+                caller: None,
                 agent_id: a.clone(),
                 alias: None,
                 input: "hi".into(),
@@ -451,6 +457,7 @@ async fn a_turn_that_loses_the_race_for_its_message_numbers_goes_after_the_winne
     let send = |content: &str| {
         let conv = conv.clone();
         let input = SendMessage {
+            caller: None,
             session_id: session.session_id.clone(),
             content: content.into(),
         };
@@ -492,6 +499,7 @@ async fn a_session_ended_during_a_turn_still_records_the_paid_interaction() {
         .push([Reply::Delay { millis: 500 }, Reply::text("too late")]);
     let conv = s.platform.mcp.conversations.clone();
     let input = SendMessage {
+        caller: None,
         session_id: session.session_id.clone(),
         content: "are you there?".into(),
     };
@@ -526,4 +534,146 @@ async fn a_session_ended_during_a_turn_still_records_the_paid_interaction() {
         messages.is_empty(),
         "nothing was added to the ended session"
     );
+}
+
+/// One turn of `agent_id` asked for by `caller`.
+async fn run_as(
+    conv: &ConversationService,
+    agent_id: &AgentId,
+    caller: &str,
+) -> Result<aop_core::services::conversation::TurnReply, ServiceError> {
+    conv.run_agent(
+        RunAgent {
+            caller: Some(aop_core::principal::Principal::named(caller)),
+            agent_id: agent_id.clone(),
+            alias: None,
+            input: "hi".into(),
+            user_id: None,
+        },
+        None,
+    )
+    .await
+}
+
+/// A turn that costs USD 0.15 with gpt-4o-mini's price (0.15 per million prompt tokens).
+fn costly(content: &str) -> Reply {
+    Reply::Text {
+        content: content.into(),
+        prompt_tokens: 1_000_000,
+        completion_tokens: 0,
+    }
+}
+
+#[tokio::test]
+async fn spend_caps_refuse_turns_before_the_model_is_called() {
+    let s = setup(&[]).await;
+    let writer = agent(&s, "writer", "gpt-4o-mini", vec![]).await;
+    let editor = agent(&s, "editor", "gpt-4o-mini", vec![]).await;
+    let frozen = agent(&s, "frozen", "gpt-4o-mini", vec![]).await;
+    let front = agent(
+        &s,
+        "front",
+        "gpt-4o-mini",
+        vec![delegate("ask_frozen", &frozen)],
+    )
+    .await;
+    let env: BTreeMap<String, String> = [
+        ("AOP_DAILY_COST_CAP_USD", "0.2".to_owned()),
+        ("AOP_CALLER_DAILY_COST_CAP_USD", "0.4".to_owned()),
+        ("AOP_AGENT_COST_CAPS", format!("{frozen}=0")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let caps = Config::from_sources(None, &env, &Overrides::default())
+        .unwrap()
+        .agents
+        .spend_caps();
+    let conv = &s.platform.mcp.conversations.clone().with_spend_caps(caps);
+
+    // The agent's cap: spent 0, then 0.15 (both under 0.2), then 0.30: refused.
+    s.llm.push([costly("one"), costly("two")]);
+    let first = run_as(conv, &writer, "alice").await.unwrap();
+    assert!((first.cost_usd.unwrap() - 0.15).abs() < 1e-9, "{first:?}");
+    run_as(conv, &writer, "bob").await.unwrap();
+    let calls = s.llm.requests().len();
+    let err = run_as(conv, &writer, "carol").await.unwrap_err();
+    assert!(matches!(err, ServiceError::SpendCapReached(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!(
+            "daily spend cap reached: agent '{writer}' has spent USD 0.3000 today (UTC) of its \
+             daily cap of USD 0.20"
+        )),
+        "{text}"
+    );
+    assert_eq!(
+        s.llm.requests().len(),
+        calls,
+        "no model call for a refused turn"
+    );
+
+    // An agent with a cap of its own: 0 takes no turns at all, delegated ones included.
+    let err = run_as(conv, &frozen, "dave").await.unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("agent '{frozen}' has spent USD 0.0000")),
+        "{err}"
+    );
+    s.llm.push([
+        Reply::tool_call("ask_frozen", json!({"input": "help"})),
+        Reply::text("front answers alone"),
+    ]);
+    let reply = run_as(conv, &front, "dave").await.unwrap();
+    assert_eq!(reply.reply, "front answers alone");
+    assert!(reply.tool_calls[0].is_error);
+    assert!(
+        reply.tool_calls[0]
+            .result
+            .contains(&format!("daily spend cap reached: agent '{frozen}'")),
+        "{}",
+        reply.tool_calls[0].result
+    );
+
+    // The caller's cap counts every agent it asked: alice spent 0.15 on writer; 0.15 and 0.15
+    // more on editor reach 0.45 > 0.4, and the next turn is refused, for alice only.
+    s.llm.push([costly("e1"), costly("e2"), costly("e3")]);
+    let stored = run_as(conv, &editor, "alice").await.unwrap();
+    let interaction = s
+        .platform
+        .mcp
+        .conversations
+        .list_interactions(&editor, None, None)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|i| i.interaction_id == stored.interaction_id)
+        .unwrap();
+    assert_eq!(
+        interaction.invoked_by.as_ref().map(|p| p.as_str()),
+        Some("alice"),
+        "the caller is recorded with the turn"
+    );
+    conv.run_agent(
+        RunAgent {
+            caller: Some(aop_core::principal::Principal::named("alice")),
+            agent_id: editor.clone(),
+            alias: None,
+            input: "again".into(),
+            user_id: None,
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let err = run_as(conv, &front, "alice").await.unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "caller 'alice' has spent USD 0.4500 today (UTC) of its daily cap of USD 0.40"
+        ),
+        "{err}"
+    );
+    // bob, under his own cap, still meets editor's: it spent 0.30 today.
+    let err = run_as(conv, &editor, "bob").await.unwrap_err().to_string();
+    assert!(err.contains(&format!("agent '{editor}'")), "{err}");
 }

@@ -72,6 +72,7 @@ impl FeedbackStore for Neo4jStore {
             "categories": f.categories,
             "user_id": f.user_id,
             "created_at": f.created_at,
+            "submitted_by": f.submitted_by.as_ref().map(|p| p.as_str()),
         }))?;
         let ratings = bolt(Value::Array(
             f.ratings

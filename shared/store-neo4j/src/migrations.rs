@@ -70,6 +70,13 @@ pub const MIGRATIONS: &[Migration] = &[
             "CREATE INDEX feedback_interaction IF NOT EXISTS FOR (n:Feedback) ON (n.interaction_id)",
         ],
     },
+    Migration {
+        name: "spend by agent and by caller per day",
+        statements: &[
+            "CREATE INDEX interaction_agent_time IF NOT EXISTS FOR (n:Interaction) ON (n.agent_id, n.created_at)",
+            "CREATE INDEX interaction_caller_time IF NOT EXISTS FOR (n:Interaction) ON (n.invoked_by, n.created_at)",
+        ],
+    },
 ];
 
 /// The schema version this build writes and reads.

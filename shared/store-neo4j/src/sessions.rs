@@ -3,10 +3,12 @@
 //! `(:Interaction)-[:HANDLED_BY]->(:AgentVersion)`, `(:Interaction)-[:IN_SESSION]->(:Session)`,
 //! `(:Interaction)-[:DELEGATED_TO]->(:Interaction)`.
 
+use aop_core::principal::Principal;
 use aop_core::session::{
     Interaction, InteractionId, InteractionStatus, Message, Role, Session, SessionId,
     SessionStatus, TokenUsage,
 };
+use aop_core::spend::Spender;
 use aop_core::{AgentId, DomainEvent, PageRequest, SessionStore, StoreError};
 use async_trait::async_trait;
 use neo4rs::{BoltType, Row, Txn, query};
@@ -106,6 +108,8 @@ struct RawInteraction {
     status: String,
     error: Option<String>,
     created_at: i64,
+    #[serde(default)]
+    invoked_by: Option<String>,
 }
 
 fn decode_interaction(row: &Row) -> Result<Interaction, StoreError> {
@@ -137,6 +141,7 @@ fn decode_interaction(row: &Row) -> Result<Interaction, StoreError> {
         },
         error: i.error,
         created_at: i.created_at,
+        invoked_by: i.invoked_by.as_deref().map(Principal::named),
     })
 }
 
@@ -160,6 +165,7 @@ pub(crate) fn interaction_row(i: &Interaction) -> Result<Value, StoreError> {
             "status": interaction_status(i.status),
             "error": i.error,
             "created_at": i.created_at,
+            "invoked_by": i.invoked_by.as_ref().map(Principal::as_str),
         },
         "interaction_id": i.interaction_id.as_str(),
         "version_key": version_key(i.agent_id.as_str(), i.version),
@@ -431,6 +437,44 @@ impl SessionStore for Neo4jStore {
             })
             .await?;
         found.first().map(decode_interaction).transpose()
+    }
+
+    async fn spent_since(&self, spender: Spender<'_>, since: i64) -> Result<f64, StoreError> {
+        let (statement, key) = match spender {
+            Spender::Agent(id) => (
+                "MATCH (i:Interaction) WHERE i.agent_id = $key AND i.created_at >= $since
+                 RETURN coalesce(sum(i.cost_usd), 0.0) AS spent",
+                id.to_string(),
+            ),
+            Spender::Caller(caller) => (
+                "MATCH (i:Interaction) WHERE i.invoked_by = $key AND i.created_at >= $since
+                 RETURN coalesce(sum(i.cost_usd), 0.0) AS spent",
+                caller.to_string(),
+            ),
+        };
+        let found = self
+            .transact("spent_since", |txn| -> Work<'_, Vec<Row>> {
+                let q = query(statement)
+                    .param("key", key.as_str())
+                    .param("since", since);
+                Box::pin(rows(txn, q))
+            })
+            .await?;
+        /// A sum over no rows may come back as the integer 0.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Amount {
+            Real(f64),
+            Whole(i64),
+        }
+        #[allow(clippy::cast_precision_loss)] // only ever 0
+        match found.first() {
+            Some(row) => Ok(match column(row, "spent", "spent")? {
+                Amount::Real(x) => x,
+                Amount::Whole(n) => n as f64,
+            }),
+            None => Ok(0.0),
+        }
     }
 
     async fn list_interactions(

@@ -26,7 +26,8 @@ impl FeedbackStore for SqliteStore {
                 .map_err(|e| StoreError::permanent("cannot encode categories", e))?;
             tx.execute(
                 "INSERT INTO feedback (feedback_id, agent_id, version, session_id, interaction_id, \
-                 comments, categories, user_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                 comments, categories, user_id, created_at, submitted_by) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
                     f.feedback_id.as_str(),
                     f.agent_id.as_str(),
@@ -37,6 +38,7 @@ impl FeedbackStore for SqliteStore {
                     categories,
                     f.user_id,
                     f.created_at,
+                    f.submitted_by.as_ref().map(|p| p.as_str()),
                 ],
             )
             .map_err(map_err)?;

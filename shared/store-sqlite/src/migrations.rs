@@ -223,6 +223,15 @@ const MIGRATIONS: &[(&str, &str)] = &[
         PRIMARY KEY (evolution_id, key)
     ) WITHOUT ROWID;",
     ),
+    (
+        "who asked for each turn and submitted each feedback; spend by caller",
+        "ALTER TABLE interactions ADD COLUMN invoked_by TEXT;
+    ALTER TABLE feedback ADD COLUMN submitted_by TEXT;
+    DROP INDEX interactions_by_agent_time;
+    CREATE INDEX interactions_by_agent_time ON interactions (agent_id, created_at, cost_usd);
+    CREATE INDEX interactions_by_caller_time ON interactions (invoked_by, created_at, cost_usd)
+        WHERE invoked_by IS NOT NULL;",
+    ),
 ];
 
 pub(crate) fn apply(conn: &mut Connection, clock: &dyn aop_core::Clock) -> Result<(), StoreError> {

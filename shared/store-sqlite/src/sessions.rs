@@ -1,9 +1,11 @@
 //! Sessions, messages and interactions in the embedded store.
 
+use aop_core::principal::Principal;
 use aop_core::session::{
     Interaction, InteractionId, InteractionStatus, Message, Role, Session, SessionId,
     SessionStatus, TokenUsage,
 };
+use aop_core::spend::Spender;
 use aop_core::{AgentId, DomainEvent, PageRequest, SessionStore, StoreError};
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, Row, TransactionBehavior, params};
@@ -16,7 +18,7 @@ const SESSION_COLUMNS: &str =
 const MESSAGE_COLUMNS: &str = "session_id, seq, role, content, interaction_id, created_at";
 const INTERACTION_COLUMNS: &str = "interaction_id, agent_id, version, session_id, \
     parent_interaction_id, input, output, model, prompt_tokens, completion_tokens, cost_usd, \
-    latency_ms, tool_calls, status, error, created_at";
+    latency_ms, tool_calls, status, error, created_at, invoked_by";
 
 fn invalid(what: &str, value: &str) -> StoreError {
     StoreError::Permanent {
@@ -122,6 +124,7 @@ struct RawInteraction {
     status: String,
     error: Option<String>,
     created_at: i64,
+    invoked_by: Option<String>,
 }
 
 fn read_interaction(r: &Row<'_>) -> rusqlite::Result<RawInteraction> {
@@ -142,6 +145,7 @@ fn read_interaction(r: &Row<'_>) -> rusqlite::Result<RawInteraction> {
         status: r.get(13)?,
         error: r.get(14)?,
         created_at: r.get(15)?,
+        invoked_by: r.get(16)?,
     })
 }
 
@@ -174,6 +178,7 @@ fn decode_interaction(i: RawInteraction) -> Result<Interaction, StoreError> {
         },
         error: i.error,
         created_at: i.created_at,
+        invoked_by: i.invoked_by.as_deref().map(Principal::named),
     })
 }
 
@@ -296,7 +301,7 @@ impl SessionStore for SqliteStore {
             tx.execute(
                 &format!(
                     "INSERT INTO interactions ({INTERACTION_COLUMNS}) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
                 ),
                 params![
                     i.interaction_id.as_str(),
@@ -318,6 +323,7 @@ impl SessionStore for SqliteStore {
                     },
                     i.error,
                     i.created_at,
+                    i.invoked_by.as_ref().map(Principal::as_str),
                 ],
             )
             .map_err(map_err)?;
@@ -404,6 +410,27 @@ impl SessionStore for SqliteStore {
                 .optional()
                 .map_err(map_err)?;
             raw.map(decode_interaction).transpose()
+        })
+        .await
+    }
+
+    async fn spent_since(&self, spender: Spender<'_>, since: i64) -> Result<f64, StoreError> {
+        let (sql, key) = match spender {
+            Spender::Agent(id) => (
+                "SELECT total(cost_usd) FROM interactions WHERE agent_id = ?1 AND created_at >= ?2",
+                id.as_str().to_owned(),
+            ),
+            Spender::Caller(caller) => (
+                "SELECT total(cost_usd) FROM interactions \
+                 WHERE invoked_by = ?1 AND created_at >= ?2",
+                caller.as_str().to_owned(),
+            ),
+        };
+        self.with(move |conn| {
+            conn.prepare_cached(sql)
+                .map_err(map_err)?
+                .query_row(params![key, since], |r| r.get::<_, f64>(0))
+                .map_err(map_err)
         })
         .await
     }

@@ -435,6 +435,7 @@ pub async fn turns_since_counts_the_agents_own_turns_of_new_sessions(f: &Fixture
         f.sessions.record_turn(i, &[], &[]).await.unwrap();
     }
     let feedback = |interaction: &InteractionId, metric: &str, normalized: f64| Feedback {
+        submitted_by: None,
         feedback_id: FeedbackId::generate(),
         agent_id: id.clone(),
         version: 2,

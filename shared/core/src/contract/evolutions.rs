@@ -252,7 +252,9 @@ pub async fn one_running_evolution_per_agent_and_runs_are_compare_and_set(f: &Fi
     let events = f.outbox.pending(10_000).await.unwrap();
     let requests = events
         .iter()
-        .filter(|e| e.event_type() == EventType::EvolutionGenerationRequested)
+        .filter(|e| {
+            e.subject == run.agent_id && e.event_type() == EventType::EvolutionGenerationRequested
+        })
         .count();
     assert_eq!(requests, 2, "the insert's event and the save's");
 
@@ -420,6 +422,7 @@ pub async fn rated_turns_bring_their_ratings_and_comments_newest_first(f: &Fixtu
     let feedback =
         |i: &crate::session::Interaction, metric: &str, v: f64, comment: Option<&str>, at: i64| {
             Feedback {
+                submitted_by: None,
                 feedback_id: FeedbackId::generate(),
                 agent_id: a.clone(),
                 version: 1,

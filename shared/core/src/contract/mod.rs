@@ -109,6 +109,7 @@ macro_rules! store_contract_tests {
             an_ended_session_takes_no_turns,
             messages_page_in_order_and_recent_ones_come_last,
             interactions_round_trip_and_list_by_agent,
+            spend_sums_a_day_by_agent_and_by_caller,
             deploying_pins_an_alias,
             alias_moves_are_compare_and_set,
             a_canary_splits_an_alias_and_only_one_holds_it,
@@ -706,6 +707,7 @@ fn interaction_for(agent_id: &crate::AgentId, session: Option<&SessionId>) -> In
         status: InteractionStatus::Completed,
         error: None,
         created_at: 2_000,
+        invoked_by: Some(crate::principal::Principal::named("alice")),
     }
 }
 
@@ -903,6 +905,49 @@ pub async fn interactions_round_trip_and_list_by_agent(f: &Fixture) {
     assert_eq!(listed, vec![failed, ok]);
 }
 
+pub async fn spend_sums_a_day_by_agent_and_by_caller(f: &Fixture) {
+    use crate::principal::Principal;
+    use crate::spend::Spender;
+    let svc = f.service();
+    let a = svc.create(agent("spender a")).await.unwrap().agent;
+    let b = svc.create(agent("spender b")).await.unwrap().agent;
+    // Callers of this run alone: a store may outlive one run of the suite.
+    let run = a.agent_id.to_string();
+    let alice = Principal::named(&format!("alice-{run}"));
+    let bob = Principal::named(&format!("bob-{run}"));
+    let turn = |agent: &crate::AgentId, by: &Principal, at: i64, cost: Option<f64>| {
+        let mut i = interaction_for(agent, None);
+        i.tool_calls.clear();
+        i.created_at = at;
+        i.cost_usd = cost;
+        i.invoked_by = Some(by.clone());
+        i
+    };
+    let day = 86_400_000;
+    for i in [
+        turn(&a.agent_id, &alice, day - 1, Some(100.0)), // the day before
+        turn(&a.agent_id, &alice, day, Some(0.25)),
+        turn(&a.agent_id, &bob, day + 5, Some(0.5)),
+        turn(&a.agent_id, &bob, day + 6, None), // no price: nothing
+        turn(&b.agent_id, &alice, day + 7, Some(2.0)),
+    ] {
+        f.sessions.record_turn(&i, &[], &[]).await.unwrap();
+    }
+    let close = |got: f64, want: f64| assert!((got - want).abs() < 1e-9, "{got} != {want}");
+    let nobody = Principal::named(&format!("nobody-{run}"));
+    for (spender, since, want) in [
+        (Spender::Agent(&a.agent_id), day, 0.75),
+        (Spender::Agent(&b.agent_id), day, 2.0),
+        (Spender::Caller(&alice), day, 2.25),
+        (Spender::Caller(&bob), day, 0.5),
+        (Spender::Caller(&nobody), day, 0.0),
+        (Spender::Agent(&a.agent_id), 0, 100.75),
+    ] {
+        let got = f.sessions.spent_since(spender, since).await.unwrap();
+        close(got, want);
+    }
+}
+
 pub async fn update_refuses_a_delegation_cycle(f: &Fixture) {
     let svc = f.service();
     let b = svc.create(agent("b")).await.unwrap().agent.agent_id;
@@ -1054,6 +1099,7 @@ impl Fixture {
 
 fn rating(metric: &str, value: f64) -> SubmitFeedback {
     SubmitFeedback {
+        caller: None,
         agent_id: crate::AgentId::parse("agent_id", "placeholder").unwrap(),
         session_id: None,
         interaction_id: None,

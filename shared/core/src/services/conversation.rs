@@ -19,10 +19,12 @@ use crate::llm::{ChatMessage, ChatModel, ChatRequest, LlmError, ToolCall, ToolSp
 use crate::page::{Page, PageRequest};
 use crate::ports::{AgentStore, NoSignal, OutboxSignal, SessionStore};
 use crate::pricing::PriceTable;
+use crate::principal::Principal;
 use crate::session::{
     Interaction, InteractionId, InteractionStatus, Message, Role, Session, SessionId,
     SessionStatus, TokenUsage, ToolCallRecord,
 };
+use crate::spend::{SpendCaps, Spender, day_start};
 use crate::validate::Problems;
 
 /// How often a turn tries again to record itself after losing a race with another turn of its
@@ -95,6 +97,11 @@ pub struct SendMessage {
     pub session_id: SessionId,
     /// What the user says.
     pub content: String,
+    /// The authenticated caller, set by the entry point (never an argument); recorded as the
+    /// interaction's `invoked_by` and charged against its daily spend cap.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub caller: Option<Principal>,
 }
 
 /// Input of `run_agent`: one turn without a session.
@@ -108,6 +115,11 @@ pub struct RunAgent {
     pub input: String,
     #[serde(default)]
     pub user_id: Option<String>,
+    /// The authenticated caller, set by the entry point (never an argument); recorded as the
+    /// interaction's `invoked_by` and charged against its daily spend cap.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub caller: Option<Principal>,
 }
 
 /// What a turn produced.
@@ -157,6 +169,8 @@ struct Turn {
     chain: Vec<AgentId>,
     parent: Option<InteractionId>,
     interaction_id: InteractionId,
+    /// Who asked for the turn; a delegation inherits it.
+    caller: Option<Principal>,
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -172,6 +186,7 @@ pub struct ConversationService {
     limits: TurnLimits,
     observer: Arc<dyn InteractionObserver>,
     signal: Arc<dyn OutboxSignal>,
+    caps: Arc<SpendCaps>,
 }
 
 /// The event of a recorded interaction.
@@ -211,7 +226,15 @@ impl ConversationService {
             limits,
             observer,
             signal: Arc::new(NoSignal),
+            caps: Arc::new(SpendCaps::default()),
         }
+    }
+
+    /// Refuses turns once an agent or a caller has spent its daily cap.
+    #[must_use]
+    pub fn with_spend_caps(mut self, caps: SpendCaps) -> Self {
+        self.caps = Arc::new(caps);
+        self
     }
 
     /// Wakes `signal` after every commit that wrote events.
@@ -319,6 +342,7 @@ impl ConversationService {
             deadline: self.deadline(deadline),
             parent: None,
             interaction_id: InteractionId::generate(),
+            caller: input.caller,
         };
         let interaction = self.run_turn(turn).await?;
         let mut messages = match &interaction.output {
@@ -424,6 +448,7 @@ impl ConversationService {
             deadline: self.deadline(deadline),
             parent: None,
             interaction_id,
+            caller: input.caller,
         };
         let interaction = self.run_turn(turn).await?;
         self.sessions
@@ -563,6 +588,42 @@ impl ConversationService {
             })
     }
 
+    /// Refuses a turn whose agent or caller has spent its cap today (UTC).
+    async fn within_caps(&self, turn: &Turn) -> Result<(), ServiceError> {
+        let agent_cap = self.caps.agent(&turn.agent.agent_id);
+        let caller_cap = self.caps.caller().zip(turn.caller.as_ref());
+        if agent_cap.is_none() && caller_cap.is_none() {
+            return Ok(());
+        }
+        let since = day_start(self.clock.now_ms());
+        if let Some(cap) = agent_cap {
+            let spent = self
+                .sessions
+                .spent_since(Spender::Agent(&turn.agent.agent_id), since)
+                .await?;
+            if spent >= cap {
+                return Err(ServiceError::SpendCapReached(format!(
+                    "agent '{}' has spent USD {spent:.4} today (UTC) of its daily cap of USD \
+                     {cap:.2}; it takes new turns after 00:00 UTC",
+                    turn.agent.agent_id
+                )));
+            }
+        }
+        if let Some((cap, caller)) = caller_cap {
+            let spent = self
+                .sessions
+                .spent_since(Spender::Caller(caller), since)
+                .await?;
+            if spent >= cap {
+                return Err(ServiceError::SpendCapReached(format!(
+                    "caller '{caller}' has spent USD {spent:.4} today (UTC) of its daily cap of \
+                     USD {cap:.2}; its turns resume after 00:00 UTC"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Runs one turn (and any delegations under it) and returns its interaction, completed or
     /// failed. Only a missing model configuration is an error here: it is not an interaction.
     fn run_turn(&self, turn: Turn) -> BoxFuture<'_, Result<Interaction, ServiceError>> {
@@ -574,6 +635,7 @@ impl ConversationService {
         );
         Box::pin(
             async move {
+                self.within_caps(&turn).await?;
                 let started = Instant::now();
                 let created_at = self.clock.now_ms();
                 let mut usage = TokenUsage::default();
@@ -621,6 +683,7 @@ impl ConversationService {
                     status,
                     error,
                     created_at,
+                    invoked_by: turn.caller.clone(),
                 })
             }
             .instrument(span),
@@ -746,6 +809,7 @@ impl ConversationService {
             chain,
             parent: Some(turn.interaction_id.clone()),
             interaction_id,
+            caller: turn.caller.clone(),
         };
         let delegated = match self.run_turn(sub).await {
             Ok(i) => i,

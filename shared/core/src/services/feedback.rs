@@ -13,6 +13,7 @@ use crate::error::ServiceError;
 use crate::events::{DomainEvent, payload};
 use crate::feedback::{Feedback, Metric, MetricStats, Rating, Scale};
 use crate::ports::{AgentStore, FeedbackStore, NoSignal, OutboxSignal, SessionStore};
+use crate::principal::Principal;
 use crate::session::{FeedbackId, InteractionId, SessionId};
 use crate::validate::Problems;
 
@@ -42,6 +43,11 @@ pub struct SubmitFeedback {
     pub categories: Vec<String>,
     #[serde(default)]
     pub user_id: Option<String>,
+    /// The authenticated caller, set by the entry point (never an argument); recorded as
+    /// `submitted_by`.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub caller: Option<Principal>,
 }
 
 /// Input of `get_feedback_metrics`.
@@ -225,6 +231,7 @@ impl FeedbackService {
             categories,
             user_id,
             created_at: now,
+            submitted_by: input.caller,
         };
         let events = [DomainEvent::new(
             &feedback.agent_id,

@@ -112,6 +112,7 @@ impl McpRole {
             config.agents.limits(),
             metrics.clone(),
         )
+        .with_spend_caps(config.agents.spend_caps())
         .with_signal(wake);
         Ok(Self {
             agents,
