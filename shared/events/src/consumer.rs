@@ -15,7 +15,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use crate::kafka::{ClientSettings, KafkaError};
+use crate::kafka::{ClientSettings, KafkaContext, KafkaError};
 use crate::msk::{BatchStats, DeadLetters, process_batch_counted};
 
 /// Records per batch, as the event source's batch size.
@@ -110,13 +110,14 @@ async fn consume(
         servers: settings.bootstrap_servers.clone(),
         source,
     };
-    let consumer: StreamConsumer = settings
+    // With MSK IAM the consumer asks for its token when polled: the first recv() does that.
+    let consumer: StreamConsumer<KafkaContext> = settings
         .client_config()
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "6000")
-        .create()
+        .create_with_context(settings.context())
         .map_err(client_error)?;
     consumer.subscribe(topics).map_err(client_error)?;
     tracing::info!(group, ?topics, "event consumer started");

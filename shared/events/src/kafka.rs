@@ -1,22 +1,61 @@
 //! Kafka: an idempotent producer (`acks=all`, lz4, bounded delivery timeout) that publishes
 //! domain events as CloudEvents keyed by agent id, and topic administration.
 //!
-//! Plaintext, TLS and SASL/SCRAM over TLS are configurable. MSK IAM auth (an OAUTHBEARER token
-//! provider signing with AWS credentials) is still to come.
+//! Plaintext, TLS, SASL/SCRAM over TLS and MSK IAM (SASL `OAUTHBEARER` with tokens signed by
+//! AWS credentials, renewed by librdkafka before they expire) are configurable.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use aop_core::{DomainEvent, EventSink};
 use async_trait::async_trait;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, OAuthToken};
+use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use crate::{CloudEvent, KafkaSettings, Topics};
+use crate::{CloudEvent, KafkaSettings, TokenSource, Topics};
 pub use crate::{KafkaSecurity, TopicSpec};
+
+/// The context of every Kafka client the platform makes: it answers librdkafka's requests for
+/// an `OAUTHBEARER` token (MSK IAM) and otherwise behaves as rdkafka's default (log lines go to
+/// the `log` facade, errors are logged).
+#[derive(Debug, Clone, Default)]
+pub struct KafkaContext {
+    tokens: Option<Arc<dyn TokenSource>>,
+}
+
+impl ClientContext for KafkaContext {
+    // librdkafka raises the refresh event only for the OAUTHBEARER mechanism.
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        _oauthbearer_config: Option<&str>,
+    ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+        let tokens = self.tokens.as_ref().ok_or(
+            "MSK IAM authentication is configured but the AWS credentials were not read at start",
+        )?;
+        let (token, lifetime_ms) = tokens.token().map_err(|e| {
+            tracing::error!(error = %e, "cannot make an MSK IAM token");
+            e
+        })?;
+        Ok(OAuthToken {
+            token,
+            // MSK takes the principal from the signed request, not from this name.
+            principal_name: String::new(),
+            lifetime_ms,
+        })
+    }
+}
+
+impl ConsumerContext for KafkaContext {}
+
+/// The producer every part of the platform uses.
+pub type KafkaProducer = FutureProducer<KafkaContext>;
 
 /// How to reach the brokers.
 #[derive(Debug, Clone)]
@@ -54,7 +93,7 @@ impl ClientSettings {
     ///
     /// # Errors
     /// `Client` when the producer cannot be created.
-    pub(crate) fn reliable_producer(&self) -> Result<FutureProducer, KafkaError> {
+    pub(crate) fn reliable_producer(&self) -> Result<KafkaProducer, KafkaError> {
         self.client_config()
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -62,7 +101,7 @@ impl ClientSettings {
                 "delivery.timeout.ms",
                 self.delivery_timeout.as_millis().to_string(),
             )
-            .create()
+            .create_with_context(self.context())
             .map_err(|source| KafkaError::Client {
                 servers: self.bootstrap_servers.clone(),
                 source,
@@ -96,11 +135,42 @@ impl ClientSettings {
                     .set("sasl.password", password.expose_secret());
                 ca_location.as_ref()
             }
+            KafkaSecurity::Iam { ca_location, .. } => {
+                c.set("security.protocol", "sasl_ssl")
+                    .set("sasl.mechanism", "OAUTHBEARER");
+                ca_location.as_ref()
+            }
         };
         if let Some(ca) = ca {
             c.set("ssl.ca.location", ca);
         }
         c
+    }
+
+    /// The context for a client: with MSK IAM, where its tokens come from.
+    pub fn context(&self) -> KafkaContext {
+        KafkaContext {
+            tokens: match &self.security {
+                KafkaSecurity::Iam { tokens, .. } => tokens.clone(),
+                _ => None,
+            },
+        }
+    }
+
+    /// Whether clients authenticate with MSK IAM.
+    pub fn uses_iam(&self) -> bool {
+        matches!(self.security, KafkaSecurity::Iam { .. })
+    }
+
+    /// A producer for reading cluster metadata: unlike the admin client, it answers
+    /// librdkafka's token requests (on its polling thread), so it works with MSK IAM too.
+    fn metadata_client(&self) -> Result<KafkaProducer, KafkaError> {
+        self.client_config()
+            .create_with_context(self.context())
+            .map_err(|source| KafkaError::Client {
+                servers: self.bootstrap_servers.clone(),
+                source,
+            })
     }
 }
 
@@ -115,6 +185,8 @@ pub enum KafkaError {
     },
     #[error("topic {topic}: {reason}")]
     Topic { topic: String, reason: String },
+    #[error("{0}")]
+    Unsupported(String),
     #[error("the Kafka brokers at {servers} did not answer")]
     Unreachable {
         servers: String,
@@ -125,14 +197,14 @@ pub enum KafkaError {
 
 /// Publishes events to their stream's topic, keyed by agent id.
 pub struct KafkaSink {
-    producer: std::sync::Mutex<FutureProducer>,
+    producer: std::sync::Mutex<KafkaProducer>,
     /// Set after a failed delivery: the next delivery starts from a fresh producer.
     replace: std::sync::atomic::AtomicBool,
     topics: Topics,
     settings: ClientSettings,
 }
 
-fn idempotent_producer(settings: &ClientSettings) -> Result<FutureProducer, KafkaError> {
+fn idempotent_producer(settings: &ClientSettings) -> Result<KafkaProducer, KafkaError> {
     settings
         .client_config()
         .set("enable.idempotence", "true")
@@ -143,7 +215,7 @@ fn idempotent_producer(settings: &ClientSettings) -> Result<FutureProducer, Kafk
             "delivery.timeout.ms",
             settings.delivery_timeout.as_millis().to_string(),
         )
-        .create()
+        .create_with_context(settings.context())
         .map_err(|source| KafkaError::Client {
             servers: settings.bootstrap_servers.clone(),
             source,
@@ -166,7 +238,7 @@ impl KafkaSink {
     /// can stay wedged (or go fatal) when the cluster forgets its producer id, as when a broker
     /// that lost its state comes back; a new one starts with a new id, and the outbox re-sends
     /// whatever was not acknowledged.
-    fn producer(&self) -> FutureProducer {
+    fn producer(&self) -> KafkaProducer {
         let mut current = self
             .producer
             .lock()
@@ -319,14 +391,21 @@ pub async fn apply_topics(
     settings: &ClientSettings,
     specs: &[TopicSpec],
 ) -> Result<Vec<(String, TopicOutcome)>, KafkaError> {
-    let admin: AdminClient<DefaultClientContext> =
-        settings
-            .client_config()
-            .create()
-            .map_err(|source| KafkaError::Client {
-                servers: settings.bootstrap_servers.clone(),
-                source,
-            })?;
+    if settings.uses_iam() {
+        return Err(KafkaError::Unsupported(
+            "topics cannot be created over MSK IAM authentication: librdkafka's admin client \
+             (through rdkafka 0.39) never asks for an OAUTHBEARER token. Create them with Kafka's \
+             own tools and the aws-msk-iam-auth library, or over a SASL/SCRAM or TLS listener"
+                .into(),
+        ));
+    }
+    let admin: AdminClient<KafkaContext> = settings
+        .client_config()
+        .create_with_context(settings.context())
+        .map_err(|source| KafkaError::Client {
+            servers: settings.bootstrap_servers.clone(),
+            source,
+        })?;
     let retention: Vec<String> = specs.iter().map(|s| s.retention_ms.to_string()).collect();
     let new: Vec<NewTopic<'_>> = specs
         .iter()
@@ -353,7 +432,7 @@ pub async fn apply_topics(
         let outcome = match result {
             Ok(_) => TopicOutcome::Created,
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {
-                let partitions = partition_count(&admin, &spec.name)?;
+                let partitions = partition_count(admin.inner(), &spec.name)?;
                 if partitions == spec.partitions {
                     TopicOutcome::Unchanged
                 } else {
@@ -382,16 +461,9 @@ pub fn missing_topics(
     topics: &[String],
     timeout: Duration,
 ) -> Result<Vec<String>, KafkaError> {
-    let admin: AdminClient<DefaultClientContext> =
-        settings
-            .client_config()
-            .create()
-            .map_err(|source| KafkaError::Client {
-                servers: settings.bootstrap_servers.clone(),
-                source,
-            })?;
-    let metadata = admin
-        .inner()
+    let client = settings.metadata_client()?;
+    let metadata = client
+        .client()
         .fetch_metadata(None, timeout)
         .map_err(|source| KafkaError::Unreachable {
             servers: settings.bootstrap_servers.clone(),
@@ -407,11 +479,10 @@ pub fn missing_topics(
 }
 
 fn partition_count(
-    admin: &AdminClient<DefaultClientContext>,
+    client: &rdkafka::client::Client<KafkaContext>,
     topic: &str,
 ) -> Result<i32, KafkaError> {
-    let metadata = admin
-        .inner()
+    let metadata = client
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .map_err(|e| KafkaError::Topic {
             topic: topic.to_owned(),
@@ -429,7 +500,7 @@ fn partition_count(
 /// Writes dead letters to `<topic>.dlq`: the original key and value, with the error, the attempt
 /// count and the record's origin in headers.
 pub struct KafkaDeadLetters {
-    producer: FutureProducer,
+    producer: KafkaProducer,
     timeout: Duration,
 }
 
@@ -568,5 +639,76 @@ mod tests {
         // librdkafka accepts the combination (TLS and SCRAM are compiled in).
         let producer: Result<FutureProducer, _> = c.create();
         assert!(producer.is_ok(), "{:?}", producer.err());
+    }
+
+    /// Counts the tokens asked for.
+    #[derive(Debug, Default)]
+    struct Counting(std::sync::atomic::AtomicUsize);
+
+    impl TokenSource for Counting {
+        fn token(&self) -> Result<(String, i64), String> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let in_15_min = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+                + 900_000;
+            Ok(("signed-url".into(), i64::try_from(in_15_min).unwrap()))
+        }
+    }
+
+    fn iam(tokens: Option<Arc<dyn TokenSource>>) -> ClientSettings {
+        let mut s = ClientSettings::new("127.0.0.1:1");
+        s.security = KafkaSecurity::Iam {
+            tokens,
+            ca_location: None,
+        };
+        s
+    }
+
+    #[test]
+    fn msk_iam_clients_speak_oauthbearer_over_tls() {
+        let c = iam(None).client_config();
+        assert_eq!(c.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(c.get("sasl.mechanism"), Some("OAUTHBEARER"));
+        assert_eq!(c.get("sasl.username"), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_msk_iam_producer_asks_the_token_source_without_being_polled() {
+        let counting = Arc::new(Counting::default());
+        let settings = iam(Some(counting.clone()));
+        let _producer = settings.reliable_producer().unwrap();
+        for _ in 0..100 {
+            if counting.0.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            counting.0.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+            "librdkafka asked the context for a token on the producer's polling thread"
+        );
+    }
+
+    #[test]
+    fn without_credentials_the_token_request_says_why() {
+        let err = iam(None)
+            .context()
+            .generate_oauth_token(None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("the AWS credentials were not read at start"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn topics_are_not_created_over_msk_iam_and_the_error_says_how_instead() {
+        let err = apply_topics(&iam(None), &[]).await.unwrap_err().to_string();
+        assert!(err.contains("cannot be created over MSK IAM"), "{err}");
+        assert!(err.contains("aws-msk-iam-auth"), "{err}");
     }
 }

@@ -15,5 +15,5 @@ mod settings;
 mod topics;
 
 pub use envelope::{CloudEvent, DecodeError, SPEC_VERSION};
-pub use settings::{KafkaSecurity, KafkaSettings, TopicSpec};
+pub use settings::{KafkaSecurity, KafkaSettings, MSK_IAM_MECHANISM, TokenSource, TopicSpec};
 pub use topics::Topics;

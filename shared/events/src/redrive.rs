@@ -14,7 +14,7 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::Topics;
-use crate::kafka::{ClientSettings, KafkaError};
+use crate::kafka::{ClientSettings, KafkaContext, KafkaError};
 
 /// The consumer group that remembers how far re-driving `topic` got.
 pub fn group(topic: &str) -> String {
@@ -42,13 +42,13 @@ pub async fn redrive(
 ) -> Result<u64, KafkaError> {
     let dlq = Topics::dead_letter(topic);
     let started = Instant::now();
-    let consumer: BaseConsumer = settings
+    let consumer: BaseConsumer<KafkaContext> = settings
         .client_config()
         .set("group.id", group(topic))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "true")
-        .create()
+        .create_with_context(settings.context())
         .map_err(|source| KafkaError::Client {
             servers: settings.bootstrap_servers.clone(),
             source,
@@ -164,7 +164,7 @@ pub async fn redrive(
     Ok(sent)
 }
 
-fn commit(consumer: &BaseConsumer, done: &TopicPartitionList) {
+fn commit(consumer: &BaseConsumer<KafkaContext>, done: &TopicPartitionList) {
     if done.count() == 0 {
         return;
     }

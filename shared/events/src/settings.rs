@@ -1,5 +1,6 @@
 //! The `kafka` settings: where the brokers are, the topics and how clients authenticate.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use aop_config::{Kind, Problems, Section, Setting};
@@ -7,6 +8,19 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use crate::Topics;
+
+/// `KAFKA_SASL_MECHANISM` for MSK IAM access control (the name AWS's own client libraries use).
+pub const MSK_IAM_MECHANISM: &str = "AWS_MSK_IAM";
+
+/// Where Kafka clients get SASL `OAUTHBEARER` tokens (MSK IAM). Called from librdkafka's
+/// threads: it must answer from memory.
+pub trait TokenSource: Send + Sync + std::fmt::Debug {
+    /// A token and when it expires, in milliseconds since the Unix epoch.
+    ///
+    /// # Errors
+    /// Why no token can be made; the client reports it and asks again.
+    fn token(&self) -> Result<(String, i64), String>;
+}
 
 /// How clients authenticate and encrypt.
 #[derive(Debug, Clone, Default)]
@@ -21,6 +35,13 @@ pub enum KafkaSecurity {
         mechanism: String,
         username: String,
         password: SecretString,
+        ca_location: Option<String>,
+    },
+    /// MSK IAM access control: SASL `OAUTHBEARER` over TLS with tokens signed by AWS
+    /// credentials (`BootstrapBrokerStringSaslIam`, port 9098). `tokens` is filled at start,
+    /// when the credentials are read; a client without it cannot authenticate.
+    Iam {
+        tokens: Option<Arc<dyn TokenSource>>,
         ca_location: Option<String>,
     },
 }
@@ -56,6 +77,9 @@ pub struct KafkaSettings {
     #[serde(skip_serializing)]
     pub sasl_password: SecretString,
     pub ssl_ca_location: Option<String>,
+    /// The token source of MSK IAM authentication, set at start from the AWS credentials.
+    #[serde(skip)]
+    pub iam_tokens: Option<Arc<dyn TokenSource>>,
 }
 
 impl Default for KafkaSettings {
@@ -73,14 +97,22 @@ impl Default for KafkaSettings {
             sasl_username: String::new(),
             sasl_password: SecretString::from(""),
             ssl_ca_location: None,
+            iam_tokens: None,
         }
     }
 }
 
 impl KafkaSettings {
-    /// Whether the protocol is SASL/SCRAM over TLS, which needs credentials.
+    /// Whether the protocol is SASL/SCRAM over TLS, which needs a user name and password.
     pub fn uses_sasl(&self) -> bool {
+        self.security_protocol.eq_ignore_ascii_case("sasl_ssl") && !self.uses_iam()
+    }
+
+    /// Whether clients authenticate with MSK IAM (`sasl_ssl` with `AWS_MSK_IAM`), which needs
+    /// AWS credentials and a region.
+    pub fn uses_iam(&self) -> bool {
         self.security_protocol.eq_ignore_ascii_case("sasl_ssl")
+            && self.sasl_mechanism.eq_ignore_ascii_case(MSK_IAM_MECHANISM)
     }
 
     /// How clients authenticate, from the protocol and its settings.
@@ -88,6 +120,10 @@ impl KafkaSettings {
         let ca_location = self.ssl_ca_location.clone();
         match self.security_protocol.to_ascii_lowercase().as_str() {
             "ssl" => KafkaSecurity::Tls { ca_location },
+            "sasl_ssl" if self.uses_iam() => KafkaSecurity::Iam {
+                tokens: self.iam_tokens.clone(),
+                ca_location,
+            },
             "sasl_ssl" => KafkaSecurity::SaslScram {
                 mechanism: self.sasl_mechanism.clone(),
                 username: self.sasl_username.clone(),
@@ -195,14 +231,16 @@ impl Section for KafkaSettings {
         match self.security_protocol.to_ascii_lowercase().as_str() {
             "plaintext" | "ssl" => {}
             "sasl_ssl" => {
-                if !["SCRAM-SHA-512", "SCRAM-SHA-256"].contains(&self.sasl_mechanism.as_str()) {
-                    problems.push("sasl_mechanism", "must be SCRAM-SHA-512 or SCRAM-SHA-256");
+                if !self.uses_iam()
+                    && !["SCRAM-SHA-512", "SCRAM-SHA-256"].contains(&self.sasl_mechanism.as_str())
+                {
+                    problems.push(
+                        "sasl_mechanism",
+                        "must be SCRAM-SHA-512, SCRAM-SHA-256 or AWS_MSK_IAM",
+                    );
                 }
             }
-            _ => problems.push(
-                "security_protocol",
-                "must be plaintext, ssl or sasl_ssl (MSK IAM auth is not supported yet)",
-            ),
+            _ => problems.push("security_protocol", "must be plaintext, ssl or sasl_ssl"),
         }
     }
 }

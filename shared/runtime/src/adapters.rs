@@ -197,6 +197,21 @@ pub fn openai_model(config: &Config) -> Result<Option<aop_llm::OpenAiChatModel>,
     Ok(Some(aop_llm::OpenAiChatModel::new(openai.clone())?))
 }
 
+/// MSK IAM tokens for the Kafka clients.
+#[cfg(feature = "msk")]
+#[derive(Debug)]
+pub struct MskIam(pub Arc<aop_aws::MskIamTokens>);
+
+#[cfg(feature = "msk")]
+impl aop_events::TokenSource for MskIam {
+    fn token(&self) -> Result<(String, i64), String> {
+        self.0
+            .token()
+            .map(|t| (t.token, t.expires_at_ms))
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// Kafka client settings from configuration.
 ///
 /// # Errors

@@ -908,7 +908,41 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("IAM auth is not supported yet"), "{err}");
+        assert!(
+            err.contains("must be plaintext, ssl or sasl_ssl (got 'iam')"),
+            "{err}"
+        );
+        // MSK IAM: sasl_ssl with AWS_MSK_IAM, no user name or password.
+        let c = load(
+            None,
+            &[
+                ("KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
+                ("KAFKA_SASL_MECHANISM", "AWS_MSK_IAM"),
+            ],
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(c.kafka.uses_iam() && !c.kafka.uses_sasl());
+        assert!(matches!(
+            c.kafka.security(),
+            aop_events::KafkaSecurity::Iam { tokens: None, .. }
+        ));
+        let err = load(
+            None,
+            &[
+                ("KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
+                ("KAFKA_SASL_MECHANISM", "PLAIN"),
+                ("KAFKA_SASL_USERNAME", "aop"),
+                ("KAFKA_SASL_PASSWORD", "kafka-secret"),
+            ],
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("must be SCRAM-SHA-512, SCRAM-SHA-256 or AWS_MSK_IAM"),
+            "{err}"
+        );
         let c = load(
             None,
             &[

@@ -239,9 +239,35 @@ async fn kafka(config: &Config) -> Check {
             return Check::failed("kafka", e.to_string(), "fix the kafka settings named above");
         }
     };
+    let auth = match &settings.security {
+        aop_events::KafkaSecurity::Plaintext => "plaintext".to_owned(),
+        aop_events::KafkaSecurity::Tls { .. } => "TLS".to_owned(),
+        aop_events::KafkaSecurity::SaslScram { mechanism, .. } => format!("SASL/SCRAM {mechanism}"),
+        aop_events::KafkaSecurity::Iam { tokens: None, .. } => {
+            return Check::failed(
+                "kafka",
+                "MSK IAM authentication is configured, but no AWS credentials could be read",
+                "set AWS_REGION and credentials the way the AWS CLI reads them (environment, \
+                 profile, or the instance or task role)",
+            );
+        }
+        aop_events::KafkaSecurity::Iam {
+            tokens: Some(tokens),
+            ..
+        } => match tokens.token() {
+            Ok(_) => "MSK IAM, token signed".to_owned(),
+            Err(e) => {
+                return Check::failed(
+                    "kafka",
+                    format!("MSK IAM authentication: {e}"),
+                    "check AWS_REGION and the AWS credentials",
+                );
+            }
+        },
+    };
     let names = config.kafka.topics.all();
     let count = names.len();
-    let servers = settings.bootstrap_servers.clone();
+    let servers = format!("{} ({auth})", settings.bootstrap_servers);
     let probe = tokio::task::spawn_blocking(move || {
         aop_events::kafka::missing_topics(&settings, &names, CHECK_TIMEOUT)
     })
@@ -261,7 +287,7 @@ async fn kafka(config: &Config) -> Check {
         ),
         Ok(Err(e)) => Check::failed(
             "kafka",
-            e.to_string(),
+            format!("{e} ({auth})"),
             "check KAFKA_BOOTSTRAP_SERVERS (host:port, comma-separated), KAFKA_SECURITY_PROTOCOL \
              and its credentials, and that the network lets this host reach the brokers",
         ),

@@ -105,7 +105,9 @@ pub async fn resolve_from(
         if !config.kafka.uses_sasl() {
             return Err(StartupError::Unsupported {
                 setting: "kafka.security_protocol (KAFKA_SECURITY_PROTOCOL)",
-                reason: "KAFKA_SECRET_ARN holds SASL/SCRAM credentials: set it to sasl_ssl".into(),
+                reason: "KAFKA_SECRET_ARN holds SASL/SCRAM credentials: set it to sasl_ssl with a \
+                         SCRAM mechanism (MSK IAM needs no secret: leave KAFKA_SECRET_ARN unset)"
+                    .into(),
             });
         }
         let secret = cache.get(arn).await.map_err(secret_error)?;

@@ -192,3 +192,50 @@ async fn kafka_topics_missing_then_applied_and_brokers_down() {
             .contains("KAFKA_BOOTSTRAP_SERVERS")
     );
 }
+
+#[tokio::test]
+async fn msk_iam_is_reported_with_its_credentials_or_their_absence() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = format!("127.0.0.1:{}", unused_port());
+    let mut config = config(&[
+        ("AOP_DATA_DIR", dir.path().display().to_string()),
+        ("KAFKA_BOOTSTRAP_SERVERS", broker.clone()),
+        ("KAFKA_SECURITY_PROTOCOL", "sasl_ssl".into()),
+        ("KAFKA_SASL_MECHANISM", "AWS_MSK_IAM".into()),
+    ]);
+    assert!(config.kafka.uses_iam() && !config.kafka.uses_sasl());
+    let checks = run(&config).await;
+    let c = check(&checks, "kafka");
+    assert_eq!(c.status, Status::Failed, "{}", c.render());
+    assert!(
+        c.detail.contains("no AWS credentials could be read"),
+        "{}",
+        c.render()
+    );
+    assert!(
+        c.fix.as_deref().unwrap().contains("AWS_REGION"),
+        "{}",
+        c.render()
+    );
+
+    let credentials =
+        aop_aws::msk_iam::Credentials::new("AKIDEXAMPLE", "secret", None, None, "test");
+    config.kafka.iam_tokens = Some(std::sync::Arc::new(aop_runtime::adapters::MskIam(
+        std::sync::Arc::new(aop_aws::MskIamTokens::with_credentials(
+            "eu-west-1".into(),
+            credentials,
+        )),
+    )));
+    let checks = run(&config).await;
+    let c = check(&checks, "kafka");
+    // Signed, but nothing listens there.
+    assert_eq!(c.status, Status::Failed, "{}", c.render());
+    assert!(
+        c.detail.contains(&format!(
+            "brokers at {broker} did not answer (MSK IAM, token signed)"
+        )),
+        "{}",
+        c.render()
+    );
+    assert!(!c.render().contains("secret"), "{}", c.render());
+}

@@ -61,6 +61,11 @@ fn statements<'a>(t: &'a Value, role: &str) -> Vec<&'a Value> {
     documents
         .into_iter()
         .flat_map(|d| d["Statement"].as_sequence().into_iter().flatten())
+        .map(|statement| match statement {
+            // `!If [condition, statement, NoValue]`: the statement as granted when it holds.
+            Value::Tagged(t) if t.tag == "If" => &t.value[1],
+            other => other,
+        })
         .collect()
 }
 
@@ -237,8 +242,18 @@ fn each_msk_event_source_reads_one_topic_in_its_own_group_and_dead_letters_to_it
             dead.insert(format!("${{Prefix}}:topic/${{Cluster}}/${{{topic}}}.dlq"));
             groups.insert(format!("${{Prefix}}:group/${{Cluster}}/{group}"));
         }
+        // The relay publishes every event stream (with IAM, as the function's role).
+        if binary == Role::OutboxRelay.name() {
+            for topic in [
+                "AgentEventsTopic",
+                "FeedbackEventsTopic",
+                "EvolutionEventsTopic",
+            ] {
+                dead.insert(format!("${{Prefix}}:topic/${{Cluster}}/${{{topic}}}"));
+            }
+        }
         // With IAM the event source reads as the function's role: exactly its own topics, their
-        // dead-letter topics and its consumer groups.
+        // dead-letter topics and its consumer groups; its own producers write those as well.
         assert_eq!(
             resources_of("kafka-cluster:ReadData"),
             topics,
@@ -249,6 +264,22 @@ fn each_msk_event_source_reads_one_topic_in_its_own_group_and_dead_letters_to_it
             dead,
             "{function}: topics it may write"
         );
+        if !dead.is_empty() {
+            let cluster: Vec<&Value> = granted
+                .iter()
+                .copied()
+                .filter(|s| tagged_text(&s["Resource"], "Ref").as_deref() == Some("MskClusterArn"))
+                .collect();
+            for action in [
+                "kafka-cluster:Connect",
+                "kafka-cluster:WriteDataIdempotently",
+            ] {
+                assert!(
+                    cluster.iter().any(|s| allows(s, action)),
+                    "{function}: {action} on the cluster, for its idempotent producers over IAM"
+                );
+            }
+        }
         assert_eq!(
             resources_of("kafka-cluster:AlterGroup"),
             groups,
@@ -258,6 +289,54 @@ fn each_msk_event_source_reads_one_topic_in_its_own_group_and_dead_letters_to_it
     assert_eq!(
         sources, 3,
         "agent and feedback events (event processor), evolution events (evolution worker)"
+    );
+}
+
+/// The functions' own Kafka clients authenticate as `KafkaClientAuth` says: SASL/SCRAM with the
+/// Kafka secret, or MSK IAM (the mechanism the code knows as `AWS_MSK_IAM`) without it.
+#[test]
+fn kafka_clients_authenticate_with_scram_or_msk_iam_as_the_parameter_says() {
+    let t = template();
+    let mut kafka_functions = 0;
+    for function in functions(&t) {
+        let vars = &t["Resources"][function.as_str()]["Properties"]["Environment"]["Variables"];
+        let Value::Tagged(mechanism) = &vars["KAFKA_SASL_MECHANISM"] else {
+            continue;
+        };
+        kafka_functions += 1;
+        assert_eq!(mechanism.tag, "If", "{function}");
+        assert_eq!(
+            mechanism.value[0].as_str(),
+            Some("ClientsUseIam"),
+            "{function}"
+        );
+        assert_eq!(
+            mechanism.value[1].as_str(),
+            Some(aop_events::MSK_IAM_MECHANISM),
+            "{function}"
+        );
+        assert_eq!(
+            mechanism.value[2].as_str(),
+            Some("SCRAM-SHA-512"),
+            "{function}"
+        );
+        let Value::Tagged(secret) = &vars["KAFKA_SECRET_ARN"] else {
+            panic!("{function}: KAFKA_SECRET_ARN depends on KafkaClientAuth");
+        };
+        assert_eq!(
+            secret.value[0].as_str(),
+            Some("ClientsUseIam"),
+            "{function}"
+        );
+        assert_eq!(
+            secret.value[1].as_str(),
+            Some(""),
+            "{function}: no secret with IAM"
+        );
+    }
+    assert_eq!(
+        kafka_functions, 3,
+        "the relay, the event processor, the evolution worker"
     );
 }
 

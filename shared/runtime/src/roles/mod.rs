@@ -51,8 +51,42 @@ pub async fn settle(
     let secrets = crate::secrets::resolve(&mut config, role).await?;
     if role.uses_kafka() {
         discover_brokers(&mut config).await?;
+        msk_iam_tokens(&mut config).await?;
     }
     Ok((config, secrets))
+}
+
+/// With MSK IAM authentication, reads the AWS credentials the Kafka clients sign their tokens
+/// with (renewed in the background while the process runs).
+///
+/// # Errors
+/// `Aws` naming what is missing: the region or any credentials.
+#[cfg(feature = "msk")]
+pub async fn msk_iam_tokens(config: &mut Config) -> Result<(), StartupError> {
+    if !config.kafka.uses_iam() || config.kafka.iam_tokens.is_some() {
+        return Ok(());
+    }
+    let tokens = aop_aws::MskIamTokens::from_env()
+        .await
+        .map_err(|e| StartupError::Aws(format!("MSK IAM authentication: {e}")))?;
+    tracing::info!(
+        region = tokens.region(),
+        "MSK IAM authentication: AWS credentials read"
+    );
+    config.kafka.iam_tokens = Some(Arc::new(crate::adapters::MskIam(tokens)));
+    Ok(())
+}
+
+/// Without the `msk` feature there are no tokens: this build does not use Kafka on its own.
+#[cfg(not(feature = "msk"))]
+pub async fn msk_iam_tokens(config: &mut Config) -> Result<(), StartupError> {
+    if config.kafka.uses_iam() {
+        return Err(StartupError::Unsupported {
+            setting: "kafka.sasl_mechanism (KAFKA_SASL_MECHANISM)",
+            reason: "AWS_MSK_IAM needs a build with the msk feature".into(),
+        });
+    }
+    Ok(())
 }
 
 /// Opens the configured store; a refused Neo4j login re-reads the Neo4j secret.
@@ -293,6 +327,7 @@ pub async fn discover_brokers(config: &mut Config) -> Result<(), StartupError> {
         aop_events::KafkaSecurity::Plaintext => aop_aws::MskAuth::Plaintext,
         aop_events::KafkaSecurity::Tls { .. } => aop_aws::MskAuth::Tls,
         aop_events::KafkaSecurity::SaslScram { .. } => aop_aws::MskAuth::SaslScram,
+        aop_events::KafkaSecurity::Iam { .. } => aop_aws::MskAuth::Iam,
     };
     let client = aop_aws::MskClient::from_env()
         .await
