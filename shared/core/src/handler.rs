@@ -7,8 +7,37 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::AgentId;
 use crate::error::StoreError;
 use crate::events::{DomainEvent, EventType};
+use crate::session::InteractionId;
+
+/// An event that travelled without its data (its record would have passed the broker's size
+/// limit): the envelope, and the ids that let a handler read the data back from the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventStub {
+    pub id: String,
+    pub event_type: EventType,
+    pub subject: AgentId,
+    /// Epoch milliseconds.
+    pub time: i64,
+    pub correlation_id: Option<String>,
+    /// The interaction an `interaction.*` event is about.
+    pub interaction_id: Option<InteractionId>,
+}
+
+impl EventStub {
+    /// The event rebuilt around data read back from the store.
+    pub fn with_data(&self, data: crate::events::EventData) -> DomainEvent {
+        DomainEvent {
+            id: self.id.clone(),
+            subject: self.subject.clone(),
+            time: self.time,
+            data,
+            correlation_id: self.correlation_id.clone(),
+        }
+    }
+}
 
 /// What handling an event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +98,15 @@ pub trait EventHandler: Send + Sync {
     /// Whether events of this type concern the handler.
     fn wants(&self, event_type: EventType) -> bool;
 
+    /// The event behind `stub`, its data read back from the store; `None` when this handler
+    /// cannot (the event is then dead-lettered, saying so).
+    ///
+    /// # Errors
+    /// `Transient` when the store failed for now; `Poison` when the data is gone.
+    async fn recall(&self, _stub: &EventStub) -> Result<Option<DomainEvent>, HandleError> {
+        Ok(None)
+    }
+
     /// Applies one event; an event applied before changes nothing.
     ///
     /// # Errors
@@ -126,6 +164,16 @@ impl EventHandler for HandlerSet {
 
     fn wants(&self, event_type: EventType) -> bool {
         self.handlers.iter().any(|h| h.wants(event_type))
+    }
+
+    /// The first interested handler that can read the event back does.
+    async fn recall(&self, stub: &EventStub) -> Result<Option<DomainEvent>, HandleError> {
+        for handler in self.handlers.iter().filter(|h| h.wants(stub.event_type)) {
+            if let Some(event) = handler.recall(stub).await? {
+                return Ok(Some(event));
+            }
+        }
+        Ok(None)
     }
 
     /// Every interested handler sees the event, even after one failed: they keep their own

@@ -49,7 +49,7 @@ pub use agent::{
 pub use clock::{Clock, SystemClock};
 pub use error::{FieldError, ServiceError, StoreError};
 pub use events::{DomainEvent, EventData, EventType, Stream};
-pub use handler::{EventHandler, HandleError, Handled, HandlerSet};
+pub use handler::{EventHandler, EventStub, HandleError, Handled, HandlerSet};
 pub use page::{Cursor, Page, PageRequest};
 pub use ports::{
     AgentFilter, AgentStore, DeploymentStore, EventSink, EvolutionStore, FeedbackStore, NoSignal,

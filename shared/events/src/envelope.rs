@@ -2,8 +2,9 @@
 //! `traceparent` extensions. Decoding ignores unknown attributes, so producers can add some.
 
 use aop_core::events::DataError;
+use aop_core::session::InteractionId;
 use aop_core::time::{parse_rfc3339, rfc3339};
-use aop_core::{AgentId, DomainEvent, EventData, EventType};
+use aop_core::{AgentId, DomainEvent, EventData, EventStub, EventType};
 use serde::{Deserialize, Serialize};
 
 pub const SPEC_VERSION: &str = "1.0";
@@ -31,6 +32,13 @@ pub struct CloudEvent {
     pub traceparent: Option<String>,
 }
 
+/// A record value: an event, or the stub of one that travelled without its data.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Event(Box<DomainEvent>),
+    Stub(EventStub),
+}
+
 /// Why bytes are not one of our events.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -42,6 +50,8 @@ pub enum DecodeError {
     UnknownType(String),
     #[error("bad subject: {0}")]
     Subject(String),
+    #[error("bad interaction id in a stub: {0}")]
+    Reference(String),
     #[error("bad time '{0}': expected RFC 3339 UTC")]
     Time(String),
     #[error(transparent)]
@@ -99,6 +109,37 @@ impl CloudEvent {
     pub fn decode(bytes: &[u8]) -> Result<DomainEvent, DecodeError> {
         let ce: Self = serde_json::from_slice(bytes)?;
         ce.into_domain()
+    }
+
+    /// Parses a record value that may be an event that travelled without its data (see
+    /// `kafka::record_value`): such a one comes back as its stub.
+    ///
+    /// # Errors
+    /// As [`CloudEvent::decode`].
+    pub fn decode_record(bytes: &[u8]) -> Result<Record, DecodeError> {
+        let ce: Self = serde_json::from_slice(bytes)?;
+        if ce.data.get("truncated") != Some(&serde_json::Value::Bool(true)) {
+            return ce.into_domain().map(|e| Record::Event(Box::new(e)));
+        }
+        if ce.specversion != SPEC_VERSION {
+            return Err(DecodeError::SpecVersion(ce.specversion));
+        }
+        let event_type =
+            EventType::parse(&ce.event_type).ok_or(DecodeError::UnknownType(ce.event_type))?;
+        let interaction_id = ce
+            .data
+            .get("interaction_id")
+            .and_then(serde_json::Value::as_str)
+            .map(|id| InteractionId::try_from(id.to_owned()).map_err(DecodeError::Reference))
+            .transpose()?;
+        Ok(Record::Stub(EventStub {
+            id: ce.id,
+            event_type,
+            subject: AgentId::try_from(ce.subject).map_err(DecodeError::Subject)?,
+            time: parse_rfc3339(&ce.time).ok_or(DecodeError::Time(ce.time))?,
+            correlation_id: ce.correlationid,
+            interaction_id,
+        }))
     }
 
     /// # Errors

@@ -341,11 +341,23 @@ pub fn record_value(event: &DomainEvent) -> (Vec<u8>, bool) {
     if full.len() <= MAX_VALUE_BYTES {
         return (full, false);
     }
-    envelope.data = serde_json::json!({
+    let mut stub = serde_json::json!({
         "truncated": true,
         "original_bytes": full.len(),
         "reason": "the event data exceeds the record size limit; read it from the store"
     });
+    // What a consumer needs to read the data back: the interaction of an interaction event
+    // (the one kind whose data has no bound: a model's answer, its tool results).
+    if let aop_core::EventData::InteractionCompleted(
+        aop_core::events::payload::InteractionCompleted { interaction },
+    )
+    | aop_core::EventData::InteractionFailed(aop_core::events::payload::InteractionFailed {
+        interaction,
+    }) = &event.data
+    {
+        stub["interaction_id"] = serde_json::Value::from(interaction.interaction_id.as_str());
+    }
+    envelope.data = stub;
     tracing::warn!(event_id = %event.id, bytes = full.len(), "publishing an oversized event without its data");
     (envelope.to_bytes(), true)
 }

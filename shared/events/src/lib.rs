@@ -14,6 +14,6 @@ pub mod schema;
 mod settings;
 mod topics;
 
-pub use envelope::{CloudEvent, DecodeError, SPEC_VERSION};
+pub use envelope::{CloudEvent, DecodeError, Record, SPEC_VERSION};
 pub use settings::{KafkaSecurity, KafkaSettings, MSK_IAM_MECHANISM, TokenSource, TopicSpec};
 pub use topics::Topics;

@@ -8,14 +8,14 @@
 
 use std::collections::BTreeMap;
 
-use aop_core::{DomainEvent, EventHandler, HandleError};
+use aop_core::{DomainEvent, EventHandler, EventStub, HandleError};
 use async_trait::async_trait;
 use aws_lambda_events::event::kafka::{KafkaEvent, KafkaRecord};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::Serialize;
 
-use crate::CloudEvent;
+use crate::{CloudEvent, Record};
 
 /// A record the event source should deliver again: `partition` is the batch's topic-partition
 /// key (`<topic>-<partition>`), as the event source names it.
@@ -106,15 +106,29 @@ struct Decoded<'a> {
     key: Option<Vec<u8>>,
     value: Option<Vec<u8>>,
     event: Result<DomainEvent, String>,
+    /// An event that travelled without its data, until a handler reads it back.
+    stub: Option<EventStub>,
 }
 
 fn decode(record: &KafkaRecord) -> Decoded<'_> {
     let key = decode_b64(record.key.as_ref()).ok().flatten();
+    let mut stub = None;
     let (value, event) = match decode_b64(record.value.as_ref()) {
         Err(e) => (None, Err(format!("record value {e}"))),
         Ok(None) => (None, Err("record has no value".to_owned())),
         Ok(Some(bytes)) => {
-            let event = CloudEvent::decode(&bytes).map_err(|e| e.to_string());
+            let event = match CloudEvent::decode_record(&bytes) {
+                Ok(Record::Event(event)) => Ok(*event),
+                Ok(Record::Stub(s)) => {
+                    stub = Some(s);
+                    Err(
+                        "it travelled without its data (over the record size limit) and no \
+                         handler can read it back from the store"
+                            .to_owned(),
+                    )
+                }
+                Err(e) => Err(e.to_string()),
+            };
             (Some(bytes), event)
         }
     };
@@ -123,7 +137,26 @@ fn decode(record: &KafkaRecord) -> Decoded<'_> {
         key,
         value,
         event,
+        stub,
     }
+}
+
+/// Reads back the data of the batch's events that travelled without it. Returns the position
+/// of the first one the store could not read for now: it and the records after it come again.
+async fn recall(decoded: &mut [Decoded<'_>], handler: &dyn EventHandler) -> Option<usize> {
+    for (at, d) in decoded.iter_mut().enumerate() {
+        let Some(stub) = d.stub.take() else { continue };
+        match handler.recall(&stub).await {
+            Ok(Some(event)) => d.event = Ok(event),
+            Ok(None) => {}
+            Err(e @ HandleError::Poison { .. }) => d.event = Err(e.to_string()),
+            Err(e @ HandleError::Transient { .. }) => {
+                tracing::warn!(error = %e, offset = d.record.offset, "cannot read an event's data back now; it will be retried");
+                return Some(at);
+            }
+        }
+    }
+    None
 }
 
 /// Sends a record that will never be applied to the dead-letter topic; it is retried when the
@@ -180,14 +213,16 @@ pub async fn process_batch_counted(
         }
         // The partition's events go to the handler as one batch (one store transaction
         // where the handler can), then each record's fate is settled in offset order.
-        let decoded: Vec<Decoded<'_>> = ordered.values().map(|r| decode(r)).collect();
-        let events: Vec<&DomainEvent> = decoded
+        let mut decoded: Vec<Decoded<'_>> = ordered.values().map(|r| decode(r)).collect();
+        let unreadable = recall(&mut decoded, handler).await.unwrap_or(decoded.len());
+        let events: Vec<&DomainEvent> = decoded[..unreadable]
             .iter()
             .filter_map(|d| d.event.as_ref().ok())
             .collect();
         let mut results = handler.handle_batch(&events).await.into_iter();
         let mut retrying = false;
-        for d in &decoded {
+        for (at, d) in decoded.iter().enumerate() {
+            retrying |= at == unreadable;
             let id = RecordId {
                 partition: key.clone(),
                 offset: d.record.offset,

@@ -284,3 +284,126 @@ async fn a_poison_record_goes_to_the_dead_letter_topic() {
     assert_eq!(header("aop_source_offset").as_deref(), Some("1"));
     consumer.unsubscribe();
 }
+
+/// Keeps the dead letters it is given.
+#[derive(Default)]
+struct KeptLetters(std::sync::Mutex<Vec<aop_events::msk::DeadLetter>>);
+
+#[async_trait::async_trait]
+impl aop_events::msk::DeadLetters for KeptLetters {
+    async fn send(&self, letter: &aop_events::msk::DeadLetter) -> Result<(), String> {
+        self.0.lock().unwrap().push(letter.clone());
+        Ok(())
+    }
+}
+
+impl World {
+    /// A completed turn whose answer is 1 MB, recorded with its event; the event as the relay
+    /// would publish it (without its data).
+    async fn huge_turn(&self) -> Vec<u8> {
+        use aop_core::SessionStore;
+        let mut interaction = aop_core::samples::interaction(&self.agent, 1);
+        interaction.output = Some("x".repeat(1_000_000));
+        let event = DomainEvent::new(
+            &self.agent,
+            interaction.created_at,
+            aop_core::events::payload::InteractionCompleted {
+                interaction: interaction.clone(),
+            },
+        );
+        self.store
+            .record_turn(&interaction, &[], std::slice::from_ref(&event))
+            .await
+            .unwrap();
+        let (value, truncated) = aop_events::kafka::record_value(&event);
+        assert!(truncated, "1 MB does not fit a record");
+        assert!(value.len() < 2_000);
+        value
+    }
+
+    async fn latency_count(&self) -> u64 {
+        let report = self
+            .feedback
+            .metrics(MetricsQuery {
+                agent_id: self.agent.clone(),
+                version: None,
+                metric: Some("interaction.latency_ms".into()),
+                from: None,
+                to: None,
+            })
+            .await
+            .unwrap();
+        report.metrics.first().map_or(0, |m| m.count)
+    }
+}
+
+#[tokio::test]
+async fn an_event_over_the_record_limit_is_applied_from_the_store() {
+    let w = world().await;
+    let value = w.huge_turn().await;
+    let batch = msk_event("agent_events", &[(0, 7, value, w.agent.as_str())]);
+    let letters = KeptLetters::default();
+
+    // Without a way to read it back, it is dead-lettered, saying why.
+    let response = process_batch(&batch, &w.processor(), &letters).await;
+    assert_eq!(response, BatchResponse::default());
+    let kept = letters.0.lock().unwrap().clone();
+    assert_eq!(kept.len(), 1);
+    assert!(
+        kept[0].error.contains("travelled without its data"),
+        "{}",
+        kept[0].error
+    );
+    assert_eq!(w.latency_count().await, 0);
+
+    // The processor reads the interaction back by the id the record kept, and applies it once.
+    let processor = w.processor().with_sessions(w.store.clone());
+    let response = process_batch(&batch, &processor, &letters).await;
+    assert_eq!(response, BatchResponse::default());
+    assert_eq!(
+        letters.0.lock().unwrap().len(),
+        1,
+        "nothing more dead-lettered"
+    );
+    assert_eq!(w.latency_count().await, 1);
+    process_batch(&batch, &processor, &letters).await;
+    assert_eq!(w.latency_count().await, 1, "redelivery changes nothing");
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_read_an_event_back_now_gets_it_again_in_order() {
+    let w = world().await;
+    let value = w.huge_turn().await;
+    let after = w.rate(&[4.0]).await;
+    let batch = msk_event(
+        "agent_events",
+        &[
+            (0, 20, value, w.agent.as_str()),
+            (0, 21, encode(&after[0]), w.agent.as_str()),
+        ],
+    );
+    let letters = KeptLetters::default();
+    let processor = w.processor().with_sessions(w.store.clone());
+    w.store.set_busy_timeout(Duration::from_millis(50));
+    let blocker = rusqlite::Connection::open(w.store.path()).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let response = process_batch(&batch, &processor, &letters).await;
+    let offsets: Vec<i64> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.offset)
+        .collect();
+    assert_eq!(
+        offsets,
+        [20, 21],
+        "the unreadable record and the one after it"
+    );
+    assert!(letters.0.lock().unwrap().is_empty());
+    blocker.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(
+        process_batch(&batch, &processor, &letters).await,
+        BatchResponse::default()
+    );
+    assert_eq!(w.latency_count().await, 1);
+    assert_eq!(w.helpfulness().await.0, 1);
+}

@@ -6,21 +6,32 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::events::{DomainEvent, EventData, EventType};
+use crate::events::{DomainEvent, EventData, EventType, payload};
 use crate::feedback::{FitnessUpdate, Metric};
-use crate::handler::{EventHandler, HandleError, Handled};
-use crate::ports::FeedbackStore;
+use crate::handler::{EventHandler, EventStub, HandleError, Handled};
+use crate::ports::{FeedbackStore, SessionStore};
 use crate::session::Interaction;
 
 /// Keeps fitness statistics from events.
 #[derive(Clone)]
 pub struct FitnessHandler {
     store: Arc<dyn FeedbackStore>,
+    sessions: Option<Arc<dyn SessionStore>>,
 }
 
 impl FitnessHandler {
     pub fn new(store: Arc<dyn FeedbackStore>) -> Self {
-        Self { store }
+        Self {
+            store,
+            sessions: None,
+        }
+    }
+
+    /// Reads interactions back from `sessions` when their events travelled without data.
+    #[must_use]
+    pub fn with_sessions(mut self, sessions: Arc<dyn SessionStore>) -> Self {
+        self.sessions = Some(sessions);
+        self
     }
 }
 
@@ -37,6 +48,43 @@ impl EventHandler for FitnessHandler {
                 | EventType::InteractionFailed
                 | EventType::FeedbackSubmitted
         )
+    }
+
+    /// An interaction event over the record size limit: the interaction, read by its id.
+    async fn recall(&self, stub: &EventStub) -> Result<Option<DomainEvent>, HandleError> {
+        let (Some(sessions), Some(id)) = (&self.sessions, &stub.interaction_id) else {
+            return Ok(None);
+        };
+        let poison = |reason: String| HandleError::Poison {
+            event_id: stub.id.clone(),
+            event_type: stub.event_type.as_str().to_owned(),
+            reason,
+        };
+        let interaction = match sessions.get_interaction(id).await {
+            Ok(Some(interaction)) => interaction,
+            Ok(None) => {
+                return Err(poison(format!(
+                    "it travelled without its data and interaction '{id}' is not in the store"
+                )));
+            }
+            Err(source) if source.is_transient() => {
+                return Err(HandleError::Transient {
+                    event_id: stub.id.clone(),
+                    source,
+                });
+            }
+            Err(source) => return Err(poison(format!("the store cannot read it back: {source}"))),
+        };
+        let data = match stub.event_type {
+            EventType::InteractionCompleted => {
+                EventData::InteractionCompleted(payload::InteractionCompleted { interaction })
+            }
+            EventType::InteractionFailed => {
+                EventData::InteractionFailed(payload::InteractionFailed { interaction })
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(stub.with_data(data)))
     }
 
     /// # Errors

@@ -108,7 +108,9 @@ pub fn open_stores(config: &Config, secrets: Option<&Secrets>) -> Result<Stores,
 /// Every event handler of the platform: fitness statistics, and the deployment controller.
 pub fn handlers(config: &Config, stores: &Stores) -> Vec<Arc<dyn EventHandler>> {
     vec![
-        Arc::new(FitnessHandler::new(stores.feedback.clone())),
+        Arc::new(
+            FitnessHandler::new(stores.feedback.clone()).with_sessions(stores.sessions.clone()),
+        ),
         Arc::new(DeploymentController::new(
             deployment_service(config, stores),
             stores.clock.clone(),
