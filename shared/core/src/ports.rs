@@ -243,6 +243,11 @@ pub trait FeedbackStore: Send + Sync {
         Ok(fresh.first().copied().unwrap_or(false))
     }
 
+    /// Forgets the applied-event ledger's entries recorded before `before` (epoch ms), at most
+    /// `limit` of them, oldest first; returns how many. An event older than the topics'
+    /// retention cannot come again, so its entry guards nothing any more.
+    async fn forget_applied(&self, before: i64, limit: u32) -> Result<u64, StoreError>;
+
     /// Running statistics, filtered.
     async fn fitness(
         &self,

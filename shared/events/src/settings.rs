@@ -67,6 +67,9 @@ pub struct KafkaSettings {
     pub partitions: i32,
     pub replication_factor: i32,
     pub retention_hours: i64,
+    /// How long the applied-event ledger remembers an event: longer than an event can come
+    /// again (the topics' retention, plus the time a dead letter waits to be re-driven).
+    pub ledger_retention_days: i64,
     /// How long the producer keeps trying a record before the relay pauses.
     #[serde(rename = "delivery_timeout_ms", with = "aop_config::millis")]
     pub delivery_timeout: Duration,
@@ -91,6 +94,7 @@ impl Default for KafkaSettings {
             partitions: 4,
             replication_factor: 1,
             retention_hours: 168,
+            ledger_retention_days: 30,
             delivery_timeout: Duration::from_secs(30),
             security_protocol: "plaintext".into(),
             sasl_mechanism: "SCRAM-SHA-512".into(),
@@ -178,6 +182,12 @@ impl Section for KafkaSettings {
         ),
         Setting::new("retention_hours", "KAFKA_RETENTION_HOURS", Kind::Whole),
         Setting::new(
+            "ledger_retention_days",
+            "AOP_LEDGER_RETENTION_DAYS",
+            Kind::Whole,
+        )
+        .expecting("whole days, longer than the topics' retention"),
+        Setting::new(
             "delivery_timeout_ms",
             "KAFKA_DELIVERY_TIMEOUT_MS",
             Kind::Whole,
@@ -225,6 +235,16 @@ impl Section for KafkaSettings {
         problems.at_least("partitions", self.partitions, 1);
         problems.at_least("replication_factor", self.replication_factor, 1);
         problems.at_least("retention_hours", self.retention_hours, 1);
+        if self.ledger_retention_days.saturating_mul(24) <= self.retention_hours {
+            problems.push(
+                "ledger_retention_days",
+                format!(
+                    "must be longer than the topics' retention (retention_hours {}): an event \
+                     can come again until then, and a forgotten one would be applied twice",
+                    self.retention_hours
+                ),
+            );
+        }
         if self.delivery_timeout.is_zero() {
             problems.push("delivery_timeout_ms", "must be at least 1");
         }

@@ -407,3 +407,39 @@ async fn a_store_that_cannot_read_an_event_back_now_gets_it_again_in_order() {
     assert_eq!(w.latency_count().await, 1);
     assert_eq!(w.helpfulness().await.0, 1);
 }
+
+#[tokio::test]
+async fn the_processor_trims_the_ledger_to_its_retention_hourly() {
+    let w = world().await;
+    let events = w.rate(&[5.0, 3.0]).await;
+    let batch = |offset: i64, e: &DomainEvent| {
+        msk_event(
+            "feedback_events",
+            &[(0, offset, encode(e), w.agent.as_str())],
+        )
+    };
+    let now = aop_core::Clock::now_ms(&SystemClock);
+    let clock = Arc::new(aop_core::clock::ManualClock::at(now));
+    let day = 86_400_000;
+    let processor = w
+        .processor()
+        .with_ledger_retention(Duration::from_millis(2 * day as u64), clock.clone());
+    let dead = unused_dead_letters();
+    process_batch(&batch(0, &events[0]), &processor, &dead).await;
+    assert_eq!(w.helpfulness().await.0, 1);
+
+    // Three days on, the entries written so far (at `now`, by the store's clock) are past the
+    // retention: the next batch trims them, and a redelivery of the first event counts again.
+    clock.set(now + 3 * day);
+    process_batch(&batch(1, &events[1]), &processor, &dead).await;
+    assert_eq!(w.helpfulness().await.0, 2);
+    process_batch(&batch(0, &events[0]), &processor, &dead).await;
+    assert_eq!(
+        w.helpfulness().await.0,
+        3,
+        "the entry was forgotten (why the retention must outlast redelivery)"
+    );
+    // Within the hour nothing is trimmed again: the entry just written guards as before.
+    process_batch(&batch(0, &events[0]), &processor, &dead).await;
+    assert_eq!(w.helpfulness().await.0, 3);
+}

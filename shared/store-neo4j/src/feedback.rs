@@ -309,6 +309,26 @@ impl FeedbackStore for Neo4jStore {
             .collect()
     }
 
+    async fn forget_applied(&self, before: i64, limit: u32) -> Result<u64, StoreError> {
+        let found = self
+            .transact("forget_applied", |txn| -> Work<'_, Vec<Row>> {
+                let q = query(
+                    "MATCH (p:ProcessedEvent) WHERE p.processed_at < $before
+                     WITH p ORDER BY p.processed_at LIMIT $limit
+                     DELETE p RETURN count(*) AS forgotten",
+                )
+                .param("before", before)
+                .param("limit", i64::from(limit));
+                Box::pin(rows(txn, q))
+            })
+            .await?;
+        match found.first() {
+            Some(row) => column::<i64>(row, "forgotten", "forgotten count")
+                .map(|n| u64::try_from(n).unwrap_or(0)),
+            None => Ok(0),
+        }
+    }
+
     async fn rating_stats(
         &self,
         agent_id: &AgentId,

@@ -77,6 +77,12 @@ pub const MIGRATIONS: &[Migration] = &[
             "CREATE INDEX interaction_caller_time IF NOT EXISTS FOR (n:Interaction) ON (n.invoked_by, n.created_at)",
         ],
     },
+    Migration {
+        name: "the applied-event ledger by age, for its retention",
+        statements: &[
+            "CREATE INDEX processed_event_time IF NOT EXISTS FOR (n:ProcessedEvent) ON (n.processed_at)",
+        ],
+    },
 ];
 
 /// The schema version this build writes and reads.

@@ -111,6 +111,19 @@ impl FeedbackStore for SqliteStore {
             .await
     }
 
+    async fn forget_applied(&self, before: i64, limit: u32) -> Result<u64, StoreError> {
+        self.with(move |conn| {
+            conn.prepare_cached(
+                "DELETE FROM processed_events WHERE event_id IN (SELECT event_id FROM \
+                 processed_events WHERE processed_at < ?1 ORDER BY processed_at LIMIT ?2)",
+            )
+            .and_then(|mut s| s.execute(params![before, limit]))
+            .map(|n| n as u64)
+            .map_err(map_err)
+        })
+        .await
+    }
+
     async fn rating_stats(
         &self,
         agent_id: &AgentId,

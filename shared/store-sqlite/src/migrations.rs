@@ -232,6 +232,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     CREATE INDEX interactions_by_caller_time ON interactions (invoked_by, created_at, cost_usd)
         WHERE invoked_by IS NOT NULL;",
     ),
+    (
+        "the applied-event ledger by age, for its retention",
+        "CREATE INDEX processed_events_by_time ON processed_events (processed_at);",
+    ),
 ];
 
 pub(crate) fn apply(conn: &mut Connection, clock: &dyn aop_core::Clock) -> Result<(), StoreError> {

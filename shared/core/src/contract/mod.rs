@@ -100,6 +100,7 @@ macro_rules! store_contract_tests {
             the_outbox_drains_oldest_first,
             feedback_metrics_equal_statistics_computed_directly,
             a_redelivered_event_changes_nothing,
+            the_applied_event_ledger_forgets_old_entries_only,
             a_batch_applies_each_event_once_as_one_by_one_would,
             events_no_statistic_can_take_are_refused_alone,
             bad_feedback_is_refused_field_by_field,
@@ -1195,6 +1196,47 @@ pub async fn a_redelivered_event_changes_nothing(f: &Fixture) {
     assert!(again.iter().all(|o| *o != Handled::Applied), "{again:?}");
     assert_eq!(svc.metrics(q()).await.unwrap(), once);
     assert_eq!(once.metrics[0].count, 3);
+}
+
+pub async fn the_applied_event_ledger_forgets_old_entries_only(f: &Fixture) {
+    let id = f
+        .service()
+        .create(agent("ledger"))
+        .await
+        .unwrap()
+        .agent
+        .agent_id;
+    let svc = f.feedback_service();
+    for v in [2.0, 4.0] {
+        svc.submit(SubmitFeedback {
+            agent_id: id.clone(),
+            ..rating("accuracy", v)
+        })
+        .await
+        .unwrap();
+    }
+    let applied = |outcomes: Vec<Handled>| {
+        outcomes
+            .into_iter()
+            .filter(|h| *h == Handled::Applied)
+            .count()
+    };
+    assert_eq!(applied(f.process_events_of(&id).await), 2);
+    // Nothing was recorded before the epoch's first second: nothing is forgotten.
+    assert_eq!(f.feedback.forget_applied(1_000, 1_000).await.unwrap(), 0);
+    assert_eq!(applied(f.process_events_of(&id).await), 0);
+    // Everything recorded before a minute from now: ours among them, oldest first, in batches.
+    let later = crate::clock::Clock::now_ms(&SystemClock) + 60_000;
+    let first = f.feedback.forget_applied(later, 1).await.unwrap();
+    assert_eq!(first, 1, "at most the limit");
+    let rest = f.feedback.forget_applied(later, 1_000_000).await.unwrap();
+    assert!(rest >= 1, "{rest}");
+    assert_eq!(
+        f.feedback.forget_applied(later, 1_000_000).await.unwrap(),
+        0
+    );
+    // A forgotten event is applied again if it comes: why retention must outlast redelivery.
+    assert_eq!(applied(f.process_events_of(&id).await), 2);
 }
 
 pub async fn a_batch_applies_each_event_once_as_one_by_one_would(f: &Fixture) {

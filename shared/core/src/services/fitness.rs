@@ -6,6 +6,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use crate::clock::Clock;
 use crate::events::{DomainEvent, EventData, EventType, payload};
 use crate::feedback::{FitnessUpdate, Metric};
 use crate::handler::{EventHandler, EventStub, HandleError, Handled};
@@ -17,13 +20,67 @@ use crate::session::Interaction;
 pub struct FitnessHandler {
     store: Arc<dyn FeedbackStore>,
     sessions: Option<Arc<dyn SessionStore>>,
+    ledger: Option<LedgerRetention>,
 }
+
+/// How long the applied-event ledger keeps an entry, and when it was last trimmed.
+#[derive(Clone)]
+struct LedgerRetention {
+    keep_ms: i64,
+    clock: Arc<dyn Clock>,
+    last_trim_ms: Arc<AtomicI64>,
+}
+
+/// The ledger is trimmed at most this often, and by at most `TRIM_BATCH` entries a time.
+const TRIM_EVERY_MS: i64 = 3_600_000;
+const TRIM_BATCH: u32 = 10_000;
 
 impl FitnessHandler {
     pub fn new(store: Arc<dyn FeedbackStore>) -> Self {
         Self {
             store,
             sessions: None,
+            ledger: None,
+        }
+    }
+
+    /// Forgets applied events older than `keep` (at most hourly, from the events it handles):
+    /// long after they can come again, their ledger entries only take space.
+    #[must_use]
+    pub fn with_ledger_retention(
+        mut self,
+        keep: std::time::Duration,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        self.ledger = Some(LedgerRetention {
+            keep_ms: i64::try_from(keep.as_millis()).unwrap_or(i64::MAX),
+            clock,
+            last_trim_ms: Arc::new(AtomicI64::new(i64::MIN)),
+        });
+        self
+    }
+
+    /// Trims the ledger when it is time; a failure is logged and tried again next time.
+    async fn trim_ledger(&self) {
+        let Some(ledger) = &self.ledger else { return };
+        let now = ledger.clock.now_ms();
+        let last = ledger.last_trim_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < TRIM_EVERY_MS
+            || ledger
+                .last_trim_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let before = now.saturating_sub(ledger.keep_ms);
+        match self.store.forget_applied(before, TRIM_BATCH).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(forgotten = n, "applied-event ledger trimmed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot trim the applied-event ledger; trying again later");
+                ledger.last_trim_ms.store(last, Ordering::Relaxed);
+            }
         }
     }
 
@@ -92,6 +149,20 @@ impl EventHandler for FitnessHandler {
     /// 0..1) or that the store refuses for good; `Transient` when the store failed for now: a
     /// sick database delays events instead of dropping them.
     async fn handle(&self, event: &DomainEvent) -> Result<Handled, HandleError> {
+        let outcome = self.apply(event).await;
+        self.trim_ledger().await;
+        outcome
+    }
+
+    async fn handle_batch(&self, events: &[&DomainEvent]) -> Vec<Result<Handled, HandleError>> {
+        let outcomes = self.apply_batch(events).await;
+        self.trim_ledger().await;
+        outcomes
+    }
+}
+
+impl FitnessHandler {
+    async fn apply(&self, event: &DomainEvent) -> Result<Handled, HandleError> {
         let updates = match updates_for(event) {
             Ok(None) => return Ok(Handled::Ignored),
             Ok(Some(updates)) => updates,
@@ -111,7 +182,7 @@ impl EventHandler for FitnessHandler {
     /// All the batch's usable statistics in one store call (one transaction on the stores that
     /// can). Unusable events are refused on their own; if the store refuses the batch for good,
     /// its events are tried one by one, so only the one at fault is refused.
-    async fn handle_batch(&self, events: &[&DomainEvent]) -> Vec<Result<Handled, HandleError>> {
+    async fn apply_batch(&self, events: &[&DomainEvent]) -> Vec<Result<Handled, HandleError>> {
         let mut updates: Vec<Result<Option<Vec<FitnessUpdate>>, HandleError>> =
             events.iter().map(|e| updates_for(e)).collect();
         let applying: Vec<(&str, &[FitnessUpdate])> = events

@@ -109,7 +109,14 @@ pub fn open_stores(config: &Config, secrets: Option<&Secrets>) -> Result<Stores,
 pub fn handlers(config: &Config, stores: &Stores) -> Vec<Arc<dyn EventHandler>> {
     vec![
         Arc::new(
-            FitnessHandler::new(stores.feedback.clone()).with_sessions(stores.sessions.clone()),
+            FitnessHandler::new(stores.feedback.clone())
+                .with_sessions(stores.sessions.clone())
+                .with_ledger_retention(
+                    std::time::Duration::from_secs(
+                        u64::try_from(config.kafka.ledger_retention_days).unwrap_or(30) * 86_400,
+                    ),
+                    stores.clock.clone(),
+                ),
         ),
         Arc::new(DeploymentController::new(
             deployment_service(config, stores),
