@@ -443,3 +443,118 @@ async fn the_processor_trims_the_ledger_to_its_retention_hourly() {
     process_batch(&batch(0, &events[0]), &processor, &dead).await;
     assert_eq!(w.helpfulness().await.0, 3);
 }
+
+/// On AWS: the store is down for longer than the event source retries a batch, so the event
+/// source gives the records up to `<topic>.dlq` (as it writes them there: a JSON letter around
+/// each record); once the store is back, `aop events redrive` sends them back and the processor
+/// applies every one. Nothing is lost, nothing counted twice.
+#[tokio::test]
+async fn an_outage_longer_than_the_retries_loses_nothing_after_a_redrive() {
+    let Some(servers) = service(Service::Kafka) else {
+        return;
+    };
+    let topic = format!(
+        "t{}.feedback_events",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    );
+    let settings = ClientSettings::new(&servers);
+    let spec = |name: String| TopicSpec {
+        name,
+        partitions: 1,
+        replication: 1,
+        retention_ms: 3_600_000,
+    };
+    apply_topics(
+        &settings,
+        &[spec(topic.clone()), spec(Topics::dead_letter(&topic))],
+    )
+    .await
+    .unwrap();
+
+    let w = world().await;
+    let events = w.rate(&[5.0, 3.0, 4.0]).await;
+    let records: Vec<_> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (0, i as i64, encode(e), w.agent.as_str()))
+        .collect();
+    let batch = msk_event(&topic, &records);
+    let letters = KeptLetters::default();
+
+    // The outage: every attempt of the event source fails the whole batch.
+    w.store.set_busy_timeout(Duration::from_millis(20));
+    let blocker = rusqlite::Connection::open(w.store.path()).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    for _ in 0..3 {
+        let response = process_batch(&batch, &w.processor(), &letters).await;
+        assert_eq!(response.batch_item_failures.len(), 3, "{response:?}");
+    }
+    assert!(letters.0.lock().unwrap().is_empty(), "nothing is poison");
+
+    // The event source gives up: one letter per record to the on-failure destination.
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &servers)
+        .create()
+        .unwrap();
+    let source = serde_json::to_value(&batch).unwrap();
+    for record in source["records"][format!("{topic}-0")].as_array().unwrap() {
+        let mut payload = source.clone();
+        payload["records"] = json!({ format!("{topic}-0"): [record] });
+        let letter = json!({
+            "requestContext": {"requestId": uuid::Uuid::new_v4().to_string(),
+                "functionArn": "arn:aws:lambda:eu-west-1:123456789012:function:aop-event-processor",
+                "condition": "RetryAttemptsExhausted", "approximateInvokeCount": 3},
+            "responseContext": {"statusCode": 200, "executedVersion": "$LATEST"},
+            "version": "1.0",
+            "timestamp": "2026-12-05T10:16:05.568Z",
+            "KafkaBatchInfo": {"batchSize": 1, "eventSourceArn": source["eventSourceArn"],
+                "recordInfo": {"offset": record["offset"].to_string()}},
+            "payload": payload,
+        })
+        .to_string();
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::to(&Topics::dead_letter(&topic))
+                    .key(w.agent.as_str())
+                    .payload(&letter),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+
+    // The store is back; the operator re-drives.
+    blocker.execute_batch("ROLLBACK").unwrap();
+    let sent = aop_events::redrive::redrive(&settings, &topic, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(sent, 3);
+    let back = aop_test_support::read_topic(&servers, &topic, 3).await;
+    let redelivered: Vec<_> = back
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            assert_eq!(r.key.as_deref(), Some(w.agent.as_str().as_bytes()));
+            (
+                0,
+                10 + i as i64,
+                r.payload.clone().unwrap(),
+                w.agent.as_str(),
+            )
+        })
+        .collect();
+    let response = process_batch(&msk_event(&topic, &redelivered), &w.processor(), &letters).await;
+    assert_eq!(response, BatchResponse::default());
+    let (count, mean, _) = w.helpfulness().await;
+    assert_eq!(count, 3, "every rating applied");
+    assert!((mean - 0.75).abs() < 1e-9, "{mean}: (1 + 0.5 + 0.75) / 3");
+    // A second re-drive finds nothing new; a late duplicate would change nothing either.
+    assert_eq!(
+        aop_events::redrive::redrive(&settings, &topic, Duration::from_secs(30))
+            .await
+            .unwrap(),
+        0
+    );
+    process_batch(&msk_event(&topic, &redelivered), &w.processor(), &letters).await;
+    assert_eq!(w.helpfulness().await.0, 3);
+}
