@@ -416,7 +416,8 @@ impl AgentStore for Neo4jStore {
             routes: route_rows(agent)?,
             events: event_rows(events)?,
         };
-        self.transact("insert_agent", |txn| -> Work<'_, ()> {
+        let marker = crate::first_id(events);
+        self.transact_writing("insert_agent", marker.as_deref(), |txn| -> Work<'_, ()> {
             let (id, write) = (id.clone(), write.clone());
             Box::pin(async move {
                 run(
@@ -458,7 +459,8 @@ impl AgentStore for Neo4jStore {
             routes: route_rows(agent)?,
             events: event_rows(events)?,
         };
-        self.transact("insert_version", |txn| -> Work<'_, ()> {
+        let marker = crate::first_id(events);
+        self.transact_writing("insert_version", marker.as_deref(), |txn| -> Work<'_, ()> {
             let (id, write, previous_aliases) =
                 (id.clone(), write.clone(), previous_aliases.clone());
             Box::pin(async move {
@@ -515,8 +517,9 @@ impl AgentStore for Neo4jStore {
         events: &[DomainEvent],
     ) -> Result<(), StoreError> {
         let id = agent_id.to_string();
+        let marker = crate::first_id(events);
         let events = event_rows(events)?;
-        self.transact("set_status", |txn| -> Work<'_, ()> {
+        self.transact_writing("set_status", marker.as_deref(), |txn| -> Work<'_, ()> {
             let (id, events) = (id.clone(), events.clone());
             Box::pin(async move {
                 let found = rows(

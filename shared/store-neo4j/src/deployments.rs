@@ -134,8 +134,9 @@ impl DeploymentStore for Neo4jStore {
                     .map(|props| (props, c.canary.canary_id.to_string(), c.expected_revision))
             })
             .transpose()?;
+        let marker = crate::first_id(events);
         let events = event_rows(events)?;
-        self.transact("move_alias", |txn| -> Work<'_, ()> {
+        self.transact_writing("move_alias", marker.as_deref(), |txn| -> Work<'_, ()> {
             let (change, deployment, canary, events) =
                 (change.clone(), deployment.clone(), canary.clone(), events.clone());
             Box::pin(async move {
@@ -211,8 +212,9 @@ impl DeploymentStore for Neo4jStore {
         let props = canary_props(canary.canary)?;
         let id = canary.canary.canary_id.to_string();
         let expected = canary.expected_revision;
+        let marker = crate::first_id(events);
         let events = event_rows(events)?;
-        self.transact("save_canary", |txn| -> Work<'_, ()> {
+        self.transact_writing("save_canary", marker.as_deref(), |txn| -> Work<'_, ()> {
             let (props, id, events) = (props.clone(), id.clone(), events.clone());
             Box::pin(async move {
                 write_canary(txn, props, &id, expected).await?;

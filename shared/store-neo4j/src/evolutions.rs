@@ -274,49 +274,54 @@ impl EvolutionStore for Neo4jStore {
             r.agent_id.to_string(),
             version_key(r.agent_id.as_str(), r.seed_version),
         );
+        let marker = crate::first_id(events);
         let events = event_rows(events)?;
-        self.transact("insert_evolution", |txn| -> Work<'_, ()> {
-            let (props, agent, seed, events) =
-                (props.clone(), agent.clone(), seed.clone(), events.clone());
-            Box::pin(async move {
-                // Writing the agent first makes concurrent starts on one agent take turns, so
-                // the check below sees the other's run.
-                let running = rows(
-                    txn,
-                    query(
-                        "MATCH (a:Agent {agent_id: $agent_id})
+        self.transact_writing(
+            "insert_evolution",
+            marker.as_deref(),
+            |txn| -> Work<'_, ()> {
+                let (props, agent, seed, events) =
+                    (props.clone(), agent.clone(), seed.clone(), events.clone());
+                Box::pin(async move {
+                    // Writing the agent first makes concurrent starts on one agent take turns, so
+                    // the check below sees the other's run.
+                    let running = rows(
+                        txn,
+                        query(
+                            "MATCH (a:Agent {agent_id: $agent_id})
                          SET a.evolution_checked_at = timestamp()
                          WITH a
                          OPTIONAL MATCH (e:Evolution {agent_id: $agent_id, status: 'running'})
                          RETURN count(e) AS n",
+                        )
+                        .param("agent_id", agent.as_str()),
                     )
-                    .param("agent_id", agent.as_str()),
-                )
-                .await?;
-                let n: i64 = running.first().map_or(Ok(0), |r| column(r, "n", "count"))?;
-                if n > 0 {
-                    return Err(StoreError::Conflict(format!(
-                        "agent '{agent}' has a running evolution"
-                    ))
-                    .into());
-                }
-                run(
-                    txn,
-                    query(
-                        "MATCH (a:Agent {agent_id: $agent_id})
+                    .await?;
+                    let n: i64 = running.first().map_or(Ok(0), |r| column(r, "n", "count"))?;
+                    if n > 0 {
+                        return Err(StoreError::Conflict(format!(
+                            "agent '{agent}' has a running evolution"
+                        ))
+                        .into());
+                    }
+                    run(
+                        txn,
+                        query(
+                            "MATCH (a:Agent {agent_id: $agent_id})
                          MATCH (v:AgentVersion {key: $seed})
                          CREATE (e:Evolution {evolution_id: $props.evolution_id}) SET e += $props
                          CREATE (e)-[:EVOLVES]->(a)
                          CREATE (e)-[:SEEDED_FROM]->(v)",
+                        )
+                        .param("agent_id", agent.as_str())
+                        .param("seed", seed.as_str())
+                        .param("props", props),
                     )
-                    .param("agent_id", agent.as_str())
-                    .param("seed", seed.as_str())
-                    .param("props", props),
-                )
-                .await?;
-                outbox::write_events(txn, events).await
-            })
-        })
+                    .await?;
+                    outbox::write_events(txn, events).await
+                })
+            },
+        )
         .await
     }
 
@@ -334,8 +339,9 @@ impl EvolutionStore for Neo4jStore {
             .as_ref()
             .map(|w| version_key(r.agent_id.as_str(), w.version));
         let candidates = candidate_rows(candidates)?;
+        let marker = crate::first_id(events);
         let events = event_rows(events)?;
-        self.transact("save_evolution", |txn| -> Work<'_, ()> {
+        self.transact_writing("save_evolution", marker.as_deref(), |txn| -> Work<'_, ()> {
             let (props, id, generated, candidates, events) = (
                 props.clone(),
                 id.clone(),

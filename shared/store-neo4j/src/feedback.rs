@@ -97,75 +97,80 @@ impl FeedbackStore for Neo4jStore {
         let key = version_key(f.agent_id.as_str(), f.version);
         let session = f.session_id.as_ref().map(ToString::to_string);
         let interaction = f.interaction_id.as_ref().map(ToString::to_string);
+        let marker = crate::first_id(events);
         let events = event_rows(events)?;
-        self.transact("insert_feedback", |txn| -> Work<'_, ()> {
-            let (props, ratings, id, user, key, session, interaction, events) = (
-                props.clone(),
-                ratings.clone(),
-                id.clone(),
-                user.clone(),
-                key.clone(),
-                session.clone(),
-                interaction.clone(),
-                events.clone(),
-            );
-            Box::pin(async move {
-                run(
-                    txn,
-                    query(
-                        "CREATE (f:Feedback {feedback_id: $id}) SET f += $props
+        self.transact_writing(
+            "insert_feedback",
+            marker.as_deref(),
+            |txn| -> Work<'_, ()> {
+                let (props, ratings, id, user, key, session, interaction, events) = (
+                    props.clone(),
+                    ratings.clone(),
+                    id.clone(),
+                    user.clone(),
+                    key.clone(),
+                    session.clone(),
+                    interaction.clone(),
+                    events.clone(),
+                );
+                Box::pin(async move {
+                    run(
+                        txn,
+                        query(
+                            "CREATE (f:Feedback {feedback_id: $id}) SET f += $props
                          MERGE (u:User {user_id: $user_id})
                          CREATE (u)-[:PROVIDED_FEEDBACK]->(f)
                          WITH f
                          MATCH (v:AgentVersion {key: $key})
                          CREATE (f)-[:RATES]->(v)",
-                    )
-                    .param("id", id.as_str())
-                    .param("props", props)
-                    .param("user_id", user.as_str())
-                    .param("key", key.as_str()),
-                )
-                .await?;
-                // Feedback is about the most specific thing named: the turn, else the session.
-                let about = match (&interaction, &session) {
-                    (Some(i), _) => Some((
-                        "MATCH (f:Feedback {feedback_id: $id})
-                         MATCH (t:Interaction {interaction_id: $target})
-                         CREATE (f)-[:ABOUT]->(t)",
-                        i,
-                    )),
-                    (None, Some(s)) => Some((
-                        "MATCH (f:Feedback {feedback_id: $id})
-                         MATCH (t:Session {session_id: $target})
-                         CREATE (f)-[:ABOUT]->(t)",
-                        s,
-                    )),
-                    (None, None) => None,
-                };
-                if let Some((statement, target)) = about {
-                    run(
-                        txn,
-                        query(statement)
-                            .param("id", id.as_str())
-                            .param("target", target.as_str()),
+                        )
+                        .param("id", id.as_str())
+                        .param("props", props)
+                        .param("user_id", user.as_str())
+                        .param("key", key.as_str()),
                     )
                     .await?;
-                }
-                run(
-                    txn,
-                    query(
-                        "MATCH (f:Feedback {feedback_id: $id})
+                    // Feedback is about the most specific thing named: the turn, else the session.
+                    let about = match (&interaction, &session) {
+                        (Some(i), _) => Some((
+                            "MATCH (f:Feedback {feedback_id: $id})
+                         MATCH (t:Interaction {interaction_id: $target})
+                         CREATE (f)-[:ABOUT]->(t)",
+                            i,
+                        )),
+                        (None, Some(s)) => Some((
+                            "MATCH (f:Feedback {feedback_id: $id})
+                         MATCH (t:Session {session_id: $target})
+                         CREATE (f)-[:ABOUT]->(t)",
+                            s,
+                        )),
+                        (None, None) => None,
+                    };
+                    if let Some((statement, target)) = about {
+                        run(
+                            txn,
+                            query(statement)
+                                .param("id", id.as_str())
+                                .param("target", target.as_str()),
+                        )
+                        .await?;
+                    }
+                    run(
+                        txn,
+                        query(
+                            "MATCH (f:Feedback {feedback_id: $id})
                          UNWIND $ratings AS r
                          CREATE (f)-[:HAS_RATING]->(x:Rating)
                          SET x += r",
+                        )
+                        .param("id", id.as_str())
+                        .param("ratings", ratings),
                     )
-                    .param("id", id.as_str())
-                    .param("ratings", ratings),
-                )
-                .await?;
-                outbox::write_events(txn, events).await
-            })
-        })
+                    .await?;
+                    outbox::write_events(txn, events).await
+                })
+            },
+        )
         .await
     }
 

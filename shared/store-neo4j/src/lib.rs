@@ -362,31 +362,71 @@ impl Neo4jStore {
         T: Send,
         F: for<'t> Fn(&'t mut Txn) -> Work<'t, T> + Send + Sync,
     {
+        match self.transact_marked(what, None, work).await? {
+            Outcome::Done(value) => Ok(value),
+            Outcome::CommittedBefore => {
+                unreachable!("no marker, so no earlier commit is looked for")
+            }
+        }
+    }
+
+    /// [`Neo4jStore::transact`] for a write that puts events in the outbox, `marker` the id of
+    /// its first ([`first_id`]). When a commit's
+    /// answer is lost (the connection dropped during COMMIT), the write may have landed: if the
+    /// transaction run again then conflicts with what is there, its first event in the outbox
+    /// says whether it was this write, which then succeeded, instead of reporting a conflict
+    /// with itself.
+    pub(crate) async fn transact_writing<F>(
+        &self,
+        what: &'static str,
+        marker: Option<&str>,
+        work: F,
+    ) -> Result<(), StoreError>
+    where
+        F: for<'t> Fn(&'t mut Txn) -> Work<'t, ()> + Send + Sync,
+    {
+        self.transact_marked(what, marker, work).await.map(|_| ())
+    }
+
+    async fn transact_marked<T, F>(
+        &self,
+        what: &'static str,
+        marker: Option<&str>,
+        work: F,
+    ) -> Result<Outcome<T>, StoreError>
+    where
+        T: Send,
+        F: for<'t> Fn(&'t mut Txn) -> Work<'t, T> + Send + Sync,
+    {
         let budget = self.operation_timeout();
         let deadline = Instant::now() + budget;
         let mut pause = Duration::from_millis(25);
         let mut refreshed = false;
+        // Set once a COMMIT went out and its answer did not come back.
+        let mut uncertain = false;
         loop {
             let attempt = async {
                 let graph = self.graph();
-                let mut txn = graph.start_txn().await?;
+                let mut txn = graph.start_txn().await.map_err(|e| (false, e.into()))?;
                 match work(&mut txn).await {
                     Ok(value) => {
-                        txn.commit().await?;
+                        txn.commit().await.map_err(|e| (true, e.into()))?;
                         Ok(value)
                     }
                     Err(e) => {
                         // A failed rollback leaves the connection to the pool's reset.
                         let _ = txn.rollback().await;
-                        Err(e)
+                        Err((false, e))
                     }
                 }
             };
             let left = deadline.saturating_duration_since(Instant::now());
-            let failure = match tokio::time::timeout(left, attempt).await {
-                Ok(Ok(value)) => return Ok(value),
-                Ok(Err(Failure::Store(e))) => return Err(e),
-                Ok(Err(Failure::Bolt(e))) => e,
+            let (committing, failure) = match tokio::time::timeout(left, attempt).await {
+                Ok(Ok(value)) => return Ok(Outcome::Done(value)),
+                Ok(Err((_, Failure::Store(e)))) => {
+                    return self.settle_conflict(what, marker, uncertain, e).await;
+                }
+                Ok(Err((committing, Failure::Bolt(e)))) => (committing, e),
                 Err(_) => {
                     return Err(StoreError::Unavailable {
                         message: format!(
@@ -400,17 +440,68 @@ impl Neo4jStore {
             };
             match classify(&failure) {
                 Retry::Transient if Instant::now() + pause < deadline => {
-                    tracing::warn!(operation = what, error = %failure, pause_ms = pause.as_millis() as u64, "retrying a transient Neo4j failure");
+                    uncertain |= committing;
+                    tracing::warn!(operation = what, error = %failure, pause_ms = pause.as_millis() as u64, commit_uncertain = uncertain, "retrying a transient Neo4j failure");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(1));
                 }
                 Retry::Authentication if !refreshed && self.refresh_credentials().await => {
                     refreshed = true;
                 }
-                _ => return Err(to_store_error(failure, &self.inner.target, what)),
+                _ => {
+                    let error = to_store_error(failure, &self.inner.target, what);
+                    return self.settle_conflict(what, marker, uncertain, error).await;
+                }
             }
         }
     }
+
+    /// A conflict after a commit whose answer was lost is this write's own when its marker
+    /// event is in the outbox.
+    async fn settle_conflict<T>(
+        &self,
+        what: &'static str,
+        marker: Option<&str>,
+        uncertain: bool,
+        error: StoreError,
+    ) -> Result<Outcome<T>, StoreError> {
+        let (true, Some(marker), StoreError::Conflict(_)) = (uncertain, marker, &error) else {
+            return Err(error);
+        };
+        let marker = marker.to_owned();
+        let found = Box::pin(self.transact("commit_check", |txn| -> Work<'_, Vec<Row>> {
+            let q =
+                neo4rs::query("MATCH (e:OutboxEvent {event_id: $event_id}) RETURN count(e) AS n")
+                    .param("event_id", marker.as_str());
+            Box::pin(rows(txn, q))
+        }))
+        .await?;
+        let landed = found
+            .first()
+            .and_then(|row| row.get::<i64>("n").ok())
+            .is_some_and(|n| n > 0);
+        if landed {
+            tracing::info!(
+                operation = what,
+                "a commit whose answer was lost had landed; the write is done"
+            );
+            Ok(Outcome::CommittedBefore)
+        } else {
+            Err(error)
+        }
+    }
+}
+
+/// The id of the first of a write's events: what tells whether the write landed.
+pub(crate) fn first_id(events: &[aop_core::DomainEvent]) -> Option<String> {
+    events.first().map(|e| e.id.clone())
+}
+
+/// What a transaction came to.
+enum Outcome<T> {
+    Done(T),
+    /// An earlier attempt committed, though its answer was lost.
+    CommittedBefore,
 }
 
 /// Runs a query whose rows do not matter.

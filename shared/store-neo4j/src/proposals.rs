@@ -53,25 +53,30 @@ impl ProposalStore for Neo4jStore {
         events: &[DomainEvent],
     ) -> Result<(), StoreError> {
         let (props, base) = (props(p)?, version_key(p.agent_id.as_str(), p.base_version));
+        let marker = crate::first_id(events);
         let events = event_rows(events)?;
-        self.transact("insert_proposal", |txn| -> Work<'_, ()> {
-            let (props, base, events) = (props.clone(), base.clone(), events.clone());
-            Box::pin(async move {
-                run(
-                    txn,
-                    query(
-                        "CREATE (p:Proposal {proposal_id: $props.proposal_id}) SET p += $props
+        self.transact_writing(
+            "insert_proposal",
+            marker.as_deref(),
+            |txn| -> Work<'_, ()> {
+                let (props, base, events) = (props.clone(), base.clone(), events.clone());
+                Box::pin(async move {
+                    run(
+                        txn,
+                        query(
+                            "CREATE (p:Proposal {proposal_id: $props.proposal_id}) SET p += $props
                          WITH p
                          MATCH (v:AgentVersion {key: $base})
                          CREATE (p)-[:BASED_ON]->(v)",
+                        )
+                        .param("props", props)
+                        .param("base", base.as_str()),
                     )
-                    .param("props", props)
-                    .param("base", base.as_str()),
-                )
-                .await?;
-                outbox::write_events(txn, events).await
-            })
-        })
+                    .await?;
+                    outbox::write_events(txn, events).await
+                })
+            },
+        )
         .await
     }
 
@@ -84,8 +89,9 @@ impl ProposalStore for Neo4jStore {
         let (props, reviews) = (props(p)?, reviews(p)?);
         let id = p.proposal_id.to_string();
         let applied = p.version.map(|v| version_key(p.agent_id.as_str(), v));
+        let marker = crate::first_id(events);
         let events = event_rows(events)?;
-        self.transact("save_proposal", |txn| -> Work<'_, ()> {
+        self.transact_writing("save_proposal", marker.as_deref(), |txn| -> Work<'_, ()> {
             let (props, reviews, id, applied, events) = (
                 props.clone(),
                 reviews.clone(),

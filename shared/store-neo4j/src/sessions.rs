@@ -221,8 +221,9 @@ impl SessionStore for Neo4jStore {
         }))?;
         let key = version_key(s.agent_id.as_str(), s.version);
         let id = s.session_id.to_string();
+        let marker = crate::first_id(events);
         let events = event_rows(events)?;
-        self.transact("insert_session", |txn| -> Work<'_, ()> {
+        self.transact_writing("insert_session", marker.as_deref(), |txn| -> Work<'_, ()> {
             let (props, key, id, events) = (props.clone(), key.clone(), id.clone(), events.clone());
             Box::pin(async move {
                 run(
@@ -267,8 +268,9 @@ impl SessionStore for Neo4jStore {
     ) -> Result<(), StoreError> {
         let id = id.to_string();
         let summary = summary.map(str::to_owned);
+        let marker = crate::first_id(events);
         let events = event_rows(events)?;
-        self.transact("end_session", |txn| -> Work<'_, ()> {
+        self.transact_writing("end_session", marker.as_deref(), |txn| -> Work<'_, ()> {
             let (id, summary, events) = (id.clone(), summary.clone(), events.clone());
             Box::pin(async move {
                 let ended = rows(
@@ -319,9 +321,10 @@ impl SessionStore for Neo4jStore {
                 })
                 .collect(),
         ))?;
+        let marker = crate::first_id(events);
         let events = event_rows(events)?;
         let at = interaction.created_at;
-        self.transact("record_turn", |txn| -> Work<'_, ()> {
+        self.transact_writing("record_turn", marker.as_deref(), |txn| -> Work<'_, ()> {
             let (interaction_rows, session, message_rows, events) = (
                 interaction_rows.clone(),
                 session.clone(),

@@ -314,3 +314,131 @@ async fn a_refused_login_reads_the_credentials_again_once() {
     assert!(!err.to_string().contains("still-wrong"), "{err}");
     assert_eq!(wrong.asked.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+/// A TCP relay that, once armed, lets the next Bolt COMMIT reach the server and then cuts the
+/// connection before the server's answer comes back: a commit whose outcome the client cannot
+/// know.
+struct CommitCutter {
+    port: u16,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    cut: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// COMMIT in Bolt: a chunk of two bytes, a struct of no fields with signature 0x12.
+const COMMIT: [u8; 4] = [0x00, 0x02, 0xB0, 0x12];
+
+impl CommitCutter {
+    async fn start(upstream: std::net::SocketAddr) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed = Arc::new(AtomicBool::new(false));
+        let cut = Arc::new(AtomicUsize::new(0));
+        let (armed_, cut_) = (armed.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (mut client_in, mut client_out) = inbound.into_split();
+                let (mut server_in, mut server_out) = outbound.into_split();
+                let hold = Arc::new(AtomicBool::new(false));
+                let (armed, cut, hold_) = (armed_.clone(), cut_.clone(), hold.clone());
+                let upward = tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match client_in.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        let commit = buf[..n].windows(COMMIT.len()).any(|w| w == COMMIT);
+                        if commit && armed.swap(false, Ordering::SeqCst) {
+                            // No answer goes back from here on; the COMMIT goes through, and the
+                            // connection is closed once the server has answered it.
+                            hold_.store(true, Ordering::SeqCst);
+                            cut.fetch_add(1, Ordering::SeqCst);
+                            let _ = server_out.write_all(&buf[..n]).await;
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                            return;
+                        }
+                        if server_out.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match server_in.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if hold.load(Ordering::SeqCst)
+                            || client_out.write_all(&buf[..n]).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                    // Both directions end together (after the server's answer when one is
+                    // held back): the client sees its connection drop.
+                    upward.abort();
+                });
+            }
+        });
+        Self { port, armed, cut }
+    }
+}
+
+#[tokio::test]
+async fn a_write_whose_commit_answer_is_lost_succeeds_once_instead_of_conflicting_with_itself() {
+    let Some(mut config) = config() else {
+        return;
+    };
+    let _turn = turn().lock_owned().await;
+    let upstream = tokio::net::lookup_host(
+        config
+            .uri
+            .split_once("://")
+            .map_or(config.uri.as_str(), |(_, rest)| rest),
+    )
+    .await
+    .unwrap()
+    .next()
+    .unwrap();
+    let cutter = CommitCutter::start(upstream).await;
+    config.uri = format!("bolt://127.0.0.1:{}", cutter.port);
+    let store = Neo4jStore::new(config).unwrap();
+    migrations::migrate(&store).await.unwrap();
+    let svc = AgentService::new(Arc::new(store.clone()), Arc::new(SystemClock), "m");
+
+    cutter
+        .armed
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let created = svc
+        .create(CreateAgent {
+            name: "committed in the dark".into(),
+            instructions: "v1".into(),
+            ..CreateAgent::default()
+        })
+        .await
+        .expect("the write landed: it is reported done, not as a conflict with itself");
+    assert_eq!(
+        cutter.cut.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the COMMIT's answer was cut"
+    );
+    let id = created.agent.agent_id;
+    let back = svc.get(&id, None).await.unwrap();
+    assert_eq!(back.agent.agent_id, id);
+    let events: Vec<_> = aop_core::Outbox::pending(&store, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.subject == id)
+        .collect();
+    let mut ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), events.len(), "each event once");
+    assert!(!events.is_empty());
+}
