@@ -52,8 +52,8 @@ pub use events::{DomainEvent, EventData, EventType, Stream};
 pub use handler::{EventHandler, EventStub, HandleError, Handled, HandlerSet};
 pub use page::{Cursor, Page, PageRequest};
 pub use ports::{
-    AgentFilter, AgentStore, DeploymentStore, EventSink, EvolutionStore, FeedbackStore, NoSignal,
-    Outbox, OutboxSignal, ProposalStore, SessionStore, StatusFilter, StoreHealth,
+    AgentFilter, AgentStore, Delivery, DeploymentStore, EventSink, EvolutionStore, FeedbackStore,
+    NoSignal, Outbox, OutboxSignal, ProposalStore, SessionStore, StatusFilter, StoreHealth,
 };
 pub use services::agents::{AgentDetail, AgentService, CreateAgent, ListAgents, UpdateAgent};
 pub use services::controller::DeploymentController;

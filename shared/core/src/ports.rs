@@ -524,10 +524,76 @@ impl OutboxSignal for NoSignal {
     fn notify(&self) {}
 }
 
+/// What a delivery did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// One flag per event, in order: whether the sink has it and may forget it. An event
+    /// counts only when every earlier event of its agent in the batch was delivered too, so
+    /// sending the rest again keeps each agent's order.
+    pub delivered: Vec<bool>,
+    /// Why some were not delivered.
+    pub error: Option<String>,
+}
+
+impl Delivery {
+    /// The first `done` of `total` events delivered.
+    pub fn prefix(total: usize, done: usize, error: Option<String>) -> Self {
+        Self {
+            delivered: (0..total).map(|i| i < done).collect(),
+            error,
+        }
+    }
+
+    /// Every event delivered, as far as each agent's earlier events allow: `outcomes` says
+    /// which arrived, `subjects` whose event each is.
+    pub fn per_agent(subjects: &[&AgentId], outcomes: &[bool], error: Option<String>) -> Self {
+        let mut blocked: std::collections::HashSet<&AgentId> = std::collections::HashSet::new();
+        let delivered = subjects
+            .iter()
+            .zip(outcomes)
+            .map(|(subject, arrived)| {
+                if *arrived && !blocked.contains(subject) {
+                    true
+                } else {
+                    blocked.insert(*subject);
+                    false
+                }
+            })
+            .collect();
+        Self { delivered, error }
+    }
+
+    pub fn count(&self) -> usize {
+        self.delivered.iter().filter(|d| **d).count()
+    }
+}
+
 /// Where the outbox relay hands events: a broker, or the event processor in process.
 #[async_trait]
 pub trait EventSink: Send + Sync {
-    /// Delivers events in order. Returns how many were delivered (always a prefix of
-    /// `events`) and, when not all were, why the rest was not.
-    async fn deliver(&self, events: &[DomainEvent]) -> (usize, Option<String>);
+    /// Delivers events, each agent's in order.
+    async fn deliver(&self, events: &[DomainEvent]) -> Delivery;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_counts_only_after_every_earlier_event_of_its_agent() {
+        let (a, b, c) = (
+            AgentId::try_from("agt_a".to_owned()).unwrap(),
+            AgentId::try_from("agt_b".to_owned()).unwrap(),
+            AgentId::try_from("agt_c".to_owned()).unwrap(),
+        );
+        // a1 fails; b1 and a2 arrive; b2 fails; c1 arrives.
+        let d = Delivery::per_agent(
+            &[&a, &b, &a, &b, &c],
+            &[false, true, true, false, true],
+            Some("timed out".into()),
+        );
+        assert_eq!(d.delivered, [false, true, false, false, true]);
+        assert_eq!(d.count(), 2);
+        assert_eq!(Delivery::prefix(3, 1, None).delivered, [true, false, false]);
+    }
 }

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aop_core::{DomainEvent, EventSink};
+use aop_core::{Delivery, DomainEvent, EventSink};
 use async_trait::async_trait;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -265,7 +265,7 @@ impl KafkaSink {
 
 #[async_trait]
 impl EventSink for KafkaSink {
-    async fn deliver(&self, events: &[DomainEvent]) -> (usize, Option<String>) {
+    async fn deliver(&self, events: &[DomainEvent]) -> Delivery {
         // Queue every record first so they travel in one pipeline; the idempotent producer
         // keeps each partition's (each agent's) order.
         let producer = self.producer();
@@ -294,21 +294,24 @@ impl EventSink for KafkaSink {
             match producer.send_result(record) {
                 Ok(delivery) => pending.push(delivery),
                 Err((e, _)) => {
-                    // The local queue is full: deliver what is queued and stop here.
-                    let delivered = await_prefix(pending).await;
-                    return (
-                        delivered.0,
-                        Some(delivered.1.unwrap_or_else(|| e.to_string())),
+                    // The local queue is full: deliver what is queued and stop here; the rest
+                    // counts as not delivered.
+                    let (mut arrived, failure) = await_all(pending).await;
+                    arrived.resize(events.len(), false);
+                    return Delivery::per_agent(
+                        &subjects(events),
+                        &arrived,
+                        Some(failure.unwrap_or_else(|| e.to_string())),
                     );
                 }
             }
         }
-        let (delivered, failure) = await_prefix(pending).await;
+        let (arrived, failure) = await_all(pending).await;
         if failure.is_some() {
             self.replace
                 .store(true, std::sync::atomic::Ordering::SeqCst);
         }
-        (delivered, failure)
+        Delivery::per_agent(&subjects(events), &arrived, failure)
     }
 }
 
@@ -362,9 +365,13 @@ pub fn record_value(event: &DomainEvent) -> (Vec<u8>, bool) {
     (envelope.to_bytes(), true)
 }
 
-/// Awaits deliveries in order; returns how many succeeded before the first failure.
-async fn await_prefix(pending: Vec<rdkafka::producer::DeliveryFuture>) -> (usize, Option<String>) {
-    let mut delivered = 0;
+fn subjects(events: &[DomainEvent]) -> Vec<&aop_core::AgentId> {
+    events.iter().map(|e| &e.subject).collect()
+}
+
+/// Awaits every delivery; says which arrived, and the first failure.
+async fn await_all(pending: Vec<rdkafka::producer::DeliveryFuture>) -> (Vec<bool>, Option<String>) {
+    let mut arrived = Vec::with_capacity(pending.len());
     let mut failure = None;
     for delivery in pending {
         let outcome = match delivery.await {
@@ -372,16 +379,16 @@ async fn await_prefix(pending: Vec<rdkafka::producer::DeliveryFuture>) -> (usize
             Ok(Err((e, _))) => Some(e.to_string()),
             Err(_) => Some("the producer dropped the record".to_owned()),
         };
-        match (outcome, &failure) {
-            (None, None) => delivered += 1,
-            (Some(e), None) => failure = Some(e),
-            _ => {}
+        arrived.push(outcome.is_none());
+        if failure.is_none() {
+            failure = outcome;
         }
     }
     if let Some(e) = &failure {
+        let delivered = arrived.iter().filter(|a| **a).count();
         tracing::warn!(error = %e, delivered, "Kafka delivery failed");
     }
-    (delivered, failure)
+    (arrived, failure)
 }
 
 /// What applying a topic did.

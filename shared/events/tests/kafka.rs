@@ -90,8 +90,9 @@ async fn events_reach_their_topics_keyed_by_agent_in_order() {
         sent.push(event(EventType::AgentVersionCreated, &b, n));
     }
     let sink = KafkaSink::new(settings.clone(), topics.clone()).unwrap();
-    let (delivered, error) = sink.deliver(&sent).await;
-    assert_eq!((delivered, error), (sent.len(), None));
+    let delivery = sink.deliver(&sent).await;
+    assert_eq!(delivery.error, None);
+    assert_eq!(delivery.count(), sent.len());
 
     let consumer = reader(&servers, &[&topics.agent_events, &topics.feedback_events]);
     let mut received: HashMap<(String, String), Vec<(i64, DomainEvent)>> = HashMap::new();
@@ -147,11 +148,11 @@ async fn an_unreachable_broker_is_reported_not_waited_on_forever() {
     let sink = KafkaSink::new(settings, Topics::default()).unwrap();
     let agent = AgentId::generate();
     let started = std::time::Instant::now();
-    let (delivered, error) = sink
+    let delivery = sink
         .deliver(&[event(EventType::AgentCreated, &agent, 1)])
         .await;
-    assert_eq!(delivered, 0);
-    assert!(error.is_some());
+    assert_eq!(delivery.delivered, [false]);
+    assert!(delivery.error.is_some());
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "bounded by the delivery timeout"

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aop_core::{
-    DomainEvent, EventHandler, EventSink, HandleError, Outbox, OutboxSignal, StoreError,
+    Delivery, DomainEvent, EventHandler, EventSink, HandleError, Outbox, OutboxSignal, StoreError,
 };
 use async_trait::async_trait;
 use tokio::sync::Notify;
@@ -41,7 +41,7 @@ impl InProcessSink {
 
 #[async_trait]
 impl EventSink for InProcessSink {
-    async fn deliver(&self, events: &[DomainEvent]) -> (usize, Option<String>) {
+    async fn deliver(&self, events: &[DomainEvent]) -> Delivery {
         for (done, event) in events.iter().enumerate() {
             match self.handler.handle(event).await {
                 Ok(_) => {}
@@ -54,11 +54,11 @@ impl EventSink for InProcessSink {
                     tracing::error!(%event_id, %event_type, %reason, "dropping an unusable event");
                 }
                 Err(e @ HandleError::Transient { .. }) => {
-                    return (done, Some(e.to_string()));
+                    return Delivery::prefix(events.len(), done, Some(e.to_string()));
                 }
             }
         }
-        (events.len(), None)
+        Delivery::prefix(events.len(), events.len(), None)
     }
 }
 
@@ -105,16 +105,22 @@ impl OutboxRelay {
             if batch.is_empty() {
                 return Ok(relayed);
             }
-            let (delivered, error) = self.sink.deliver(&batch).await;
-            let ids: Vec<String> = batch[..delivered].iter().map(|e| e.id.clone()).collect();
-            if !ids.is_empty() {
+            let delivery = self.sink.deliver(&batch).await;
+            let done: Vec<DomainEvent> = batch
+                .iter()
+                .zip(&delivery.delivered)
+                .filter(|(_, delivered)| **delivered)
+                .map(|(e, _)| e.clone())
+                .collect();
+            if !done.is_empty() {
+                let ids: Vec<String> = done.iter().map(|e| e.id.clone()).collect();
                 self.outbox.mark_published(&ids).await?;
                 if let Some(observer) = &self.observer {
-                    observer.published(&batch[..delivered]);
+                    observer.published(&done);
                 }
             }
-            relayed += delivered;
-            if let Some(e) = error {
+            relayed += done.len();
+            if let Some(e) = delivery.error {
                 tracing::warn!(error = %e, relayed, "outbox relay paused; the rest stays in the outbox");
                 return Ok(relayed);
             }

@@ -5,6 +5,7 @@
 use aop_test_support::{Service, service};
 use std::collections::{BTreeMap, HashSet};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aop_core::CreateAgent;
@@ -268,4 +269,57 @@ async fn a_broker_outage_loses_nothing() {
     assert_eq!(subjects, created, "every agent's events arrived");
     shutdown.cancel();
     relay.await.unwrap();
+}
+
+/// A sink that refuses one agent's first event and takes the rest, as a broker does when one
+/// partition's leader is away.
+struct OnePartitionDown {
+    down: aop_core::AgentId,
+}
+
+#[async_trait::async_trait]
+impl aop_core::EventSink for OnePartitionDown {
+    async fn deliver(&self, events: &[aop_core::DomainEvent]) -> aop_core::Delivery {
+        let subjects: Vec<&aop_core::AgentId> = events.iter().map(|e| &e.subject).collect();
+        let arrived: Vec<bool> = events.iter().map(|e| e.subject != self.down).collect();
+        aop_core::Delivery::per_agent(&subjects, &arrived, Some("partition leader away".into()))
+    }
+}
+
+#[tokio::test]
+async fn a_partial_delivery_keeps_only_the_undelivered_agents_events_for_later() {
+    use aop_core::Outbox;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(aop_store_sqlite::SqliteStore::open_dir(dir.path()).unwrap());
+    let agents = aop_core::AgentService::new(store.clone(), Arc::new(aop_core::SystemClock), "m");
+    let mut ids = Vec::new();
+    for name in ["first", "second"] {
+        let created = agents
+            .create(aop_core::CreateAgent {
+                name: name.into(),
+                instructions: "x".into(),
+                ..aop_core::CreateAgent::default()
+            })
+            .await
+            .unwrap();
+        ids.push(created.agent.agent_id);
+    }
+    let before = store.pending(100).await.unwrap();
+    let of = |id: &aop_core::AgentId| before.iter().filter(|e| &e.subject == id).count();
+    assert!(of(&ids[0]) >= 1 && of(&ids[1]) >= 1);
+    let relay = aop_runtime::relay::OutboxRelay::new(
+        store.clone(),
+        Arc::new(OnePartitionDown {
+            down: ids[0].clone(),
+        }),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let relayed = relay.drain().await.unwrap();
+    assert_eq!(relayed, of(&ids[1]), "the other agent's events went out");
+    let left = store.pending(100).await.unwrap();
+    assert_eq!(left.len(), of(&ids[0]));
+    assert!(
+        left.iter().all(|e| e.subject == ids[0]),
+        "only the refused agent's events wait, to be sent again in order"
+    );
 }
