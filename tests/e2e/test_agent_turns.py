@@ -204,3 +204,36 @@ def test_a_daily_spend_cap_stops_turns_before_the_model_is_called(start_server, 
         assert len(llm.requests()) == sent, "a refused turn calls no model"
 
     asyncio.run(with_client(server.url, "legacy", scenario))
+
+
+def test_aop_fitness_rebuild_finds_the_statistics_events_kept(start_server, llm, data_dir, store_env):
+    import os
+    import subprocess
+
+    from conftest import aop_binary
+
+    server = start_server(**llm_env(llm))
+
+    async def scenario(client):
+        agent = ok(await client.call_tool("create_agent", {"name": "Audited", "instructions": "Hi."}))
+        agent_id = agent["agent"]["agent_id"]
+        llm.script([text("one", 10, 5), text("two", 30, 5)])
+        turns = [ok(await client.call_tool("run_agent", {"agent_id": agent_id, "input": f"q{n}"})) for n in (1, 2)]
+        for turn, v in zip(turns, [5, 2]):
+            ok(await client.call_tool("submit_feedback", {
+                "agent_id": agent_id, "interaction_id": turn["interaction_id"], "ratings": {"helpfulness": v}}))
+        for _ in range(100):
+            report = ok(await client.call_tool("get_feedback_metrics", {"agent_id": agent_id}))
+            by_metric = {m["metric"]: m for m in report["metrics"]}
+            if by_metric.get("feedback.helpfulness", {}).get("count") == 2:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"statistics never arrived: {report}")
+
+    asyncio.run(with_client(server.url, "legacy", scenario))
+    server.stop()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AOP_", "MCP_", "NEO4J_", "OPENAI_"))}
+    env.update({"AOP_DATA_DIR": data_dir, **store_env})
+    done = subprocess.run([aop_binary(), "fitness", "rebuild"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 agents, 4 statistics recomputed from history; 0 differ from the kept ones" in done.stdout, done.stdout

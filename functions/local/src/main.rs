@@ -39,6 +39,9 @@ enum Command {
     /// Events on Kafka.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Fitness statistics.
+    #[command(subcommand)]
+    Fitness(FitnessCommand),
     /// Evolve an agent from its feedback and evaluation cases, in this process, with a progress
     /// bar: the winner becomes a proposal (or a canary with --mode auto); no alias moves.
     Evolve(EvolveArgs),
@@ -91,6 +94,13 @@ enum TopicsCommand {
     /// Create the event topics and their dead-letter topics (kafka section of the config);
     /// existing topics are left alone and any partition-count drift is reported.
     Apply(CommonArgs),
+}
+
+#[derive(Subcommand)]
+enum FitnessCommand {
+    /// Recompute every fitness statistic from the stored interactions and feedback and report
+    /// where the statistics kept from events differ (exits non-zero when one does).
+    Rebuild(CommonArgs),
 }
 
 #[derive(Subcommand)]
@@ -185,6 +195,7 @@ fn main() -> ExitCode {
         Some(Command::Doctor(args)) => doctor(&args),
         Some(Command::Topics(TopicsCommand::Apply(args))) => topics_apply(&args),
         Some(Command::Events(EventsCommand::Redrive(args))) => events_redrive(&args),
+        Some(Command::Fitness(FitnessCommand::Rebuild(args))) => fitness_rebuild(&args),
         Some(Command::Evolve(args)) => evolve::run(&args),
     };
     match result {
@@ -304,6 +315,38 @@ fn topics_apply(args: &CommonArgs) -> Result<(), BoxError> {
         return Err("some topics differ from the configuration (partitions are never changed automatically)".into());
     }
     Ok(())
+}
+
+fn fitness_rebuild(args: &CommonArgs) -> Result<(), BoxError> {
+    let config = load(args, &args.overrides())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let audit = runtime.block_on(async {
+        let (config, secrets) = aop_runtime::settle(config, Role::Local).await?;
+        let stores = aop_runtime::roles::open_stores(&config, secrets.as_ref())?;
+        let audit = aop_core::services::fitness::audit_fitness(
+            stores.agents.as_ref(),
+            stores.sessions.as_ref(),
+            stores.feedback.as_ref(),
+        )
+        .await?;
+        Ok::<_, BoxError>(audit)
+    })?;
+    for difference in &audit.differences {
+        println!("differs   {difference}");
+    }
+    println!(
+        "{} agents, {} statistics recomputed from history; {} differ from the kept ones",
+        audit.agents,
+        audit.statistics,
+        audit.differences.len()
+    );
+    if audit.differences.is_empty() {
+        Ok(())
+    } else {
+        Err("fitness statistics differ from history (events still in the outbox or dead-lettered, or a store edited by hand)".into())
+    }
 }
 
 fn events_redrive(args: &RedriveArgs) -> Result<(), BoxError> {

@@ -101,6 +101,7 @@ macro_rules! store_contract_tests {
             feedback_metrics_equal_statistics_computed_directly,
             a_redelivered_event_changes_nothing,
             the_applied_event_ledger_forgets_old_entries_only,
+            fitness_rebuilt_from_history_equals_what_events_kept,
             a_batch_applies_each_event_once_as_one_by_one_would,
             events_no_statistic_can_take_are_refused_alone,
             bad_feedback_is_refused_field_by_field,
@@ -1196,6 +1197,110 @@ pub async fn a_redelivered_event_changes_nothing(f: &Fixture) {
     assert!(again.iter().all(|o| *o != Handled::Applied), "{again:?}");
     assert_eq!(svc.metrics(q()).await.unwrap(), once);
     assert_eq!(once.metrics[0].count, 3);
+}
+
+pub async fn fitness_rebuilt_from_history_equals_what_events_kept(f: &Fixture) {
+    use crate::services::fitness::audit_fitness;
+    let id = f
+        .service()
+        .create(agent("audited"))
+        .await
+        .unwrap()
+        .agent
+        .agent_id;
+    // Turns, one failed, and feedback on two metrics.
+    for (n, failed) in [(1, false), (2, true), (3, false), (4, false)] {
+        let mut turn = interaction_for(&id, None);
+        turn.tool_calls.clear();
+        turn.latency_ms = 100 * n;
+        turn.usage.prompt_tokens = 10 * n;
+        if failed {
+            turn.status = InteractionStatus::Failed;
+            turn.output = None;
+            turn.error = Some("timed out".into());
+        }
+        let event = crate::events::DomainEvent::new(
+            &id,
+            turn.created_at,
+            if failed {
+                EventData::InteractionFailed(payload::InteractionFailed {
+                    interaction: turn.clone(),
+                })
+            } else {
+                EventData::InteractionCompleted(payload::InteractionCompleted {
+                    interaction: turn.clone(),
+                })
+            },
+        );
+        f.sessions.record_turn(&turn, &[], &[event]).await.unwrap();
+    }
+    let svc = f.feedback_service();
+    for (metric, v) in [
+        ("accuracy", 5.0),
+        ("accuracy", 2.0),
+        ("tone", 4.0),
+        ("accuracy", 3.0),
+    ] {
+        svc.submit(SubmitFeedback {
+            agent_id: id.clone(),
+            ..rating(metric, v)
+        })
+        .await
+        .unwrap();
+    }
+    // The events arrive out of order, some twice.
+    let mut events = f.events_of(&id).await;
+    events.reverse();
+    let again: Vec<_> = events.iter().step_by(2).cloned().collect();
+    events.extend(again);
+    events.swap(0, 3);
+    let processor = FitnessHandler::new(f.feedback.clone());
+    for event in &events {
+        processor.handle(event).await.unwrap();
+    }
+    let audit = audit_fitness(f.store.as_ref(), f.sessions.as_ref(), f.feedback.as_ref())
+        .await
+        .unwrap();
+    let ours: Vec<_> = audit
+        .differences
+        .iter()
+        .filter(|d| d.agent_id == id)
+        .collect();
+    assert!(ours.is_empty(), "{ours:#?}");
+    assert!(audit.statistics >= 5, "{audit:?}");
+
+    // A statistic the history does not explain is reported, naming where.
+    f.feedback
+        .apply_once(
+            &format!("stray-{id}"),
+            &[crate::feedback::FitnessUpdate {
+                agent_id: id.clone(),
+                version: 1,
+                metric: Metric::TurnLatencyMs,
+                value: 1_000_000.0,
+            }],
+        )
+        .await
+        .unwrap();
+    let audit = audit_fitness(f.store.as_ref(), f.sessions.as_ref(), f.feedback.as_ref())
+        .await
+        .unwrap();
+    let ours: Vec<_> = audit
+        .differences
+        .iter()
+        .filter(|d| d.agent_id == id)
+        .collect();
+    assert_eq!(ours.len(), 1, "{ours:#?}");
+    assert_eq!(ours[0].metric, Metric::TurnLatencyMs);
+    assert_eq!(ours[0].kept.as_ref().unwrap().count, 5);
+    assert_eq!(ours[0].rebuilt.as_ref().unwrap().count, 4);
+    assert!(
+        ours[0]
+            .to_string()
+            .contains("interaction.latency_ms: kept n=5"),
+        "{}",
+        ours[0]
+    );
 }
 
 pub async fn the_applied_event_ledger_forgets_old_entries_only(f: &Fixture) {

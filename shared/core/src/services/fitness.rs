@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use crate::clock::Clock;
 use crate::events::{DomainEvent, EventData, EventType, payload};
-use crate::feedback::{FitnessUpdate, Metric};
+use crate::feedback::{FitnessUpdate, Metric, MetricStats};
 use crate::handler::{EventHandler, EventStub, HandleError, Handled};
 use crate::ports::{FeedbackStore, SessionStore};
 use crate::session::Interaction;
@@ -299,4 +299,165 @@ fn turn_updates(i: &Interaction, failed: bool) -> Vec<FitnessUpdate> {
         ));
     }
     updates
+}
+
+/// One statistic whose kept value differs from the one recomputed from history; `None` on a
+/// side that has no such statistic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FitnessDifference {
+    pub agent_id: crate::AgentId,
+    pub version: u32,
+    pub metric: Metric,
+    pub kept: Option<MetricStats>,
+    pub rebuilt: Option<MetricStats>,
+}
+
+impl std::fmt::Display for FitnessDifference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let side = |s: &Option<MetricStats>| {
+            s.as_ref().map_or("none".to_owned(), |s| {
+                format!("n={} mean={:.6} var={:.6}", s.count, s.mean, s.variance)
+            })
+        };
+        write!(
+            f,
+            "{} v{} {}: kept {}, from history {}",
+            self.agent_id,
+            self.version,
+            self.metric.key(),
+            side(&self.kept),
+            side(&self.rebuilt)
+        )
+    }
+}
+
+/// What a rebuild found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FitnessAudit {
+    pub agents: usize,
+    /// Statistics recomputed (each agent version and metric once).
+    pub statistics: usize,
+    pub differences: Vec<FitnessDifference>,
+}
+
+/// Recomputes every fitness statistic from what is stored (each interaction's turn statistics,
+/// each feedback rating) and compares it with the statistics the events maintained. Pages
+/// through the store: memory grows with the number of statistics of one agent, not with the
+/// history.
+///
+/// # Errors
+/// The store's, when it cannot be read.
+pub async fn audit_fitness(
+    agents: &dyn crate::ports::AgentStore,
+    sessions: &dyn SessionStore,
+    feedback: &dyn FeedbackStore,
+) -> Result<FitnessAudit, crate::StoreError> {
+    use std::collections::BTreeMap;
+
+    use crate::page::{Cursor, MAX_PAGE_SIZE, PageRequest};
+    use crate::ports::{AgentFilter, StatusFilter};
+
+    let mut audit = FitnessAudit::default();
+    let filter = AgentFilter {
+        status: StatusFilter::Any,
+        ..AgentFilter::default()
+    };
+    let mut after: Option<Cursor> = None;
+    loop {
+        let page = PageRequest {
+            after: after.clone(),
+            limit: MAX_PAGE_SIZE,
+        };
+        let mut batch = agents.list_agents(&filter, &page).await?;
+        let more = batch.len() > MAX_PAGE_SIZE as usize;
+        batch.truncate(MAX_PAGE_SIZE as usize);
+        for agent in &batch {
+            audit.agents += 1;
+            let mut rebuilt: BTreeMap<(u32, Metric), crate::stats::Summary> = BTreeMap::new();
+            let mut cursor: Option<Cursor> = None;
+            loop {
+                let page = PageRequest {
+                    after: cursor.clone(),
+                    limit: MAX_PAGE_SIZE,
+                };
+                let mut turns = sessions.list_interactions(&agent.agent_id, &page).await?;
+                let more = turns.len() > MAX_PAGE_SIZE as usize;
+                turns.truncate(MAX_PAGE_SIZE as usize);
+                for turn in &turns {
+                    let failed = turn.status == crate::session::InteractionStatus::Failed;
+                    for u in turn_updates(turn, failed) {
+                        rebuilt
+                            .entry((u.version, u.metric))
+                            .or_default()
+                            .push(u.value);
+                    }
+                }
+                match turns.last() {
+                    Some(last) if more => {
+                        cursor = Some(Cursor::after(last.interaction_id.as_str()))
+                    }
+                    _ => break,
+                }
+            }
+            let mut rebuilt: BTreeMap<(u32, Metric), MetricStats> = rebuilt
+                .into_iter()
+                .map(|((version, metric), s)| {
+                    let stats = MetricStats {
+                        version,
+                        metric: metric.clone(),
+                        count: s.n,
+                        mean: s.mean,
+                        variance: s.variance(),
+                    };
+                    ((version, metric), stats)
+                })
+                .collect();
+            // Ratings are aggregated by the store straight from the stored feedback.
+            for s in feedback
+                .rating_stats(&agent.agent_id, None, None, i64::MIN, i64::MAX)
+                .await?
+            {
+                rebuilt.insert((s.version, s.metric.clone()), s);
+            }
+            let mut kept: BTreeMap<(u32, Metric), MetricStats> = feedback
+                .fitness(&agent.agent_id, None, None)
+                .await?
+                .into_iter()
+                .map(|s| ((s.version, s.metric.clone()), s))
+                .collect();
+            audit.statistics += rebuilt.len();
+            for (key, fresh) in rebuilt {
+                let old = kept.remove(&key);
+                if !old.as_ref().is_some_and(|old| same(old, &fresh)) {
+                    audit.differences.push(FitnessDifference {
+                        agent_id: agent.agent_id.clone(),
+                        version: key.0,
+                        metric: key.1,
+                        kept: old,
+                        rebuilt: Some(fresh),
+                    });
+                }
+            }
+            for ((version, metric), old) in kept {
+                audit.differences.push(FitnessDifference {
+                    agent_id: agent.agent_id.clone(),
+                    version,
+                    metric,
+                    kept: Some(old),
+                    rebuilt: None,
+                });
+            }
+        }
+        match batch.last() {
+            Some(last) if more => after = Some(Cursor::after(last.agent_id.as_str())),
+            _ => return Ok(audit),
+        }
+    }
+}
+
+/// Equal counts, and means and variances equal up to rounding (the incremental statistics
+/// fold events in another order than the history is read).
+fn same(a: &MetricStats, b: &MetricStats) -> bool {
+    let close = |x: f64, y: f64| (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0);
+    a.count == b.count && close(a.mean, b.mean) && close(a.variance, b.variance)
 }
