@@ -76,6 +76,9 @@ def test_agent_lifecycle_through_the_sdk(start_server, mode):
         lineage = json.loads(lineage_doc.contents[0].text)
         assert [v["version"] for v in lineage["versions"]] == [1, 2, 3]
         assert [(e["child"]["version"], e["parent"]["version"]) for e in lineage["edges"]] == [(2, 1), (3, 2)]
+        kinds = {c.mime_type: c.text for c in lineage_doc.contents}
+        assert kinds["text/vnd.mermaid"].startswith("flowchart LR"), kinds
+        assert "v1 --> v2" in kinds["text/vnd.mermaid"] and "v2 --> v3" in kinds["text/vnd.mermaid"]
 
         archived = ok(await client.call_tool("archive_agent", {"agent_id": agent_id}))
         assert archived["status"] == "archived"

@@ -88,7 +88,9 @@ pub fn templates() -> Vec<ResourceTemplate> {
             .with_mime_type(JSON),
         ResourceTemplate::new("agent://{agent_id}/lineage", "agent_lineage")
             .with_title("Agent lineage")
-            .with_description("Every version of an agent and the versions it derives from")
+            .with_description(
+                "Every version of an agent and the versions it derives from: JSON, and a Mermaid flowchart (text/vnd.mermaid)",
+            )
             .with_mime_type(JSON),
         ResourceTemplate::new("agent://{agent_id}/deployments", "agent_deployments")
             .with_title("Agent deployments")
@@ -156,6 +158,17 @@ pub async fn read(
     uri: &str,
 ) -> Result<ReadResourceResponse, ErrorData> {
     let resource = parse(uri).map_err(|m| ErrorData::resource_not_found(m, None))?;
+    if let AgentResource::Lineage(id) = &resource {
+        let lineage = agents
+            .lineage(id)
+            .await
+            .map_err(|e| protocol_error(&e, uri))?;
+        return Ok(ReadResourceResult::new(vec![
+            ResourceContents::text(to_json(&lineage), uri).with_mime_type(JSON),
+            ResourceContents::text(lineage.mermaid(), uri).with_mime_type(MERMAID),
+        ])
+        .into());
+    }
     if let AgentResource::EvolutionLineage(id) = &resource {
         let lineage = evolutions
             .lineage(id)
@@ -179,7 +192,7 @@ pub async fn read(
         AgentResource::Version(id, v) => {
             agents.get(&id, Some(v)).await.map(|d| to_json(&d.version))
         }
-        AgentResource::Lineage(id) => agents.lineage(&id).await.map(|l| to_json(&l)),
+        AgentResource::Lineage(_) => unreachable!("answered above"),
     }
     .map_err(|e| protocol_error(&e, uri))?;
     Ok(

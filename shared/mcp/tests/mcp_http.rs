@@ -552,6 +552,19 @@ async fn resources_serve_agents_versions_and_lineage() {
         }
     };
     let lineage = read(format!("agent://{id}/lineage")).await;
+    let both = app
+        .call(
+            "resources/read",
+            json!({"uri": format!("agent://{id}/lineage")}),
+        )
+        .await;
+    let drawn = &both.body["result"]["contents"][1];
+    assert_eq!(drawn["mimeType"], "text/vnd.mermaid", "{}", both.body);
+    assert!(
+        drawn["text"].as_str().unwrap().contains("v1 --> v2"),
+        "{}",
+        both.body
+    );
     assert_eq!(lineage["versions"].as_array().unwrap().len(), 2);
     assert_eq!(lineage["edges"][0]["child"]["version"], 2);
     assert_eq!(lineage["edges"][0]["parent"]["version"], 1);
