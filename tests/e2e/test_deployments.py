@@ -5,6 +5,7 @@ OpenAI-compatible test server; the principals are the names of the API keys."""
 
 import asyncio
 import json
+import os
 import time
 
 from test_python_sdk import error_text, ok, with_client
@@ -72,6 +73,14 @@ async def wait_for_canary(client, canary_id, statuses, seconds=60):
     raise AssertionError(f"canary stayed {canary['status']}: {json.dumps(canary['last_decision'])}")
 
 
+def save_chart(name: str, svg: str) -> None:
+    """With AOP_E2E_CHARTS_DIR set (docs/ to refresh the README's pictures), keeps the chart."""
+    target = os.environ.get("AOP_E2E_CHARTS_DIR")
+    if target:
+        with open(os.path.join(target, name), "w") as f:
+            f.write(svg)
+
+
 def test_a_better_candidate_is_promoted_on_live_feedback(start_server, llm):
     server = start_server(api_key=KEYS, **env(llm))
 
@@ -106,6 +115,14 @@ def test_a_better_candidate_is_promoted_on_live_feedback(start_server, llm):
         assert json.loads(read.contents[0].text)["status"] in ("baking", "promoted")
         deployments = await client.read_resource(f"agent://{agent_id}/deployments")
         assert len(json.loads(deployments.contents[0].text)) == 3
+
+        chart = (await client.read_resource(f"canary://{canary['canary_id']}/chart")).contents[0]
+        assert chart.mime_type == "image/svg+xml"
+        svg = chart.text
+        assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
+        lines = [line.strip() for line in svg.splitlines()]
+        assert "candidate v2" in lines and "baseline v1" in lines and "candidate share" in lines, lines
+        save_chart("canary-chart.svg", svg)
 
     asyncio.run(with_client(server.url, "legacy", scenario, key=ALICE))
 

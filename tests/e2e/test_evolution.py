@@ -8,11 +8,12 @@ agents better is the benchmark's question (scripts/bench-evolution)."""
 import asyncio
 import json
 import os
+import subprocess
 import time
 
 import pytest
 
-from conftest import Server
+from conftest import Server, aop_binary
 from test_python_sdk import ok, with_client
 
 VALSET, MINIBATCH = 2, 1
@@ -107,7 +108,15 @@ def test_an_evolution_with_a_real_model_ends_inside_its_budget(data_dir):
         assert [p["iteration"] for p in history["points"]] == list(range(len(history["points"])))
         assert history["points"][0]["outcome"] == "seeded"
         assert history["points"][-1]["metric_calls"] == status["spend"]["metric_calls"]
+        chart = (await client.read_resource(f"evolution://{evolution_id}/chart")).contents[0]
+        assert chart.mime_type == "image/svg+xml" and chart.text.startswith("<svg")
+        assert "best" in [line.strip() for line in chart.text.splitlines()]
+        target = os.environ.get("AOP_E2E_CHARTS_DIR")
+        if target:
+            with open(os.path.join(target, "evolution-chart.svg"), "w") as f:
+                f.write(chart.text)
 
+        finished["evolution_id"] = evolution_id
         if status["winner"]:
             version = ok(await client.call_tool("get_agent", {
                 "agent_id": agent_id, "version": status["winner"]["version"]}))["version"]
@@ -117,7 +126,26 @@ def test_an_evolution_with_a_real_model_ends_inside_its_budget(data_dir):
         assert agent["aliases"][0]["routes"] == [{"version": 1, "weight": 100}], \
             "an evolution never moves an alias itself"
 
+    finished = {}
+
     try:
         asyncio.run(with_client(server.url, "2026-07-28", scenario))
+    except BaseException:
+        # What the server said last: pytest shows it with the failure.
+        for line in server.lines[-40:]:
+            print(json.dumps(line))
+        raise
     finally:
         server.stop()
+
+    # `aop evolve --resume` on the finished run reports it and draws its chart.
+    chart = os.path.join(data_dir, "chart.svg")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AOP_", "MCP_", "NEO4J_", "OPENAI_"))}
+    env.update({"AOP_DATA_DIR": data_dir, "OPENAI_BASE_URL": url, "OPENAI_API_KEY": "sk-local"})
+    done = subprocess.run([aop_binary(), "evolve", "--resume", finished["evolution_id"], "--chart", chart],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"evolution {finished['evolution_id']} completed" in done.stdout, done.stdout
+    with open(chart) as f:
+        svg = f.read()
+    assert svg.startswith("<svg") and "best" in [line.strip() for line in svg.splitlines()]

@@ -68,6 +68,13 @@ pub(crate) fn run(args: &EvolveArgs) -> Result<(), BoxError> {
         }
         bar.finish_with_message(summary(&current));
         report(&current, started.elapsed());
+        if let Some(path) = &args.chart {
+            let history = service.history(&id).await?;
+            let svg = aop_mcp::charts::evolution(&history)?;
+            std::fs::write(path, svg)
+                .map_err(|e| format!("cannot write the chart to {}: {e}", path.display()))?;
+            println!("chart: {}", path.display());
+        }
         match current.status {
             EvolutionStatus::Failed => Err(format!(
                 "the evolution failed: {}",

@@ -87,6 +87,9 @@ struct EvolveArgs {
     /// The model of judge checks [default: the agent's]
     #[arg(long, value_name = "MODEL")]
     judge_model: Option<String>,
+    /// Write the validation score per iteration as an SVG chart to this file at the end.
+    #[arg(long, value_name = "PATH")]
+    chart: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]

@@ -9,6 +9,8 @@ mod auth;
 #[cfg(feature = "server")]
 mod catalog;
 #[cfg(feature = "server")]
+pub mod charts;
+#[cfg(feature = "server")]
 mod errors;
 #[cfg(feature = "server")]
 mod evolution;

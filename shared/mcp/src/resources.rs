@@ -1,6 +1,7 @@
 //! The resources: an agent, one of its versions, its lineage and its deployments
 //! (`agent://`), canaries (`canary://`) and evolution runs with their lineage and performance
-//! history (`evolution://`), as JSON; lineages also as Mermaid text.
+//! history (`evolution://`), as JSON; lineages also as Mermaid text; an evolution's scores and a
+//! canary's arms over time as SVG charts (`.../chart`).
 
 use aop_core::deployment::CanaryId;
 use aop_core::evolution::EvolutionId;
@@ -26,16 +27,26 @@ enum AgentResource {
     Lineage(AgentId),
     Deployments(AgentId),
     Canary(CanaryId),
+    CanaryChart(CanaryId),
     Evolution(EvolutionId),
+    EvolutionChart(EvolutionId),
     EvolutionLineage(EvolutionId),
     EvolutionHistory(EvolutionId),
 }
 
 fn parse(uri: &str) -> Result<AgentResource, String> {
-    if let Some(id) = uri.strip_prefix("canary://") {
-        return CanaryId::parse("canary_id", id)
-            .map(AgentResource::Canary)
-            .map_err(|e| format!("bad resource {uri}: {e}"));
+    if let Some(rest) = uri.strip_prefix("canary://") {
+        let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
+        let id =
+            CanaryId::parse("canary_id", id).map_err(|e| format!("bad resource {uri}: {e}"))?;
+        return match tail {
+            "" => Ok(AgentResource::Canary(id)),
+            "chart" => Ok(AgentResource::CanaryChart(id)),
+            _ => Err(format!(
+                "unknown resource {uri}: expected canary://{{canary_id}} or \
+                 canary://{{canary_id}}/chart"
+            )),
+        };
     }
     if let Some(rest) = uri.strip_prefix("evolution://") {
         let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
@@ -45,10 +56,12 @@ fn parse(uri: &str) -> Result<AgentResource, String> {
             "" => Ok(AgentResource::Evolution(id)),
             "lineage" => Ok(AgentResource::EvolutionLineage(id)),
             "performance_history" => Ok(AgentResource::EvolutionHistory(id)),
+            "chart" => Ok(AgentResource::EvolutionChart(id)),
             _ => Err(format!(
                 "unknown resource {uri}: expected evolution://{{evolution_id}}, \
-                 evolution://{{evolution_id}}/lineage or \
-                 evolution://{{evolution_id}}/performance_history"
+                 evolution://{{evolution_id}}/lineage, \
+                 evolution://{{evolution_id}}/performance_history or \
+                 evolution://{{evolution_id}}/chart"
             )),
         };
     }
@@ -119,6 +132,16 @@ pub fn templates() -> Vec<ResourceTemplate> {
         .with_title("Evolution performance history")
         .with_description("Best and mean validation score per iteration, and the budget spent")
         .with_mime_type(JSON),
+        ResourceTemplate::new("evolution://{evolution_id}/chart", "evolution_chart")
+            .with_title("Evolution chart")
+            .with_description("The best and mean validation score per iteration, as an SVG chart")
+            .with_mime_type(crate::charts::SVG),
+        ResourceTemplate::new("canary://{canary_id}/chart", "canary_chart")
+            .with_title("Canary chart")
+            .with_description(
+                "Each arm's mean score at every check and the candidate's share over time, as an SVG chart",
+            )
+            .with_mime_type(crate::charts::SVG),
     ]
 }
 
@@ -158,6 +181,36 @@ pub async fn read(
     uri: &str,
 ) -> Result<ReadResourceResponse, ErrorData> {
     let resource = parse(uri).map_err(|m| ErrorData::resource_not_found(m, None))?;
+    match &resource {
+        AgentResource::EvolutionChart(id) => {
+            let history = evolutions
+                .history(id)
+                .await
+                .map_err(|e| protocol_error(&e, uri))?;
+            let svg = crate::charts::evolution(&history)
+                .map_err(|m| ErrorData::internal_error(m, None))?;
+            return Ok(ReadResourceResult::new(vec![
+                ResourceContents::text(svg, uri).with_mime_type(crate::charts::SVG),
+            ])
+            .into());
+        }
+        AgentResource::CanaryChart(id) => {
+            let canary = deployments
+                .canary(id)
+                .await
+                .map_err(|e| protocol_error(&e, uri))?;
+            let moves = all_deployments(deployments, &canary.agent_id)
+                .await
+                .map_err(|e| protocol_error(&e, uri))?;
+            let svg = crate::charts::canary(&canary, &moves)
+                .map_err(|m| ErrorData::internal_error(m, None))?;
+            return Ok(ReadResourceResult::new(vec![
+                ResourceContents::text(svg, uri).with_mime_type(crate::charts::SVG),
+            ])
+            .into());
+        }
+        _ => {}
+    }
     if let AgentResource::Lineage(id) = &resource {
         let lineage = agents
             .lineage(id)
@@ -183,7 +236,9 @@ pub async fn read(
     let body = match resource {
         AgentResource::Evolution(id) => evolutions.status(&id).await.map(|v| to_json(&v)),
         AgentResource::EvolutionHistory(id) => evolutions.history(&id).await.map(|h| to_json(&h)),
-        AgentResource::EvolutionLineage(_) => unreachable!("answered above"),
+        AgentResource::EvolutionLineage(_)
+        | AgentResource::EvolutionChart(_)
+        | AgentResource::CanaryChart(_) => unreachable!("answered above"),
         AgentResource::Deployments(id) => {
             all_deployments(deployments, &id).await.map(|d| to_json(&d))
         }

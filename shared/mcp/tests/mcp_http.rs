@@ -528,7 +528,9 @@ async fn resources_serve_agents_versions_and_lineage() {
             "canary://{canary_id}",
             "evolution://{evolution_id}",
             "evolution://{evolution_id}/lineage",
-            "evolution://{evolution_id}/performance_history"
+            "evolution://{evolution_id}/performance_history",
+            "evolution://{evolution_id}/chart",
+            "canary://{canary_id}/chart"
         ]
     );
 
