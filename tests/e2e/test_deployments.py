@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import time
+import urllib.request
 
 from test_python_sdk import error_text, ok, with_client
 
@@ -123,6 +124,15 @@ def test_a_better_candidate_is_promoted_on_live_feedback(start_server, llm):
         lines = [line.strip() for line in svg.splitlines()]
         assert "candidate v2" in lines and "baseline v1" in lines and "candidate share" in lines, lines
         save_chart("canary-chart.svg", svg)
+
+        # The dashboard's canary panels read these.
+        request = urllib.request.Request(server.url.removesuffix("/mcp") + "/metrics",
+                                         headers={"Authorization": f"Bearer {ALICE}"})
+        with urllib.request.urlopen(request, timeout=5) as r:
+            text = r.read().decode()
+        assert f'aop_canary_candidate_share_percent{{agent_id="{agent_id}"}} 100' in text, text
+        assert 'aop_canary_decisions_total{action="promote"} 1' in text, text
+        assert f'aop_canary_score_mean{{agent_id="{agent_id}",arm="candidate"}}' in text, text
 
     asyncio.run(with_client(server.url, "legacy", scenario, key=ALICE))
 

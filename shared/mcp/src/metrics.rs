@@ -1,6 +1,11 @@
-//! Prometheus metrics of the process: HTTP requests and tool calls, agent turns, and the event
-//! path (events published, consumed, failed, dead-lettered; the outbox backlog).
+//! Prometheus metrics of the process: HTTP requests and tool calls, agent turns, the event
+//! path (events published, consumed, failed, dead-lettered; the outbox backlog), canaries
+//! (candidate share, each arm's score, decisions) and evolution runs (iteration, scores, spend,
+//! runs ended).
 
+use aop_core::deployment::{Canary, CanaryStatus};
+use aop_core::evolution::{Evolution, EvolutionStatus};
+use aop_core::services::ProgressObserver;
 use aop_core::services::conversation::InteractionObserver;
 use aop_core::session::{Interaction, InteractionStatus};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -35,6 +40,24 @@ struct TokenLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ArmLabels {
+    agent_id: String,
+    arm: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabel {
+    action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: String,
+}
+
+type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TopicLabel {
     topic: String,
 }
@@ -60,6 +83,67 @@ struct ToolName {
 fn latency_histogram() -> Histogram {
     // 100 µs .. ~26 s
     Histogram::new(exponential_buckets(0.000_1, 2.0, 19))
+}
+
+impl ProgressObserver for Metrics {
+    fn canary(&self, before: Option<&Canary>, after: &Canary) {
+        let agent = AgentLabel {
+            agent_id: after.agent_id.to_string(),
+        };
+        let share = match after.status {
+            CanaryStatus::Running | CanaryStatus::Paused => after.candidate_weight(),
+            CanaryStatus::Promoted | CanaryStatus::Baking => 100,
+            _ => 0,
+        };
+        self.canary_share
+            .get_or_create(&agent)
+            .set(i64::from(share));
+        let Some(decision) = &after.last_decision else {
+            return;
+        };
+        for arm in ["baseline", "candidate"] {
+            if let Some(score) = decision.analysis[arm]["score_mean"].as_f64() {
+                self.canary_score
+                    .get_or_create(&ArmLabels {
+                        agent_id: agent.agent_id.clone(),
+                        arm: arm.to_owned(),
+                    })
+                    .set(score);
+            }
+        }
+        if before.and_then(|b| b.last_decision.as_ref()) != Some(decision) {
+            self.canary_decisions
+                .get_or_create(&ActionLabel {
+                    action: decision.action.clone(),
+                })
+                .inc();
+        }
+    }
+
+    fn evolution(&self, before: &Evolution, after: &Evolution) {
+        let agent = AgentLabel {
+            agent_id: after.agent_id.to_string(),
+        };
+        self.evolution_iteration
+            .get_or_create(&agent)
+            .set(i64::from(after.iteration));
+        if let Some(best) = after.best_score {
+            self.evolution_best.get_or_create(&agent).set(best);
+        }
+        if let Some(seed) = after.seed_score {
+            self.evolution_seed.get_or_create(&agent).set(seed);
+        }
+        self.evolution_spend
+            .get_or_create(&agent)
+            .set(after.spend.cost_usd);
+        if before.status == EvolutionStatus::Running && after.status != EvolutionStatus::Running {
+            self.evolutions_ended
+                .get_or_create(&StatusLabel {
+                    status: after.status.as_str().to_owned(),
+                })
+                .inc();
+        }
+    }
 }
 
 impl InteractionObserver for Metrics {
@@ -108,6 +192,14 @@ pub struct Metrics {
     events_failed: Family<TopicLabel, Counter>,
     events_dead_lettered: Family<TopicLabel, Counter>,
     outbox_backlog: Gauge,
+    canary_share: Family<AgentLabel, Gauge>,
+    canary_score: Family<ArmLabels, FloatGauge>,
+    canary_decisions: Family<ActionLabel, Counter>,
+    evolution_iteration: Family<AgentLabel, Gauge>,
+    evolution_best: Family<AgentLabel, FloatGauge>,
+    evolution_seed: Family<AgentLabel, FloatGauge>,
+    evolution_spend: Family<AgentLabel, FloatGauge>,
+    evolutions_ended: Family<StatusLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -212,8 +304,64 @@ impl Metrics {
             "Events waiting in the outbox, as last seen by the relay",
             outbox_backlog.clone(),
         );
+        let canary_share = Family::<AgentLabel, Gauge>::default();
+        let canary_score = Family::<ArmLabels, FloatGauge>::default();
+        let canary_decisions = Family::<ActionLabel, Counter>::default();
+        let evolution_iteration = Family::<AgentLabel, Gauge>::default();
+        let evolution_best = Family::<AgentLabel, FloatGauge>::default();
+        let evolution_seed = Family::<AgentLabel, FloatGauge>::default();
+        let evolution_spend = Family::<AgentLabel, FloatGauge>::default();
+        let evolutions_ended = Family::<StatusLabel, Counter>::default();
+        aop.register(
+            "canary_candidate_share_percent",
+            "The share of new sessions a canary's candidate gets (100 once promoted, 0 rolled back), by agent",
+            canary_share.clone(),
+        );
+        aop.register(
+            "canary_score_mean",
+            "Each arm's mean score at the canary's last decision, by agent and arm",
+            canary_score.clone(),
+        );
+        aop.register(
+            "canary_decisions",
+            "Canary decisions, by action (hold, advance, promote, roll_back, pause, baked, ...)",
+            canary_decisions.clone(),
+        );
+        aop.register(
+            "evolution_iteration",
+            "The iteration an agent's latest evolution run has reached",
+            evolution_iteration.clone(),
+        );
+        aop.register(
+            "evolution_best_score",
+            "The best validation score of an agent's latest evolution run",
+            evolution_best.clone(),
+        );
+        aop.register(
+            "evolution_seed_score",
+            "The seed's validation score of an agent's latest evolution run",
+            evolution_seed.clone(),
+        );
+        aop.register(
+            "evolution_spend_usd",
+            "What an agent's latest evolution run has spent on model calls, US dollars",
+            evolution_spend.clone(),
+        );
+        aop.register(
+            "evolutions_ended",
+            "Evolution runs that ended, by status (completed, failed, cancelled)",
+            evolutions_ended.clone(),
+        );
         Self {
             registry: root,
+            canary_share,
+            canary_score,
+            canary_decisions,
+            evolution_iteration,
+            evolution_best,
+            evolution_seed,
+            evolution_spend,
+            evolutions_ended,
             events_published,
             events_consumed,
             events_failed,

@@ -23,6 +23,8 @@ pub struct Stores {
     pub evolutions: Arc<dyn EvolutionStore>,
     pub outbox: Arc<dyn Outbox>,
     pub clock: Arc<dyn Clock>,
+    /// Told how canaries and evolution runs move along (the metrics, where there are some).
+    pub progress: Arc<dyn aop_core::services::ProgressObserver>,
     description: String,
     neo4j: Option<Neo4jStore>,
 }
@@ -104,6 +106,7 @@ impl Stores {
             evolutions: store.clone(),
             outbox: store,
             clock,
+            progress: Arc::new(aop_core::services::NoProgressObserver),
             description,
             neo4j,
         }

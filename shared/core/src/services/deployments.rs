@@ -119,6 +119,7 @@ pub struct DeploymentService {
     clock: Arc<dyn Clock>,
     policy: CanaryPolicy,
     signal: Arc<dyn OutboxSignal>,
+    observer: Arc<dyn super::ProgressObserver>,
 }
 
 impl DeploymentService {
@@ -135,7 +136,15 @@ impl DeploymentService {
             clock,
             policy,
             signal: Arc::new(NoSignal),
+            observer: Arc::new(super::NoProgressObserver),
         }
+    }
+
+    /// Tells `observer` about every canary written.
+    #[must_use]
+    pub fn with_observer(mut self, observer: Arc<dyn super::ProgressObserver>) -> Self {
+        self.observer = observer;
+        self
     }
 
     /// Wakes `signal` after every commit that wrote events.
@@ -828,6 +837,9 @@ impl DeploymentService {
         };
         self.store.move_alias(&change, canary, &events).await?;
         self.signal.notify();
+        if let Some(c) = canary {
+            self.observer.canary(None, c.canary);
+        }
         tracing::debug!(alias, kind = kind.as_str(), actor = %actor, "alias moved");
         Ok(Moved {
             agent: after,
@@ -854,6 +866,7 @@ impl DeploymentService {
         if !events.is_empty() {
             self.signal.notify();
         }
+        self.observer.canary(Some(before), after);
         Ok(())
     }
 

@@ -65,6 +65,9 @@ impl McpRole {
         stores: Stores,
         model: Arc<dyn ChatModel>,
     ) -> Result<Self, StartupError> {
+        let mut stores = stores;
+        let metrics = Arc::new(Metrics::new());
+        stores.progress = metrics.clone();
         let signal = NotifySignal::default();
         let wake = Arc::new(signal.clone());
         let clock = stores.clock.clone();
@@ -91,7 +94,6 @@ impl McpRole {
             clock.clone(),
         )
         .with_signal(wake.clone());
-        let metrics = Arc::new(Metrics::new());
         let evolutions = EvolutionService::new(
             agents.clone(),
             deployments.clone(),
@@ -102,6 +104,7 @@ impl McpRole {
             clock.clone(),
             config.evolution.rules(),
         )
+        .with_observer(metrics.clone())
         .with_signal(wake.clone());
         let conversations = ConversationService::new(
             stores.agents.clone(),

@@ -134,6 +134,7 @@ pub fn deployment_service(config: &Config, stores: &Stores) -> DeploymentService
         stores.clock.clone(),
         config.deployments.canary.clone(),
     )
+    .with_observer(stores.progress.clone())
 }
 
 /// The configured model prices.
@@ -181,7 +182,8 @@ pub fn evolution_service(
         prices(config)?,
         stores.clock.clone(),
         config.evolution.rules(),
-    ))
+    )
+    .with_observer(stores.progress.clone()))
 }
 
 /// The model endpoint from configuration: OpenAI when only a key is given, the configured base

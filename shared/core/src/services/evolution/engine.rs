@@ -126,6 +126,22 @@ impl EvolutionService {
         evolution_id: &crate::evolution::EvolutionId,
         iteration: u32,
     ) -> Result<Step, ServiceError> {
+        let before = self.store.evolution(evolution_id).await?;
+        let step = self.advance(evolution_id, iteration).await?;
+        if let Some(before) = before
+            && step != Step::Duplicate
+            && let Some(after) = self.store.evolution(evolution_id).await?
+        {
+            self.observer.evolution(&before, &after);
+        }
+        Ok(step)
+    }
+
+    async fn advance(
+        &self,
+        evolution_id: &crate::evolution::EvolutionId,
+        iteration: u32,
+    ) -> Result<Step, ServiceError> {
         let Some(run) = self.store.evolution(evolution_id).await? else {
             tracing::warn!(%evolution_id, "an iteration was requested for an unknown evolution");
             return Ok(Step::Duplicate);

@@ -320,6 +320,7 @@ pub struct EvolutionService {
     clock: Arc<dyn Clock>,
     rules: EvolutionRules,
     signal: Arc<dyn OutboxSignal>,
+    observer: Arc<dyn crate::services::ProgressObserver>,
 }
 
 impl EvolutionService {
@@ -344,12 +345,21 @@ impl EvolutionService {
             clock,
             rules,
             signal: Arc::new(NoSignal),
+            observer: Arc::new(crate::services::NoProgressObserver),
         }
     }
 
     #[must_use]
     pub fn with_signal(mut self, signal: Arc<dyn OutboxSignal>) -> Self {
         self.signal = signal;
+        self
+    }
+
+    /// Tells `observer` about every step of a run, and its canaries' moves.
+    #[must_use]
+    pub fn with_observer(mut self, observer: Arc<dyn crate::services::ProgressObserver>) -> Self {
+        self.deployments = self.deployments.with_observer(observer.clone());
+        self.observer = observer;
         self
     }
 
