@@ -113,7 +113,11 @@ def test_a_better_candidate_is_promoted_on_live_feedback(start_server, llm):
         assert history[2]["analysis"]["candidate"]["score_mean"] > history[2]["analysis"]["baseline"]["score_mean"]
 
         read = await client.read_resource(f"canary://{canary['canary_id']}")
-        assert json.loads(read.contents[0].text)["status"] in ("baking", "promoted")
+        kept = json.loads(read.contents[0].text)
+        assert kept["status"] in ("baking", "promoted")
+        promoted = [p for p in kept["history"] if p["action"] == "promote"]
+        assert len(promoted) == 1, kept["history"]
+        assert promoted[0]["candidate_score"] > promoted[0]["baseline_score"], promoted
         deployments = await client.read_resource(f"agent://{agent_id}/deployments")
         assert len(json.loads(deployments.contents[0].text)) == 3
 

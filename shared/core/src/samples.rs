@@ -121,6 +121,7 @@ pub fn feedback(agent_id: &AgentId, version: u32, ratings: &[(&str, f64)]) -> Fe
 /// A running canary of version 2 against version 1 on `prod`, started at `now`.
 pub fn canary(agent_id: &AgentId, now: i64) -> Canary {
     Canary {
+        history: Vec::new(),
         canary_id: CanaryId::generate(),
         agent_id: agent_id.clone(),
         alias: PROD_ALIAS.into(),

@@ -69,6 +69,7 @@ struct Run {
 
 fn canary(policy: &CanaryPolicy) -> Canary {
     Canary {
+        history: Vec::new(),
         canary_id: CanaryId::generate(),
         agent_id: AgentId::generate(),
         alias: "prod".into(),

@@ -90,15 +90,13 @@ pub fn evolution(history: &PerformanceHistory) -> Result<String, String> {
     Ok(svg)
 }
 
-/// A canary's arms over time: the mean score of the baseline and of the candidate at each
-/// decision that moved the alias and at the last decision (checks that held are not kept), and
-/// the candidate's share of new sessions, from the alias moves it made (`moves`, oldest first).
+/// A canary's arms over time: the mean score of the baseline and of the candidate at each of
+/// its decisions (its history), and the candidate's share of new sessions from the alias moves
+/// it made (`moves`, oldest first).
 ///
 /// # Errors
 /// When drawing fails.
 pub fn canary(canary: &Canary, moves: &[Deployment]) -> Result<String, String> {
-    // (minutes since the start, baseline score, candidate score, candidate share 0..1)
-    let mut points: Vec<(f64, Option<f64>, Option<f64>, f64)> = Vec::new();
     let minutes = |at: i64| (at - canary.started_at) as f64 / 60_000.0;
     let score = |analysis: &serde_json::Value, arm: &str| {
         analysis[arm]["score_mean"]
@@ -118,30 +116,43 @@ pub fn canary(canary: &Canary, moves: &[Deployment]) -> Result<String, String> {
             f64::from(candidate) / f64::from(total)
         }
     };
-    for m in moves
+    let own: Vec<&Deployment> = moves
         .iter()
         .filter(|m| m.canary_id.as_ref() == Some(&canary.canary_id))
-    {
-        let analysis = m.analysis.clone().unwrap_or_default();
-        points.push((
-            minutes(m.created_at),
-            score(&analysis, "baseline"),
-            score(&analysis, "candidate"),
-            share(&m.to),
-        ));
+        .collect();
+    // (minutes since the start, baseline score, candidate score) at every decision kept.
+    let mut scores: Vec<(f64, Option<f64>, Option<f64>)> = canary
+        .history
+        .iter()
+        .map(|p| (minutes(p.at), p.baseline_score, p.candidate_score))
+        .collect();
+    if scores.is_empty() {
+        // A canary from before decisions were kept: the moves' and the last decision's.
+        for m in &own {
+            let analysis = m.analysis.clone().unwrap_or_default();
+            scores.push((
+                minutes(m.created_at),
+                score(&analysis, "baseline"),
+                score(&analysis, "candidate"),
+            ));
+        }
+        if let Some(d) = &canary.last_decision {
+            scores.push((
+                minutes(d.at),
+                score(&d.analysis, "baseline"),
+                score(&d.analysis, "candidate"),
+            ));
+        }
     }
-    if let Some(d) = &canary.last_decision {
-        let current = points.last().map_or(0.0, |p| p.3);
-        points.push((
-            minutes(d.at),
-            score(&d.analysis, "baseline"),
-            score(&d.analysis, "candidate"),
-            current,
-        ));
-    }
-    let end = points
+    // (minutes, candidate share 0..1) at every move of the alias.
+    let shares: Vec<(f64, f64)> = own
+        .iter()
+        .map(|m| (minutes(m.created_at), share(&m.to)))
+        .collect();
+    let end = scores
         .iter()
         .map(|p| p.0)
+        .chain(shares.iter().map(|p| p.0))
         .fold(1.0_f64, f64::max)
         .max(minutes(canary.updated_at));
     let mut svg = String::new();
@@ -174,18 +185,18 @@ pub fn canary(canary: &Canary, moves: &[Deployment]) -> Result<String, String> {
             (
                 format!("baseline v{}", canary.baseline),
                 MEAN,
-                (|p: &(f64, Option<f64>, Option<f64>, f64)| p.1) as fn(&_) -> Option<f64>,
+                (|p: &(f64, Option<f64>, Option<f64>)| p.1) as fn(&_) -> Option<f64>,
             ),
             (format!("candidate v{}", canary.candidate), CANDIDATE, |p| {
                 p.2
             }),
         ] {
-            let arm: Vec<(f64, f64)> = points
+            let arm: Vec<(f64, f64)> = scores
                 .iter()
                 .filter_map(|p| pick(p).map(|s| (p.0, s.clamp(0.0, 1.0))))
                 .collect();
             chart
-                .draw_series(arm.iter().map(|xy| Circle::new(*xy, 4, color.filled())))
+                .draw_series(arm.iter().map(|xy| Circle::new(*xy, 3, color.filled())))
                 .map_err(failed)?;
             chart
                 .draw_series(LineSeries::new(arm, color.stroke_width(2)))
@@ -197,14 +208,14 @@ pub fn canary(canary: &Canary, moves: &[Deployment]) -> Result<String, String> {
         }
         // The share holds until the next move: a step line.
         let mut steps = Vec::new();
-        for (i, p) in points.iter().enumerate() {
+        for (i, p) in shares.iter().enumerate() {
             if i > 0 {
-                steps.push((p.0, points[i - 1].3));
+                steps.push((p.0, shares[i - 1].1));
             }
-            steps.push((p.0, p.3));
+            steps.push(*p);
         }
-        if let Some(last) = points.last() {
-            steps.push((end, last.3));
+        if let Some(last) = shares.last() {
+            steps.push((end, last.1));
         }
         chart
             .draw_series(LineSeries::new(steps, SHARE.stroke_width(1)))

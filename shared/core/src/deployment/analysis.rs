@@ -515,7 +515,7 @@ pub fn transition(canary: &Canary, check: &Check, now: i64) -> Transition {
     next.updated_at = now;
     next.revision += 1;
     next.hard_limit_breaches = check.hard_limit_breaches;
-    next.last_decision = Some(Decision {
+    next.decided(Decision {
         at: now,
         action: check.verdict.action().to_owned(),
         reason: check.verdict.reason().to_owned(),

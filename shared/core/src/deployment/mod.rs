@@ -166,9 +166,62 @@ pub struct Canary {
     pub started_by: Principal,
     /// Incremented by every change; writes compare it (two controllers never both act).
     pub revision: u64,
+    /// Every decision's numbers, oldest first: the arms over time. Long canaries keep the
+    /// recent half at full resolution and every other point of the older half.
+    #[serde(default)]
+    pub history: Vec<CheckPoint>,
 }
 
+/// One decision of a canary, as the arms stood.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CheckPoint {
+    pub at: i64,
+    pub action: String,
+    /// The candidate's share of new sessions when it was taken, percent.
+    pub candidate_share: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_score: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub candidate_score: Option<f64>,
+}
+
+/// Points a canary's history keeps before thinning its older half.
+const HISTORY_POINTS: usize = 512;
+
 impl Canary {
+    /// Records a decision: the last one, and a point of the history.
+    pub fn decided(&mut self, decision: Decision) {
+        // An arm without rated turns has no score yet (its mean reads 0).
+        let score = |arm: &str| {
+            let report = &decision.analysis[arm];
+            let rated = report["rated_turns"].as_u64().is_none_or(|n| n > 0);
+            report["score_mean"]
+                .as_f64()
+                .filter(|s| s.is_finite() && rated)
+        };
+        let point = CheckPoint {
+            at: decision.at,
+            action: decision.action.clone(),
+            candidate_share: self.candidate_weight(),
+            baseline_score: score("baseline").or_else(|| {
+                decision.analysis["baseline_score"]
+                    .as_f64()
+                    .filter(|s| s.is_finite())
+            }),
+            candidate_score: score("candidate"),
+        };
+        if self.history.len() >= HISTORY_POINTS {
+            let half = self.history.len() / 2;
+            let mut i = 0;
+            self.history.retain(|_| {
+                i += 1;
+                i > half || i % 2 == 0
+            });
+        }
+        self.history.push(point);
+        self.last_decision = Some(decision);
+    }
+
     /// The candidate's current share of new sessions, in percent.
     pub fn candidate_weight(&self) -> u32 {
         self.policy.steps.get(self.step).copied().unwrap_or(100)
@@ -213,4 +266,73 @@ pub struct TurnSample {
     pub cost_usd: Option<f64>,
     /// Mean normalised rating per metric over the feedback given on the turn; empty when none.
     pub ratings: Vec<(String, f64)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(at: i64, baseline: f64, candidate: f64) -> Decision {
+        Decision {
+            at,
+            action: "hold".into(),
+            reason: "not enough data".into(),
+            analysis: serde_json::json!({
+                "baseline": {"score_mean": baseline},
+                "candidate": {"score_mean": candidate},
+            }),
+        }
+    }
+
+    #[test]
+    fn every_decision_is_a_point_of_the_history_and_long_ones_thin_their_past() {
+        let agent = AgentId::try_from("agt_a".to_owned()).unwrap();
+        let mut canary = crate::samples::canary(&agent, 0);
+        let mut unrated = decision(30_000, 0.0, 0.0);
+        unrated.analysis["baseline"]["rated_turns"] = 0.into();
+        unrated.analysis["candidate"]["rated_turns"] = 0.into();
+        canary.decided(unrated);
+        assert_eq!(
+            (
+                canary.history[0].baseline_score,
+                canary.history[0].candidate_score
+            ),
+            (None, None),
+            "no score before the first rating"
+        );
+        canary.history.clear();
+        canary.decided(decision(60_000, 0.5, 0.75));
+        assert_eq!(
+            canary.history,
+            [CheckPoint {
+                at: 60_000,
+                action: "hold".into(),
+                candidate_share: canary.candidate_weight(),
+                baseline_score: Some(0.5),
+                candidate_score: Some(0.75),
+            }]
+        );
+        assert_eq!(canary.last_decision.as_ref().unwrap().at, 60_000);
+        for n in 2..=2_000 {
+            canary.decided(decision(n * 60_000, 0.5, 0.6));
+        }
+        assert!(
+            canary.history.len() <= HISTORY_POINTS,
+            "{}",
+            canary.history.len()
+        );
+        assert_eq!(
+            canary.history.last().unwrap().at,
+            2_000 * 60_000,
+            "the newest is kept"
+        );
+        assert_eq!(canary.history[0].at % 60_000, 0);
+        let ats: Vec<i64> = canary.history.iter().map(|p| p.at).collect();
+        assert!(ats.windows(2).all(|w| w[0] < w[1]), "in order");
+        let recent = &ats[ats.len() - 100..];
+        assert!(
+            recent.windows(2).all(|w| w[1] - w[0] == 60_000),
+            "the recent past at full resolution"
+        );
+    }
 }

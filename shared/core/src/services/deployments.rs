@@ -256,6 +256,7 @@ impl DeploymentService {
         }
         let now = self.clock.now_ms();
         let canary = Canary {
+            history: Vec::new(),
             canary_id: CanaryId::generate(),
             agent_id: agent.agent_id.clone(),
             alias: alias.clone(),
@@ -389,7 +390,7 @@ impl DeploymentService {
         analysis::promote(&mut next, Some(check.analysis.baseline.score_mean), now);
         next.updated_at = now;
         next.revision += 1;
-        next.last_decision = Some(decision(now, "promote", &reason, &check));
+        next.decided(decision(now, "promote", &reason, &check));
         let agent = self.agent(&canary.agent_id).await?;
         self.move_canary_alias(
             &agent,
@@ -447,7 +448,7 @@ impl DeploymentService {
                 next.finished_at = Some(now);
                 next.updated_at = now;
                 next.revision += 1;
-                next.last_decision = Some(Decision {
+                next.decided(Decision {
                     at: now,
                     action: "roll_back".into(),
                     reason: reason.clone(),
@@ -658,7 +659,7 @@ impl DeploymentService {
             Bake::ImpactNegative { reason, .. } => ("impact_negative", reason.clone()),
             Bake::Baked(r) => ("baked", r.clone()),
         };
-        next.last_decision = Some(Decision {
+        next.decided(Decision {
             at: now,
             action: action.into(),
             reason: reason.clone(),
