@@ -143,6 +143,28 @@ fn encode(e: &DomainEvent) -> Vec<u8> {
     CloudEvent::from_domain(e, None).unwrap().to_bytes()
 }
 
+/// A topic of its own on the broker, with its dead-letter topic.
+async fn fresh_topic(servers: &str) -> (String, ClientSettings) {
+    let topic = format!(
+        "t{}.feedback_events",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    );
+    let settings = ClientSettings::new(servers);
+    let spec = |name: String| TopicSpec {
+        name,
+        partitions: 1,
+        replication: 1,
+        retention_ms: 3_600_000,
+    };
+    apply_topics(
+        &settings,
+        &[spec(topic.clone()), spec(Topics::dead_letter(&topic))],
+    )
+    .await
+    .unwrap();
+    (topic, settings)
+}
+
 fn unused_dead_letters() -> KafkaDeadLetters {
     // Never written to in these tests: a batch without poison records.
     KafkaDeadLetters::new(&ClientSettings::new("127.0.0.1:1")).unwrap()
@@ -214,23 +236,7 @@ async fn a_poison_record_goes_to_the_dead_letter_topic() {
     let Some(servers) = service(Service::Kafka) else {
         return;
     };
-    let topic = format!(
-        "t{}.feedback_events",
-        &uuid::Uuid::new_v4().simple().to_string()[..10]
-    );
-    let settings = ClientSettings::new(&servers);
-    let spec = |name: String| TopicSpec {
-        name,
-        partitions: 1,
-        replication: 1,
-        retention_ms: 3_600_000,
-    };
-    apply_topics(
-        &settings,
-        &[spec(topic.clone()), spec(Topics::dead_letter(&topic))],
-    )
-    .await
-    .unwrap();
+    let (topic, settings) = fresh_topic(&servers).await;
 
     let w = world().await;
     let events = w.rate(&[5.0, 1.0]).await;
@@ -453,23 +459,7 @@ async fn an_outage_longer_than_the_retries_loses_nothing_after_a_redrive() {
     let Some(servers) = service(Service::Kafka) else {
         return;
     };
-    let topic = format!(
-        "t{}.feedback_events",
-        &uuid::Uuid::new_v4().simple().to_string()[..10]
-    );
-    let settings = ClientSettings::new(&servers);
-    let spec = |name: String| TopicSpec {
-        name,
-        partitions: 1,
-        replication: 1,
-        retention_ms: 3_600_000,
-    };
-    apply_topics(
-        &settings,
-        &[spec(topic.clone()), spec(Topics::dead_letter(&topic))],
-    )
-    .await
-    .unwrap();
+    let (topic, settings) = fresh_topic(&servers).await;
 
     let w = world().await;
     let events = w.rate(&[5.0, 3.0, 4.0]).await;

@@ -3,6 +3,7 @@
 
 use aop_core::deployment::{Canary, Deployment};
 use aop_core::services::evolution::PerformanceHistory;
+use plotters::coord::CoordTranslate;
 use plotters::prelude::*;
 
 pub const SVG: &str = "image/svg+xml";
@@ -14,6 +15,19 @@ const SHARE: RGBColor = RGBColor(0x2c, 0xa0, 0x2c);
 
 fn failed(e: impl std::fmt::Display) -> String {
     format!("cannot draw the chart: {e}")
+}
+
+/// The series' names, boxed in the lower right corner.
+fn legend<'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(failed)
 }
 
 /// The best and the mean validation score after each iteration of a run, with the seed's score
@@ -78,13 +92,7 @@ pub fn evolution(history: &PerformanceHistory) -> Result<String, String> {
                 .label("seed")
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], MEAN));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(failed)?;
+        legend(&mut chart)?;
         root.present().map_err(failed)?;
     }
     Ok(svg)
@@ -222,13 +230,7 @@ pub fn canary(canary: &Canary, moves: &[Deployment]) -> Result<String, String> {
             .map_err(failed)?
             .label("candidate share")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], SHARE));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(failed)?;
+        legend(&mut chart)?;
         root.present().map_err(failed)?;
     }
     Ok(svg)

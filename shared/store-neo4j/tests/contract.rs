@@ -162,6 +162,20 @@ async fn an_unreachable_server_fails_within_the_budget_naming_neo4j_and_not_the_
     assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
 }
 
+/// The address of the configured Bolt server.
+async fn upstream(config: &Neo4jSettings) -> std::net::SocketAddr {
+    tokio::net::lookup_host(
+        config
+            .uri
+            .split_once("://")
+            .map_or(config.uri.as_str(), |(_, rest)| rest),
+    )
+    .await
+    .unwrap()
+    .next()
+    .unwrap()
+}
+
 /// A TCP relay to the real server that the test can cut and restore: an outage as the store's
 /// connections see it (refused connects, dead pooled connections), without stopping the server.
 struct Relay {
@@ -215,16 +229,7 @@ async fn an_outage_fails_within_the_budget_and_the_store_recovers_without_a_rest
     let Some(mut config) = config() else {
         return;
     };
-    let upstream = tokio::net::lookup_host(
-        config
-            .uri
-            .split_once("://")
-            .map_or(config.uri.as_str(), |(_, rest)| rest),
-    )
-    .await
-    .unwrap()
-    .next()
-    .unwrap();
+    let upstream = upstream(&config).await;
     let mut relay = Relay::start(upstream).await;
     config.uri = format!("bolt://127.0.0.1:{}", relay.port);
     config.operation_timeout = Duration::from_millis(2_000);
@@ -396,16 +401,7 @@ async fn a_write_whose_commit_answer_is_lost_succeeds_once_instead_of_conflictin
         return;
     };
     let _turn = turn().lock_owned().await;
-    let upstream = tokio::net::lookup_host(
-        config
-            .uri
-            .split_once("://")
-            .map_or(config.uri.as_str(), |(_, rest)| rest),
-    )
-    .await
-    .unwrap()
-    .next()
-    .unwrap();
+    let upstream = upstream(&config).await;
     let cutter = CommitCutter::start(upstream).await;
     config.uri = format!("bolt://127.0.0.1:{}", cutter.port);
     let store = Neo4jStore::new(config).unwrap();
