@@ -181,7 +181,8 @@ pub async fn read(
     uri: &str,
 ) -> Result<ReadResourceResponse, ErrorData> {
     let resource = parse(uri).map_err(|m| ErrorData::resource_not_found(m, None))?;
-    match &resource {
+    // Resources with more than one form, or not JSON.
+    let contents = match &resource {
         AgentResource::EvolutionChart(id) => {
             let history = evolutions
                 .history(id)
@@ -189,10 +190,9 @@ pub async fn read(
                 .map_err(|e| protocol_error(&e, uri))?;
             let svg = crate::charts::evolution(&history)
                 .map_err(|m| ErrorData::internal_error(m, None))?;
-            return Ok(ReadResourceResult::new(vec![
+            Some(vec![
                 ResourceContents::text(svg, uri).with_mime_type(crate::charts::SVG),
             ])
-            .into());
         }
         AgentResource::CanaryChart(id) => {
             let canary = deployments
@@ -204,34 +204,28 @@ pub async fn read(
                 .map_err(|e| protocol_error(&e, uri))?;
             let svg = crate::charts::canary(&canary, &moves)
                 .map_err(|m| ErrorData::internal_error(m, None))?;
-            return Ok(ReadResourceResult::new(vec![
+            Some(vec![
                 ResourceContents::text(svg, uri).with_mime_type(crate::charts::SVG),
             ])
-            .into());
         }
-        _ => {}
-    }
-    if let AgentResource::Lineage(id) = &resource {
-        let lineage = agents
-            .lineage(id)
-            .await
-            .map_err(|e| protocol_error(&e, uri))?;
-        return Ok(ReadResourceResult::new(vec![
-            ResourceContents::text(to_json(&lineage), uri).with_mime_type(JSON),
-            ResourceContents::text(lineage.mermaid(), uri).with_mime_type(MERMAID),
-        ])
-        .into());
-    }
-    if let AgentResource::EvolutionLineage(id) = &resource {
-        let lineage = evolutions
-            .lineage(id)
-            .await
-            .map_err(|e| protocol_error(&e, uri))?;
-        return Ok(ReadResourceResult::new(vec![
-            ResourceContents::text(to_json(&lineage), uri).with_mime_type(JSON),
-            ResourceContents::text(lineage.mermaid(), uri).with_mime_type(MERMAID),
-        ])
-        .into());
+        AgentResource::Lineage(id) => {
+            let lineage = agents
+                .lineage(id)
+                .await
+                .map_err(|e| protocol_error(&e, uri))?;
+            Some(json_and_mermaid(to_json(&lineage), lineage.mermaid(), uri))
+        }
+        AgentResource::EvolutionLineage(id) => {
+            let lineage = evolutions
+                .lineage(id)
+                .await
+                .map_err(|e| protocol_error(&e, uri))?;
+            Some(json_and_mermaid(to_json(&lineage), lineage.mermaid(), uri))
+        }
+        _ => None,
+    };
+    if let Some(contents) = contents {
+        return Ok(ReadResourceResult::new(contents).into());
     }
     let body = match resource {
         AgentResource::Evolution(id) => evolutions.status(&id).await.map(|v| to_json(&v)),
@@ -254,6 +248,14 @@ pub async fn read(
         ReadResourceResult::new(vec![ResourceContents::text(body, uri).with_mime_type(JSON)])
             .into(),
     )
+}
+
+/// A graph as JSON and as a Mermaid flowchart, in one read.
+fn json_and_mermaid(json: String, mermaid: String, uri: &str) -> Vec<ResourceContents> {
+    vec![
+        ResourceContents::text(json, uri).with_mime_type(JSON),
+        ResourceContents::text(mermaid, uri).with_mime_type(MERMAID),
+    ]
 }
 
 /// Every deployment of an agent, oldest first, page after page.
