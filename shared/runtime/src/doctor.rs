@@ -80,7 +80,52 @@ pub async fn run(config: &Config) -> Vec<Check> {
     checks.push(store(config).await);
     checks.push(kafka(config).await);
     checks.push(llm(config).await);
+    checks.push(spend(config));
     checks
+}
+
+/// The daily spend caps, and whether the default model's turns count against them (a model
+/// without a price costs nothing there).
+fn spend(config: &Config) -> Check {
+    let caps = config.agents.spend_caps();
+    if caps.per_agent_usd.is_none() && caps.per_caller_usd.is_none() {
+        if caps.agents.is_empty() {
+            return Check::skipped(
+                "spend",
+                "no daily spend caps (set AOP_DAILY_COST_CAP_USD to cap each agent and caller)",
+            );
+        }
+        return Check::ok(
+            "spend",
+            format!("{} agents with a daily cap of their own", caps.agents.len()),
+        );
+    }
+    let usd = |cap: Option<f64>| cap.map_or("none".to_owned(), |c| format!("USD {c:.2}/day"));
+    let mut detail = format!(
+        "each agent {}, each caller {}",
+        usd(caps.per_agent_usd),
+        usd(caps.per_caller_usd)
+    );
+    if !caps.agents.is_empty() {
+        detail.push_str(&format!(", {} agents with their own", caps.agents.len()));
+    }
+    let model = &config.openai.model;
+    match crate::roles::prices(config) {
+        Ok(prices) if prices.cost(model, 1_000_000, 0).is_some() => {
+            Check::ok("spend", format!("{detail}; model {model} is priced"))
+        }
+        Ok(_) => Check::failed(
+            "spend",
+            format!(
+                "{detail}, but the default model {model} has no price: its turns cost nothing \
+                 against the caps"
+            ),
+            format!(
+                "give it a price: AOP_MODEL_PRICES={model}=INPUT/OUTPUT (USD per million tokens)"
+            ),
+        ),
+        Err(e) => Check::failed("spend", e.to_string(), "fix AOP_MODEL_PRICES"),
+    }
 }
 
 /// One doctor line per configured secret: readable, and holding the keys it must hold.

@@ -239,3 +239,49 @@ async fn msk_iam_is_reported_with_its_credentials_or_their_absence() {
     );
     assert!(!c.render().contains("secret"), "{}", c.render());
 }
+
+#[tokio::test]
+async fn spend_caps_are_reported_and_an_unpriced_model_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = ("AOP_DATA_DIR", dir.path().display().to_string());
+    let checks = run(&config(std::slice::from_ref(&data))).await;
+    assert_eq!(check(&checks, "spend").status, Status::Skipped);
+
+    let checks = run(&config(&[
+        data.clone(),
+        ("AOP_DAILY_COST_CAP_USD", "5".into()),
+        ("OPENAI_MODEL", "gpt-4o-mini".into()),
+    ]))
+    .await;
+    let c = check(&checks, "spend");
+    assert_eq!(c.status, Status::Ok, "{}", c.render());
+    assert!(
+        c.detail.contains(
+            "each agent USD 5.00/day, each caller USD 5.00/day; model gpt-4o-mini is priced"
+        ),
+        "{}",
+        c.render()
+    );
+
+    let checks = run(&config(&[
+        data,
+        ("AOP_DAILY_COST_CAP_USD", "5".into()),
+        ("OPENAI_MODEL", "local-model".into()),
+    ]))
+    .await;
+    let c = check(&checks, "spend");
+    assert_eq!(c.status, Status::Failed, "{}", c.render());
+    assert!(
+        c.detail.contains("local-model has no price"),
+        "{}",
+        c.render()
+    );
+    assert!(
+        c.fix
+            .as_deref()
+            .unwrap()
+            .contains("AOP_MODEL_PRICES=local-model="),
+        "{}",
+        c.render()
+    );
+}
