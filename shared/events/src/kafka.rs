@@ -411,12 +411,7 @@ pub async fn apply_topics(
     specs: &[TopicSpec],
 ) -> Result<Vec<(String, TopicOutcome)>, KafkaError> {
     if settings.uses_iam() {
-        return Err(KafkaError::Unsupported(
-            "topics cannot be created over MSK IAM authentication: librdkafka's admin client \
-             (through rdkafka 0.39) never asks for an OAUTHBEARER token. Create them with Kafka's \
-             own tools and the aws-msk-iam-auth library, or over a SASL/SCRAM or TLS listener"
-                .into(),
-        ));
+        return Err(KafkaError::Unsupported(iam_topic_commands(settings, specs)));
     }
     let admin: AdminClient<KafkaContext> = settings
         .client_config()
@@ -468,6 +463,33 @@ pub async fn apply_topics(
         outcomes.push((spec.name.clone(), outcome));
     }
     Ok(outcomes)
+}
+
+/// Why topics are not created over MSK IAM, and the commands that create them with Kafka's own
+/// tools and AWS's `aws-msk-iam-auth` library instead.
+fn iam_topic_commands(settings: &ClientSettings, specs: &[TopicSpec]) -> String {
+    let mut text = String::from(
+        "topics cannot be created over MSK IAM authentication: librdkafka's admin client (through \
+         rdkafka 0.39) never asks for an OAUTHBEARER token. Create them over a SASL/SCRAM or TLS \
+         listener, or with Kafka's own tools and the aws-msk-iam-auth library on the classpath, \
+         with an iam.properties of:\n  security.protocol=SASL_SSL\n  sasl.mechanism=AWS_MSK_IAM\n  \
+         sasl.jaas.config=software.amazon.msk.auth.iam.IAMLoginModule required;\n  \
+         sasl.client.callback.handler.class=software.amazon.msk.auth.iam.IAMClientCallbackHandler\n\
+         and for each topic:",
+    );
+    for spec in specs {
+        text.push_str(&format!(
+            "\n  kafka-topics.sh --bootstrap-server {} --command-config iam.properties --create \
+             --if-not-exists --topic {} --partitions {} --replication-factor {} --config \
+             retention.ms={}",
+            settings.bootstrap_servers,
+            spec.name,
+            spec.partitions,
+            spec.replication,
+            spec.retention_ms
+        ));
+    }
+    text
 }
 
 /// Which of `topics` the brokers do not have. Blocks up to `timeout` (call it off the async
@@ -726,8 +748,25 @@ mod tests {
 
     #[tokio::test]
     async fn topics_are_not_created_over_msk_iam_and_the_error_says_how_instead() {
-        let err = apply_topics(&iam(None), &[]).await.unwrap_err().to_string();
+        let spec = TopicSpec {
+            name: "agent_events".into(),
+            partitions: 4,
+            replication: 3,
+            retention_ms: 604_800_000,
+        };
+        let err = apply_topics(&iam(None), &[spec])
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("cannot be created over MSK IAM"), "{err}");
-        assert!(err.contains("aws-msk-iam-auth"), "{err}");
+        assert!(err.contains("sasl.mechanism=AWS_MSK_IAM"), "{err}");
+        assert!(
+            err.contains(
+                "kafka-topics.sh --bootstrap-server 127.0.0.1:1 --command-config iam.properties \
+                 --create --if-not-exists --topic agent_events --partitions 4 \
+                 --replication-factor 3 --config retention.ms=604800000"
+            ),
+            "{err}"
+        );
     }
 }
