@@ -28,6 +28,8 @@ pub struct SpendCaps {
     pub per_caller_usd: Option<f64>,
     /// Agents with a cap of their own.
     pub agents: BTreeMap<AgentId, f64>,
+    /// Callers (API key names, token subjects) with a cap of their own.
+    pub callers: BTreeMap<Principal, f64>,
 }
 
 impl SpendCaps {
@@ -37,8 +39,8 @@ impl SpendCaps {
     }
 
     /// The cap on one caller.
-    pub fn caller(&self) -> Option<f64> {
-        self.per_caller_usd
+    pub fn caller(&self, caller: &Principal) -> Option<f64> {
+        self.callers.get(caller).copied().or(self.per_caller_usd)
     }
 }
 
@@ -60,20 +62,43 @@ pub fn parse_agent_caps(entries: &[String]) -> Result<BTreeMap<AgentId, f64>, St
         };
         let id = AgentId::try_from(id.trim().to_owned())
             .map_err(|e| format!("'{}' names no valid agent id: {e}", cut(entry)))?;
-        let amount = amount
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|a| a.is_finite() && *a >= 0.0)
-            .ok_or_else(|| {
-                format!(
-                    "'{}': the amount must be a number of US dollars, at least 0",
-                    cut(entry)
-                )
-            })?;
+        let amount = amount_of(entry, amount)?;
         caps.insert(id, amount);
     }
     Ok(caps)
+}
+
+/// Parses per-caller caps written `name=usd` (the API key's name or the token's subject).
+///
+/// # Errors
+/// An entry without `=`, with an empty name, or with an amount that is not a finite number of
+/// at least zero.
+pub fn parse_caller_caps(entries: &[String]) -> Result<BTreeMap<Principal, f64>, String> {
+    let mut caps = BTreeMap::new();
+    for entry in entries {
+        let Some((name, amount)) = entry.rsplit_once('=') else {
+            return Err(format!("'{}' must be written name=usd", cut(entry)));
+        };
+        if name.trim().is_empty() {
+            return Err(format!("'{}' names no caller", cut(entry)));
+        }
+        caps.insert(Principal::named(name.trim()), amount_of(entry, amount)?);
+    }
+    Ok(caps)
+}
+
+fn amount_of(entry: &str, amount: &str) -> Result<f64, String> {
+    amount
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|a| a.is_finite() && *a >= 0.0)
+        .ok_or_else(|| {
+            format!(
+                "'{}': the amount must be a number of US dollars, at least 0",
+                cut(entry)
+            )
+        })
 }
 
 /// An entry as quoted in an error: at most 60 characters.
@@ -98,9 +123,17 @@ mod tests {
     fn an_agent_of_its_own_overrides_the_default() {
         let caps = SpendCaps {
             per_agent_usd: Some(5.0),
-            per_caller_usd: None,
+            per_caller_usd: Some(1.0),
             agents: parse_agent_caps(&["researcher=0.5".to_owned()]).unwrap(),
+            callers: parse_caller_caps(&["batch-job=20".to_owned()]).unwrap(),
         };
+        assert_eq!(caps.caller(&Principal::named("batch-job")), Some(20.0));
+        assert_eq!(caps.caller(&Principal::named("alice")), Some(1.0));
+        assert!(
+            parse_caller_caps(&["=3".to_owned()])
+                .unwrap_err()
+                .contains("names no caller")
+        );
         let researcher = AgentId::try_from("researcher".to_owned()).unwrap();
         let other = AgentId::try_from("writer".to_owned()).unwrap();
         assert_eq!(caps.agent(&researcher), Some(0.5));

@@ -93,6 +93,8 @@ pub struct AgentsSettings {
     pub caller_daily_cost_cap_usd: Option<f64>,
     /// Caps of single agents, `agent_id=usd`, over `daily_cost_cap_usd`.
     pub agent_cost_caps: Vec<String>,
+    /// Caps of single callers, `name=usd`, over `caller_daily_cost_cap_usd`.
+    pub caller_cost_caps: Vec<String>,
 }
 
 impl Default for AgentsSettings {
@@ -106,6 +108,7 @@ impl Default for AgentsSettings {
             daily_cost_cap_usd: None,
             caller_daily_cost_cap_usd: None,
             agent_cost_caps: Vec::new(),
+            caller_cost_caps: Vec::new(),
         }
     }
 }
@@ -126,6 +129,7 @@ impl AgentsSettings {
             per_agent_usd: self.daily_cost_cap_usd,
             per_caller_usd: self.caller_daily_cost_cap_usd.or(self.daily_cost_cap_usd),
             agents: aop_core::spend::parse_agent_caps(&self.agent_cost_caps).unwrap_or_default(),
+            callers: aop_core::spend::parse_caller_caps(&self.caller_cost_caps).unwrap_or_default(),
         }
     }
 }
@@ -160,6 +164,8 @@ impl Section for AgentsSettings {
         .expecting("US dollars per UTC day, at least 0"),
         Setting::new("agent_cost_caps", "AOP_AGENT_COST_CAPS", Kind::List)
             .expecting("agent_id=usd entries separated by commas"),
+        Setting::new("caller_cost_caps", "AOP_CALLER_COST_CAPS", Kind::List)
+            .expecting("name=usd entries separated by commas"),
     ];
 
     fn check(&self, problems: &mut Problems) {
@@ -178,6 +184,9 @@ impl Section for AgentsSettings {
         }
         if let Err(reason) = aop_core::spend::parse_agent_caps(&self.agent_cost_caps) {
             problems.push("agent_cost_caps", reason);
+        }
+        if let Err(reason) = aop_core::spend::parse_caller_caps(&self.caller_cost_caps) {
+            problems.push("caller_cost_caps", reason);
         }
     }
 }
@@ -820,6 +829,7 @@ mod tests {
             &[
                 ("AOP_CALLER_DAILY_COST_CAP_USD", "-1"),
                 ("AOP_AGENT_COST_CAPS", "agt_cheap"),
+                ("AOP_CALLER_COST_CAPS", "batch-job"),
             ],
             &Overrides::default(),
         )
@@ -839,6 +849,14 @@ mod tests {
         );
         assert!(
             err.contains("'agt_cheap' must be written agent_id=usd"),
+            "{err}"
+        );
+        assert!(
+            err.contains("agents.caller_cost_caps (AOP_CALLER_COST_CAPS"),
+            "{err}"
+        );
+        assert!(
+            err.contains("'batch-job' must be written name=usd"),
             "{err}"
         );
     }

@@ -581,6 +581,7 @@ async fn spend_caps_refuse_turns_before_the_model_is_called() {
         ("AOP_DAILY_COST_CAP_USD", "0.2".to_owned()),
         ("AOP_CALLER_DAILY_COST_CAP_USD", "0.4".to_owned()),
         ("AOP_AGENT_COST_CAPS", format!("{frozen}=0")),
+        ("AOP_CALLER_COST_CAPS", "erin=0".to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -676,4 +677,10 @@ async fn spend_caps_refuse_turns_before_the_model_is_called() {
     // bob, under his own cap, still meets editor's: it spent 0.30 today.
     let err = run_as(conv, &editor, "bob").await.unwrap_err().to_string();
     assert!(err.contains(&format!("agent '{editor}'")), "{err}");
+    // A caller with a cap of its own: erin may spend nothing.
+    let err = run_as(conv, &front, "erin").await.unwrap_err().to_string();
+    assert!(
+        err.contains("caller 'erin' has spent USD 0.0000 today (UTC) of its daily cap of USD 0.00"),
+        "{err}"
+    );
 }

@@ -591,7 +591,10 @@ impl ConversationService {
     /// Refuses a turn whose agent or caller has spent its cap today (UTC).
     async fn within_caps(&self, turn: &Turn) -> Result<(), ServiceError> {
         let agent_cap = self.caps.agent(&turn.agent.agent_id);
-        let caller_cap = self.caps.caller().zip(turn.caller.as_ref());
+        let caller_cap = turn
+            .caller
+            .as_ref()
+            .and_then(|c| self.caps.caller(c).map(|cap| (cap, c)));
         if agent_cap.is_none() && caller_cap.is_none() {
             return Ok(());
         }
