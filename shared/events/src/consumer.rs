@@ -111,14 +111,14 @@ async fn consume(
         source,
     };
     // With MSK IAM the consumer asks for its token when polled: the first recv() does that.
-    let consumer: StreamConsumer<KafkaContext> = settings
-        .client_config()
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .create_with_context(settings.context())
-        .map_err(client_error)?;
+    let consumer: StreamConsumer<KafkaContext> = settings.create(
+        settings
+            .client_config()
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "6000"),
+    )?;
     consumer.subscribe(topics).map_err(client_error)?;
     tracing::info!(group, ?topics, "event consumer started");
     loop {

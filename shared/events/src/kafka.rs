@@ -94,13 +94,28 @@ impl ClientSettings {
     /// # Errors
     /// `Client` when the producer cannot be created.
     pub(crate) fn reliable_producer(&self) -> Result<KafkaProducer, KafkaError> {
-        self.client_config()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set(
-                "delivery.timeout.ms",
-                self.delivery_timeout.as_millis().to_string(),
-            )
+        self.create(&self.reliable_config())
+    }
+
+    /// An idempotent producer's settings, waiting for every replica within the delivery timeout.
+    fn reliable_config(&self) -> ClientConfig {
+        let mut c = self.client_config();
+        c.set("enable.idempotence", "true").set("acks", "all").set(
+            "delivery.timeout.ms",
+            self.delivery_timeout.as_millis().to_string(),
+        );
+        c
+    }
+
+    /// A client of `config`, with this connection's context (its MSK IAM tokens).
+    ///
+    /// # Errors
+    /// `Client` naming the brokers when librdkafka refuses the settings.
+    pub(crate) fn create<T>(&self, config: &ClientConfig) -> Result<T, KafkaError>
+    where
+        T: rdkafka::config::FromClientConfigAndContext<KafkaContext>,
+    {
+        config
             .create_with_context(self.context())
             .map_err(|source| KafkaError::Client {
                 servers: self.bootstrap_servers.clone(),
@@ -165,12 +180,7 @@ impl ClientSettings {
     /// A producer for reading cluster metadata: unlike the admin client, it answers
     /// librdkafka's token requests (on its polling thread), so it works with MSK IAM too.
     fn metadata_client(&self) -> Result<KafkaProducer, KafkaError> {
-        self.client_config()
-            .create_with_context(self.context())
-            .map_err(|source| KafkaError::Client {
-                servers: self.bootstrap_servers.clone(),
-                source,
-            })
+        self.create(&self.client_config())
     }
 }
 
@@ -204,22 +214,11 @@ pub struct KafkaSink {
     settings: ClientSettings,
 }
 
+/// The relay's producer: reliable, and batching a little (lz4, 5 ms linger).
 fn idempotent_producer(settings: &ClientSettings) -> Result<KafkaProducer, KafkaError> {
-    settings
-        .client_config()
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("compression.type", "lz4")
-        .set("linger.ms", "5")
-        .set(
-            "delivery.timeout.ms",
-            settings.delivery_timeout.as_millis().to_string(),
-        )
-        .create_with_context(settings.context())
-        .map_err(|source| KafkaError::Client {
-            servers: settings.bootstrap_servers.clone(),
-            source,
-        })
+    let mut config = settings.reliable_config();
+    config.set("compression.type", "lz4").set("linger.ms", "5");
+    settings.create(&config)
 }
 
 impl KafkaSink {
@@ -413,13 +412,7 @@ pub async fn apply_topics(
     if settings.uses_iam() {
         return Err(KafkaError::Unsupported(iam_topic_commands(settings, specs)));
     }
-    let admin: AdminClient<KafkaContext> = settings
-        .client_config()
-        .create_with_context(settings.context())
-        .map_err(|source| KafkaError::Client {
-            servers: settings.bootstrap_servers.clone(),
-            source,
-        })?;
+    let admin: AdminClient<KafkaContext> = settings.create(&settings.client_config())?;
     let retention: Vec<String> = specs.iter().map(|s| s.retention_ms.to_string()).collect();
     let new: Vec<NewTopic<'_>> = specs
         .iter()

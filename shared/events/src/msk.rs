@@ -59,7 +59,8 @@ pub trait DeadLetters: Send + Sync {
     async fn send(&self, letter: &DeadLetter) -> Result<(), String>;
 }
 
-fn decode_b64(field: Option<&String>) -> Result<Option<Vec<u8>>, String> {
+/// A base64 field of an MSK event record (key or value), decoded.
+pub(crate) fn decode_b64(field: Option<&String>) -> Result<Option<Vec<u8>>, String> {
     field
         .map(|text| {
             STANDARD

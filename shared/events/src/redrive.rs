@@ -44,12 +44,9 @@ pub fn unwrap_letter(
             .into_iter()
             .filter(|r| r.topic.as_deref().is_none_or(|t| t == topic))
             .map(|r| {
-                use base64::Engine as _;
                 let decode = |field: Option<&String>, what: &str| {
-                    field
-                        .map(|text| base64::engine::general_purpose::STANDARD.decode(text))
-                        .transpose()
-                        .map_err(|e| format!("the letter's record {what} is not base64: {e}"))
+                    crate::msk::decode_b64(field)
+                        .map_err(|e| format!("the letter's record {what} is {e}"))
                 };
                 Ok(Resend {
                     key: decode(r.key.as_ref(), "key")?,
@@ -133,17 +130,14 @@ pub async fn redrive(
 ) -> Result<u64, KafkaError> {
     let dlq = Topics::dead_letter(topic);
     let started = Instant::now();
-    let consumer: BaseConsumer<KafkaContext> = settings
-        .client_config()
-        .set("group.id", group(topic))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "true")
-        .create_with_context(settings.context())
-        .map_err(|source| KafkaError::Client {
-            servers: settings.bootstrap_servers.clone(),
-            source,
-        })?;
+    let consumer: BaseConsumer<KafkaContext> = settings.create(
+        settings
+            .client_config()
+            .set("group.id", group(topic))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "true"),
+    )?;
     let producer = settings.reliable_producer()?;
     let metadata = consumer
         .fetch_metadata(Some(&dlq), timeout)

@@ -1,7 +1,7 @@
 //! Charts as SVG, drawn with `plotters`: an evolution's validation score per iteration, and a
 //! canary's arms over time. Served as resources (`image/svg+xml`) and written by `aop evolve`.
 
-use aop_core::deployment::{Canary, Deployment};
+use aop_core::deployment::{Canary, CheckPoint, Deployment};
 use aop_core::services::evolution::PerformanceHistory;
 use plotters::coord::CoordTranslate;
 use plotters::prelude::*;
@@ -106,11 +106,6 @@ pub fn evolution(history: &PerformanceHistory) -> Result<String, String> {
 /// When drawing fails.
 pub fn canary(canary: &Canary, moves: &[Deployment]) -> Result<String, String> {
     let minutes = |at: i64| (at - canary.started_at) as f64 / 60_000.0;
-    let score = |analysis: &serde_json::Value, arm: &str| {
-        analysis[arm]["score_mean"]
-            .as_f64()
-            .filter(|s| s.is_finite())
-    };
     let share = |routes: &[aop_core::AliasRoute]| {
         let total: u32 = routes.iter().map(|r| r.weight).sum();
         let candidate: u32 = routes
@@ -128,30 +123,21 @@ pub fn canary(canary: &Canary, moves: &[Deployment]) -> Result<String, String> {
         .iter()
         .filter(|m| m.canary_id.as_ref() == Some(&canary.canary_id))
         .collect();
-    // (minutes since the start, baseline score, candidate score) at every decision kept.
-    let mut scores: Vec<(f64, Option<f64>, Option<f64>)> = canary
-        .history
+    // (minutes since the start, baseline score, candidate score) at every decision kept; a
+    // canary from before decisions were kept has its last one.
+    let last = canary
+        .last_decision
+        .as_ref()
+        .map(|d| CheckPoint::of(d, canary.candidate_weight()));
+    let kept = if canary.history.is_empty() {
+        last.as_slice()
+    } else {
+        canary.history.as_slice()
+    };
+    let scores: Vec<(f64, Option<f64>, Option<f64>)> = kept
         .iter()
         .map(|p| (minutes(p.at), p.baseline_score, p.candidate_score))
         .collect();
-    if scores.is_empty() {
-        // A canary from before decisions were kept: the moves' and the last decision's.
-        for m in &own {
-            let analysis = m.analysis.clone().unwrap_or_default();
-            scores.push((
-                minutes(m.created_at),
-                score(&analysis, "baseline"),
-                score(&analysis, "candidate"),
-            ));
-        }
-        if let Some(d) = &canary.last_decision {
-            scores.push((
-                minutes(d.at),
-                score(&d.analysis, "baseline"),
-                score(&d.analysis, "candidate"),
-            ));
-        }
-    }
     // (minutes, candidate share 0..1) at every move of the alias.
     let shares: Vec<(f64, f64)> = own
         .iter()

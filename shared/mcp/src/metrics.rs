@@ -98,11 +98,14 @@ impl ProgressObserver for Metrics {
         self.canary_share
             .get_or_create(&agent)
             .set(i64::from(share));
-        let Some(decision) = &after.last_decision else {
+        let Some(point) = after.history.last() else {
             return;
         };
-        for arm in ["baseline", "candidate"] {
-            if let Some(score) = decision.analysis[arm]["score_mean"].as_f64() {
+        for (arm, score) in [
+            ("baseline", point.baseline_score),
+            ("candidate", point.candidate_score),
+        ] {
+            if let Some(score) = score {
                 self.canary_score
                     .get_or_create(&ArmLabels {
                         agent_id: agent.agent_id.clone(),
@@ -111,10 +114,10 @@ impl ProgressObserver for Metrics {
                     .set(score);
             }
         }
-        if before.and_then(|b| b.last_decision.as_ref()) != Some(decision) {
+        if before.and_then(|b| b.last_decision.as_ref()) != after.last_decision.as_ref() {
             self.canary_decisions
                 .get_or_create(&ActionLabel {
-                    action: decision.action.clone(),
+                    action: point.action.clone(),
                 })
                 .inc();
         }

@@ -188,11 +188,7 @@ pub async fn read(
                 .history(id)
                 .await
                 .map_err(|e| protocol_error(&e, uri))?;
-            let svg = crate::charts::evolution(&history)
-                .map_err(|m| ErrorData::internal_error(m, None))?;
-            Some(vec![
-                ResourceContents::text(svg, uri).with_mime_type(crate::charts::SVG),
-            ])
+            Some(svg(crate::charts::evolution(&history), uri)?)
         }
         AgentResource::CanaryChart(id) => {
             let canary = deployments
@@ -202,11 +198,7 @@ pub async fn read(
             let moves = all_deployments(deployments, &canary.agent_id)
                 .await
                 .map_err(|e| protocol_error(&e, uri))?;
-            let svg = crate::charts::canary(&canary, &moves)
-                .map_err(|m| ErrorData::internal_error(m, None))?;
-            Some(vec![
-                ResourceContents::text(svg, uri).with_mime_type(crate::charts::SVG),
-            ])
+            Some(svg(crate::charts::canary(&canary, &moves), uri)?)
         }
         AgentResource::Lineage(id) => {
             let lineage = agents
@@ -248,6 +240,14 @@ pub async fn read(
         ReadResourceResult::new(vec![ResourceContents::text(body, uri).with_mime_type(JSON)])
             .into(),
     )
+}
+
+/// A drawn chart as the resource's one content.
+fn svg(drawn: Result<String, String>, uri: &str) -> Result<Vec<ResourceContents>, ErrorData> {
+    let svg = drawn.map_err(|m| ErrorData::internal_error(m, None))?;
+    Ok(vec![
+        ResourceContents::text(svg, uri).with_mime_type(crate::charts::SVG),
+    ])
 }
 
 /// A graph as JSON and as a Mermaid flowchart, in one read.

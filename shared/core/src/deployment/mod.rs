@@ -185,12 +185,9 @@ pub struct CheckPoint {
     pub candidate_score: Option<f64>,
 }
 
-/// Points a canary's history keeps before thinning its older half.
-const HISTORY_POINTS: usize = 512;
-
-impl Canary {
-    /// Records a decision: the last one, and a point of the history.
-    pub fn decided(&mut self, decision: Decision) {
+impl CheckPoint {
+    /// The numbers of `decision`, taken while the candidate had `candidate_share` percent.
+    pub fn of(decision: &Decision, candidate_share: u32) -> Self {
         // An arm without rated turns has no score yet (its mean reads 0).
         let score = |arm: &str| {
             let report = &decision.analysis[arm];
@@ -199,17 +196,27 @@ impl Canary {
                 .as_f64()
                 .filter(|s| s.is_finite() && rated)
         };
-        let point = CheckPoint {
+        Self {
             at: decision.at,
             action: decision.action.clone(),
-            candidate_share: self.candidate_weight(),
+            candidate_share,
             baseline_score: score("baseline").or_else(|| {
                 decision.analysis["baseline_score"]
                     .as_f64()
                     .filter(|s| s.is_finite())
             }),
             candidate_score: score("candidate"),
-        };
+        }
+    }
+}
+
+/// Points a canary's history keeps before thinning its older half.
+const HISTORY_POINTS: usize = 512;
+
+impl Canary {
+    /// Records a decision: the last one, and a point of the history.
+    pub fn decided(&mut self, decision: Decision) {
+        let point = CheckPoint::of(&decision, self.candidate_weight());
         if self.history.len() >= HISTORY_POINTS {
             let half = self.history.len() / 2;
             let mut i = 0;

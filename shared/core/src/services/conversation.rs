@@ -590,37 +590,30 @@ impl ConversationService {
 
     /// Refuses a turn whose agent or caller has spent its cap today (UTC).
     async fn within_caps(&self, turn: &Turn) -> Result<(), ServiceError> {
-        let agent_cap = self.caps.agent(&turn.agent.agent_id);
-        let caller_cap = turn
-            .caller
-            .as_ref()
-            .and_then(|c| self.caps.caller(c).map(|cap| (cap, c)));
-        if agent_cap.is_none() && caller_cap.is_none() {
+        let agent = &turn.agent.agent_id;
+        let mut caps = Vec::with_capacity(2);
+        if let Some(cap) = self.caps.agent(agent) {
+            caps.push((Spender::Agent(agent), cap));
+        }
+        if let Some(caller) = &turn.caller
+            && let Some(cap) = self.caps.caller(caller)
+        {
+            caps.push((Spender::Caller(caller), cap));
+        }
+        if caps.is_empty() {
             return Ok(());
         }
         let since = day_start(self.clock.now_ms());
-        if let Some(cap) = agent_cap {
-            let spent = self
-                .sessions
-                .spent_since(Spender::Agent(&turn.agent.agent_id), since)
-                .await?;
+        for (spender, cap) in caps {
+            let spent = self.sessions.spent_since(spender, since).await?;
             if spent >= cap {
+                let (who, resume) = match spender {
+                    Spender::Agent(id) => (format!("agent '{id}'"), "it takes new turns"),
+                    Spender::Caller(c) => (format!("caller '{c}'"), "its turns resume"),
+                };
                 return Err(ServiceError::SpendCapReached(format!(
-                    "agent '{}' has spent USD {spent:.4} today (UTC) of its daily cap of USD \
-                     {cap:.2}; it takes new turns after 00:00 UTC",
-                    turn.agent.agent_id
-                )));
-            }
-        }
-        if let Some((cap, caller)) = caller_cap {
-            let spent = self
-                .sessions
-                .spent_since(Spender::Caller(caller), since)
-                .await?;
-            if spent >= cap {
-                return Err(ServiceError::SpendCapReached(format!(
-                    "caller '{caller}' has spent USD {spent:.4} today (UTC) of its daily cap of \
-                     USD {cap:.2}; its turns resume after 00:00 UTC"
+                    "{who} has spent USD {spent:.4} today (UTC) of its daily cap of USD {cap:.2}; \
+                     {resume} after 00:00 UTC"
                 )));
             }
         }
