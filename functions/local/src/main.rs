@@ -42,6 +42,14 @@ enum Command {
     /// Fitness statistics.
     #[command(subcommand)]
     Fitness(FitnessCommand),
+    /// Write everything the platform stores (agents, versions, sessions, interactions,
+    /// feedback, fitness, deployments, canaries, proposals, evolutions, the outbox, the
+    /// applied-event ledger) to an archive: a consistent snapshot, taken while it keeps serving.
+    Backup(backup::BackupArgs),
+    /// Load an archive written by `aop backup` into an empty store (embedded or Neo4j): checked
+    /// whole first, then loaded all-or-nothing (Neo4j: an interrupted restore carries on when run
+    /// again with the same archive).
+    Restore(backup::RestoreArgs),
     /// Evolve an agent from its feedback and evaluation cases, in this process, with a progress
     /// bar: the winner becomes a proposal (or a canary with --mode auto); no alias moves.
     Evolve(EvolveArgs),
@@ -200,6 +208,8 @@ fn main() -> ExitCode {
         Some(Command::Events(EventsCommand::Redrive(args))) => events_redrive(&args),
         Some(Command::Fitness(FitnessCommand::Rebuild(args))) => fitness_rebuild(&args),
         Some(Command::Evolve(args)) => evolve::run(&args),
+        Some(Command::Backup(args)) => backup::run_backup(&args),
+        Some(Command::Restore(args)) => backup::run_restore(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -217,6 +227,7 @@ fn main() -> ExitCode {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+mod backup;
 mod evolve;
 
 fn load(common: &CommonArgs, overrides: &Overrides) -> Result<Config, BoxError> {

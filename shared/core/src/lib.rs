@@ -18,6 +18,7 @@ pub mod stats;
 pub mod time;
 
 pub mod agent;
+pub mod backup;
 pub mod deployment;
 pub mod evolution;
 pub mod feedback;

@@ -7,6 +7,8 @@
 //! `doctor` (checks every dependency, for `aop doctor`).
 
 pub mod adapters;
+#[cfg(feature = "backup")]
+pub mod backup;
 pub mod config;
 #[cfg(feature = "local")]
 pub mod doctor;

@@ -18,7 +18,7 @@ use crate::params::{bolt, event_rows, json_text, version_key};
 use crate::{Failure, Neo4jStore, Work, column, outbox, rows, run};
 
 /// Returns an agent with its alias routes, for rows that have `a` bound.
-const RETURN_AGENT: &str = "
+pub(crate) const RETURN_AGENT: &str = "
     OPTIONAL MATCH (a)-[r:ALIAS]->(target:AgentVersion)
     WITH a, r, target ORDER BY r.ord, r.route_ord
     WITH a, collect({name: r.name, version: target.version, weight: r.weight, since: r.since,
@@ -27,7 +27,7 @@ const RETURN_AGENT: &str = "
     ORDER BY agent_id";
 
 /// Returns versions with capabilities and parents, for rows that have `v` bound.
-const RETURN_VERSION: &str = "
+pub(crate) const RETURN_VERSION: &str = "
     OPTIONAL MATCH (v)-[hc:HAS_CAPABILITY]->(c:Capability)
     WITH v, hc, c ORDER BY hc.ord
     WITH v, collect(properties(c)) AS capabilities
@@ -64,7 +64,7 @@ fn agent_id(text: String) -> Result<AgentId, StoreError> {
     AgentId::try_from(text).map_err(|reason| corrupt("agent id", reason))
 }
 
-fn decode_agent(row: &Row) -> Result<Agent, StoreError> {
+pub(crate) fn decode_agent(row: &Row) -> Result<Agent, StoreError> {
     let raw: RawAgent = column(row, "agent", "agent")?;
     let routes: Vec<RawRoute> = column(row, "routes", "agent aliases")?;
     let mut aliases: Vec<Alias> = Vec::new();
@@ -138,7 +138,7 @@ struct RawParent {
     version: Option<u32>,
 }
 
-fn decode_version(row: &Row) -> Result<AgentVersion, StoreError> {
+pub(crate) fn decode_version(row: &Row) -> Result<AgentVersion, StoreError> {
     let raw: RawVersion = column(row, "version", "agent version")?;
     let capabilities: Vec<RawCapability> = column(row, "capabilities", "capabilities")?;
     let parents: Vec<RawParent> = column(row, "parents", "version parents")?;
@@ -203,7 +203,7 @@ struct AgentWrite {
 }
 
 #[derive(Clone)]
-struct VersionWrite {
+pub(crate) struct VersionWrite {
     props: BoltType,
     key: String,
     capabilities: BoltType,
@@ -214,7 +214,7 @@ struct VersionWrite {
     origin: BoltType,
 }
 
-fn agent_props(a: &Agent) -> Result<BoltType, StoreError> {
+pub(crate) fn agent_props(a: &Agent) -> Result<BoltType, StoreError> {
     bolt(json!({
         "agent_id": a.agent_id.as_str(),
         "name": a.name,
@@ -227,7 +227,7 @@ fn agent_props(a: &Agent) -> Result<BoltType, StoreError> {
     }))
 }
 
-fn route_rows(a: &Agent) -> Result<BoltType, StoreError> {
+pub(crate) fn route_rows(a: &Agent) -> Result<BoltType, StoreError> {
     let mut rows = Vec::new();
     for (ord, alias) in a.aliases.iter().enumerate() {
         for (route_ord, route) in alias.routes.iter().enumerate() {
@@ -245,7 +245,7 @@ fn route_rows(a: &Agent) -> Result<BoltType, StoreError> {
     bolt(Value::Array(rows))
 }
 
-fn version_write(v: &AgentVersion) -> Result<VersionWrite, StoreError> {
+pub(crate) fn version_write(v: &AgentVersion) -> Result<VersionWrite, StoreError> {
     let key = version_key(v.agent_id.as_str(), v.version);
     let capabilities = v
         .capabilities
@@ -299,7 +299,11 @@ fn version_write(v: &AgentVersion) -> Result<VersionWrite, StoreError> {
     })
 }
 
-async fn write_version(txn: &mut Txn, agent_id: &str, v: &VersionWrite) -> Result<(), Failure> {
+pub(crate) async fn write_version(
+    txn: &mut Txn,
+    agent_id: &str,
+    v: &VersionWrite,
+) -> Result<(), Failure> {
     run(
         txn,
         query(
@@ -379,7 +383,11 @@ pub(crate) async fn rewrite_routes(txn: &mut Txn, agent: &Agent) -> Result<(), F
     write_routes(txn, agent.agent_id.as_str(), &routes).await
 }
 
-async fn write_routes(txn: &mut Txn, agent_id: &str, routes: &BoltType) -> Result<(), Failure> {
+pub(crate) async fn write_routes(
+    txn: &mut Txn,
+    agent_id: &str,
+    routes: &BoltType,
+) -> Result<(), Failure> {
     run(
         txn,
         query("MATCH (a:Agent {agent_id: $agent_id})-[r:ALIAS]->(:AgentVersion) DELETE r")

@@ -18,7 +18,7 @@ use crate::error::corrupt;
 use crate::params::{bolt, event_rows, json_text, version_key};
 use crate::{Failure, Neo4jStore, Work, column, outbox, rows, run};
 
-fn canary_props(c: &Canary) -> Result<BoltType, StoreError> {
+pub(crate) fn canary_props(c: &Canary) -> Result<BoltType, StoreError> {
     bolt(json!({
         "canary_id": c.canary_id.as_str(),
         "agent_id": c.agent_id.as_str(),
@@ -33,7 +33,7 @@ fn canary_props(c: &Canary) -> Result<BoltType, StoreError> {
 }
 
 /// Creates or updates a canary node, compare-and-set on its revision.
-async fn write_canary(
+pub(crate) async fn write_canary(
     txn: &mut Txn,
     props: BoltType,
     id: &str,
@@ -82,19 +82,22 @@ async fn write_canary(
     Ok(())
 }
 
-fn decode_body<T: serde::de::DeserializeOwned>(row: &Row, what: &str) -> Result<T, StoreError> {
+pub(crate) fn decode_body<T: serde::de::DeserializeOwned>(
+    row: &Row,
+    what: &str,
+) -> Result<T, StoreError> {
     let body: String = column(row, "body", what)?;
     serde_json::from_str(&body).map_err(|e| corrupt(what, e))
 }
 
 #[derive(Clone)]
-struct DeploymentWrite {
+pub(crate) struct DeploymentWrite {
     props: BoltType,
     from: BoltType,
     to: BoltType,
 }
 
-fn deployment_write(d: &Deployment) -> Result<DeploymentWrite, StoreError> {
+pub(crate) fn deployment_write(d: &Deployment) -> Result<DeploymentWrite, StoreError> {
     let routes = |routes: &[aop_core::AliasRoute]| {
         bolt(Value::Array(
             routes
@@ -118,6 +121,41 @@ fn deployment_write(d: &Deployment) -> Result<DeploymentWrite, StoreError> {
     })
 }
 
+/// Creates a deployment node linked to its agent and the versions it moved from and to.
+pub(crate) async fn write_deployment(
+    txn: &mut Txn,
+    d: &DeploymentWrite,
+    id: &str,
+) -> Result<(), Failure> {
+    run(
+        txn,
+        query(
+            "MATCH (a:Agent {agent_id: $props.agent_id})
+             CREATE (d:Deployment {deployment_id: $props.deployment_id})-[:OF_AGENT]->(a)
+             SET d += $props
+             WITH d
+             UNWIND $from AS r
+             MATCH (v:AgentVersion {key: r.key})
+             CREATE (d)-[:FROM {weight: r.weight}]->(v)",
+        )
+        .param("props", d.props.clone())
+        .param("from", d.from.clone()),
+    )
+    .await?;
+    run(
+        txn,
+        query(
+            "MATCH (d:Deployment {deployment_id: $id})
+             UNWIND $to AS r
+             MATCH (v:AgentVersion {key: r.key})
+             CREATE (d)-[:TO {weight: r.weight}]->(v)",
+        )
+        .param("id", id)
+        .param("to", d.to.clone()),
+    )
+    .await
+}
+
 #[async_trait]
 impl DeploymentStore for Neo4jStore {
     async fn move_alias(
@@ -137,8 +175,12 @@ impl DeploymentStore for Neo4jStore {
         let marker = crate::first_id(events);
         let events = event_rows(events)?;
         self.transact_writing("move_alias", marker.as_deref(), |txn| -> Work<'_, ()> {
-            let (change, deployment, canary, events) =
-                (change.clone(), deployment.clone(), canary.clone(), events.clone());
+            let (change, deployment, canary, events) = (
+                change.clone(),
+                deployment.clone(),
+                canary.clone(),
+                events.clone(),
+            );
             Box::pin(async move {
                 let id = change.agent_id.as_str();
                 let Some(mut agent) = locked_agent(txn, id).await? else {
@@ -168,33 +210,8 @@ impl DeploymentStore for Neo4jStore {
                         .param("at", change.deployment.created_at),
                 )
                 .await?;
-                run(
-                    txn,
-                    query(
-                        "MATCH (a:Agent {agent_id: $props.agent_id})
-                         CREATE (d:Deployment {deployment_id: $props.deployment_id})-[:OF_AGENT]->(a)
-                         SET d += $props
-                         WITH d
-                         UNWIND $from AS r
-                         MATCH (v:AgentVersion {key: r.key})
-                         CREATE (d)-[:FROM {weight: r.weight}]->(v)",
-                    )
-                    .param("props", deployment.props.clone())
-                    .param("from", deployment.from.clone()),
-                )
-                .await?;
-                run(
-                    txn,
-                    query(
-                        "MATCH (d:Deployment {deployment_id: $id})
-                         UNWIND $to AS r
-                         MATCH (v:AgentVersion {key: r.key})
-                         CREATE (d)-[:TO {weight: r.weight}]->(v)",
-                    )
-                    .param("id", change.deployment.deployment_id.as_str())
-                    .param("to", deployment.to.clone()),
-                )
-                .await?;
+                write_deployment(txn, &deployment, change.deployment.deployment_id.as_str())
+                    .await?;
                 if let Some((props, canary_id, expected)) = canary {
                     write_canary(txn, props, &canary_id, expected).await?;
                 }

@@ -10,12 +10,12 @@ use aop_core::ports::{CacheEntry, EvolutionStore, RatedTurn};
 use aop_core::session::InteractionId;
 use aop_core::{AgentId, DomainEvent, PageRequest, StoreError};
 use async_trait::async_trait;
-use neo4rs::{BoltType, Row, query};
+use neo4rs::{BoltType, Row, Txn, query};
 use serde_json::{Value, json};
 
 use crate::error::corrupt;
 use crate::params::{bolt, event_rows, json_text, version_key};
-use crate::{Neo4jStore, Work, column, outbox, rows, run};
+use crate::{Failure, Neo4jStore, Work, column, outbox, rows, run};
 
 fn decode<T: serde::de::DeserializeOwned>(row: &Row, what: &str) -> Result<T, StoreError> {
     let body: String = column(row, "body", what)?;
@@ -29,7 +29,7 @@ fn after_key(page: &PageRequest) -> String {
         .unwrap_or_default()
 }
 
-fn run_props(r: &Evolution) -> Result<BoltType, StoreError> {
+pub(crate) fn run_props(r: &Evolution) -> Result<BoltType, StoreError> {
     bolt(json!({
         "evolution_id": r.evolution_id.as_str(),
         "agent_id": r.agent_id.as_str(),
@@ -44,7 +44,7 @@ fn run_props(r: &Evolution) -> Result<BoltType, StoreError> {
     }))
 }
 
-fn candidate_rows(candidates: &[Candidate]) -> Result<BoltType, StoreError> {
+pub(crate) fn candidate_rows(candidates: &[Candidate]) -> Result<BoltType, StoreError> {
     let rows: Result<Vec<Value>, StoreError> = candidates
         .iter()
         .map(|c| {
@@ -67,36 +67,108 @@ fn candidate_rows(candidates: &[Candidate]) -> Result<BoltType, StoreError> {
     bolt(Value::Array(rows?))
 }
 
+/// Rows of [`CREATE_EVAL_CASES`].
+pub(crate) fn eval_case_rows(cases: &[EvalCase]) -> Result<BoltType, StoreError> {
+    let rows: Result<Vec<Value>, StoreError> = cases
+        .iter()
+        .map(|c| {
+            Ok(json!({
+                "case_id": c.case_id.as_str(),
+                "agent_id": c.agent_id.as_str(),
+                "created_at": c.created_at,
+                "body": json_text(c)?,
+            }))
+        })
+        .collect();
+    bolt(Value::Array(rows?))
+}
+
+/// Creates evaluation cases linked to their agents.
+pub(crate) const CREATE_EVAL_CASES: &str = "UNWIND $rows AS row
+     MATCH (a:Agent {agent_id: row.agent_id})
+     CREATE (c:EvalCase {case_id: row.case_id}) SET c += row
+     CREATE (c)-[:EVALUATES]->(a)";
+
+/// A row of [`MERGE_CACHE`]: one result of a run.
+pub(crate) fn cache_row(evolution_id: &str, e: &CacheEntry) -> Result<Value, StoreError> {
+    Ok(json!({
+        "key": format!("{evolution_id}|{}", e.key),
+        "evolution_id": evolution_id,
+        "iteration": e.iteration,
+        "metric_calls": e.spend.metric_calls,
+        "llm_calls": e.spend.llm_calls,
+        "tokens": i64::try_from(e.spend.tokens).unwrap_or(i64::MAX),
+        "cost_usd": e.spend.cost_usd,
+        "value": json_text(&e.value)?,
+    }))
+}
+
+/// Keeps paid results; a key kept before stays as it was.
+pub(crate) const MERGE_CACHE: &str = "UNWIND $rows AS row
+     MERGE (x:Evaluation {key: row.key})
+     ON CREATE SET x += row";
+
+/// Creates a run linked to its agent and seed version.
+pub(crate) async fn create_evolution(
+    txn: &mut Txn,
+    agent_id: &str,
+    seed: &str,
+    props: BoltType,
+) -> Result<(), Failure> {
+    run(
+        txn,
+        query(
+            "MATCH (a:Agent {agent_id: $agent_id})
+             MATCH (v:AgentVersion {key: $seed})
+             CREATE (e:Evolution {evolution_id: $props.evolution_id}) SET e += $props
+             CREATE (e)-[:EVOLVES]->(a)
+             CREATE (e)-[:SEEDED_FROM]->(v)",
+        )
+        .param("agent_id", agent_id)
+        .param("seed", seed)
+        .param("props", props),
+    )
+    .await
+}
+
+/// Creates candidates (rows of [`candidate_rows`]) in their runs, linked to their parents.
+pub(crate) async fn write_candidates(txn: &mut Txn, rows: BoltType) -> Result<(), Failure> {
+    run(txn, query(CREATE_CANDIDATES).param("rows", rows.clone())).await?;
+    run(txn, query(LINK_CANDIDATE_PARENTS).param("rows", rows)).await
+}
+
+pub(crate) const CREATE_CANDIDATES: &str = "UNWIND $rows AS row
+     MATCH (e:Evolution {evolution_id: row.props.evolution_id})
+     CREATE (c:Candidate {candidate_id: row.candidate_id}) SET c += row.props
+     CREATE (c)-[:OF_RUN]->(e)";
+pub(crate) const LINK_CANDIDATE_PARENTS: &str = "UNWIND $rows AS row
+     UNWIND row.parents AS parent_id
+     MATCH (c:Candidate {candidate_id: row.candidate_id})
+     MATCH (p:Candidate {candidate_id: parent_id})
+     CREATE (c)-[:CHILD_OF]->(p)";
+
+/// Links a run to the version its winner became.
+pub(crate) async fn link_generated(txn: &mut Txn, id: &str, key: &str) -> Result<(), Failure> {
+    run(
+        txn,
+        query(
+            "MATCH (e:Evolution {evolution_id: $id})
+             MATCH (v:AgentVersion {key: $key})
+             MERGE (e)-[:GENERATED]->(v)",
+        )
+        .param("id", id)
+        .param("key", key),
+    )
+    .await
+}
+
 #[async_trait]
 impl EvolutionStore for Neo4jStore {
     async fn insert_eval_cases(&self, cases: &[EvalCase]) -> Result<(), StoreError> {
-        let rows: Result<Vec<Value>, StoreError> = cases
-            .iter()
-            .map(|c| {
-                Ok(json!({
-                    "case_id": c.case_id.as_str(),
-                    "agent_id": c.agent_id.as_str(),
-                    "created_at": c.created_at,
-                    "body": json_text(c)?,
-                }))
-            })
-            .collect();
-        let rows = bolt(Value::Array(rows?))?;
+        let rows = eval_case_rows(cases)?;
         self.transact("insert_eval_cases", |txn| -> Work<'_, ()> {
             let rows = rows.clone();
-            Box::pin(async move {
-                run(
-                    txn,
-                    query(
-                        "UNWIND $rows AS row
-                         MATCH (a:Agent {agent_id: row.agent_id})
-                         CREATE (c:EvalCase {case_id: row.case_id}) SET c += row
-                         CREATE (c)-[:EVALUATES]->(a)",
-                    )
-                    .param("rows", rows),
-                )
-                .await
-            })
+            Box::pin(async move { run(txn, query(CREATE_EVAL_CASES).param("rows", rows)).await })
         })
         .await
     }
@@ -304,20 +376,7 @@ impl EvolutionStore for Neo4jStore {
                         ))
                         .into());
                     }
-                    run(
-                        txn,
-                        query(
-                            "MATCH (a:Agent {agent_id: $agent_id})
-                         MATCH (v:AgentVersion {key: $seed})
-                         CREATE (e:Evolution {evolution_id: $props.evolution_id}) SET e += $props
-                         CREATE (e)-[:EVOLVES]->(a)
-                         CREATE (e)-[:SEEDED_FROM]->(v)",
-                        )
-                        .param("agent_id", agent.as_str())
-                        .param("seed", seed.as_str())
-                        .param("props", props),
-                    )
-                    .await?;
+                    create_evolution(txn, &agent, &seed, props).await?;
                     outbox::write_events(txn, events).await
                 })
             },
@@ -372,42 +431,9 @@ impl EvolutionStore for Neo4jStore {
                     ))
                     .into());
                 }
-                run(
-                    txn,
-                    query(
-                        "MATCH (e:Evolution {evolution_id: $id})
-                         UNWIND $rows AS row
-                         CREATE (c:Candidate {candidate_id: row.candidate_id}) SET c += row.props
-                         CREATE (c)-[:OF_RUN]->(e)",
-                    )
-                    .param("id", id.as_str())
-                    .param("rows", candidates.clone()),
-                )
-                .await?;
-                run(
-                    txn,
-                    query(
-                        "UNWIND $rows AS row
-                         UNWIND row.parents AS parent_id
-                         MATCH (c:Candidate {candidate_id: row.candidate_id})
-                         MATCH (p:Candidate {candidate_id: parent_id})
-                         CREATE (c)-[:CHILD_OF]->(p)",
-                    )
-                    .param("rows", candidates),
-                )
-                .await?;
+                write_candidates(txn, candidates).await?;
                 if let Some(key) = generated {
-                    run(
-                        txn,
-                        query(
-                            "MATCH (e:Evolution {evolution_id: $id})
-                             MATCH (v:AgentVersion {key: $key})
-                             MERGE (e)-[:GENERATED]->(v)",
-                        )
-                        .param("id", id.as_str())
-                        .param("key", key.as_str()),
-                    )
-                    .await?;
+                    link_generated(txn, &id, &key).await?;
                 }
                 outbox::write_events(txn, events).await
             })
@@ -528,36 +554,12 @@ impl EvolutionStore for Neo4jStore {
         entries: &[CacheEntry],
     ) -> Result<(), StoreError> {
         let id = evolution_id.to_string();
-        let rows: Result<Vec<Value>, StoreError> = entries
-            .iter()
-            .map(|e| {
-                Ok(json!({
-                    "key": format!("{id}|{}", e.key),
-                    "evolution_id": id,
-                    "iteration": e.iteration,
-                    "metric_calls": e.spend.metric_calls,
-                    "llm_calls": e.spend.llm_calls,
-                    "tokens": i64::try_from(e.spend.tokens).unwrap_or(i64::MAX),
-                    "cost_usd": e.spend.cost_usd,
-                    "value": json_text(&e.value)?,
-                }))
-            })
-            .collect();
+        let rows: Result<Vec<Value>, StoreError> =
+            entries.iter().map(|e| cache_row(&id, e)).collect();
         let rows = bolt(Value::Array(rows?))?;
         self.transact("cache", |txn| -> Work<'_, ()> {
             let rows = rows.clone();
-            Box::pin(async move {
-                run(
-                    txn,
-                    query(
-                        "UNWIND $rows AS row
-                         MERGE (x:Evaluation {key: row.key})
-                         ON CREATE SET x += row",
-                    )
-                    .param("rows", rows),
-                )
-                .await
-            })
+            Box::pin(async move { run(txn, query(MERGE_CACHE).param("rows", rows)).await })
         })
         .await
     }

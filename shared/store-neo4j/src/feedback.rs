@@ -7,12 +7,12 @@ use aop_core::feedback::{Feedback, FitnessUpdate, Metric, MetricStats, sample_va
 use aop_core::stats::Summary;
 use aop_core::{AgentId, DomainEvent, FeedbackStore, StoreError};
 use async_trait::async_trait;
-use neo4rs::{BoltType, Row, query};
+use neo4rs::{BoltType, Row, Txn, query};
 use serde_json::{Value, json};
 
 use crate::error::corrupt;
 use crate::params::{bolt, event_rows, version_key};
-use crate::{Neo4jStore, Work, column, outbox, rows, run};
+use crate::{Failure, Neo4jStore, Work, column, outbox, rows, run};
 
 /// What the `metric` column of a statistics row holds.
 #[derive(Clone, Copy)]
@@ -55,6 +55,117 @@ fn filters(version: Option<u32>, metric: Option<&str>) -> (String, Vec<(&'static
     (sql, params)
 }
 
+/// Feedback prepared for [`write_feedback`].
+#[derive(Clone)]
+pub(crate) struct FeedbackWrite {
+    props: BoltType,
+    ratings: BoltType,
+    id: String,
+    user: String,
+    key: String,
+    session: Option<String>,
+    interaction: Option<String>,
+}
+
+pub(crate) fn feedback_write(f: &Feedback) -> Result<FeedbackWrite, StoreError> {
+    let props = bolt(json!({
+        "feedback_id": f.feedback_id.as_str(),
+        "agent_id": f.agent_id.as_str(),
+        "version": f.version,
+        "session_id": f.session_id.as_ref().map(|s| s.as_str()),
+        "interaction_id": f.interaction_id.as_ref().map(|i| i.as_str()),
+        "comments": f.comments,
+        "categories": f.categories,
+        "user_id": f.user_id,
+        "created_at": f.created_at,
+        "submitted_by": f.submitted_by.as_ref().map(|p| p.as_str()),
+    }))?;
+    let ratings = bolt(Value::Array(
+        f.ratings
+            .iter()
+            .map(|r| {
+                json!({
+                    "feedback_id": f.feedback_id.as_str(),
+                    "agent_id": f.agent_id.as_str(),
+                    "version": f.version,
+                    "metric": r.metric,
+                    "value": r.value,
+                    "scale_min": r.scale_min,
+                    "scale_max": r.scale_max,
+                    "normalized": r.normalized,
+                    "created_at": f.created_at,
+                })
+            })
+            .collect(),
+    ))?;
+    Ok(FeedbackWrite {
+        props,
+        ratings,
+        id: f.feedback_id.to_string(),
+        user: f.user_id.clone(),
+        key: version_key(f.agent_id.as_str(), f.version),
+        session: f.session_id.as_ref().map(ToString::to_string),
+        interaction: f.interaction_id.as_ref().map(ToString::to_string),
+    })
+}
+
+/// Creates a feedback node with its ratings, its user and what it is about.
+pub(crate) async fn write_feedback(txn: &mut Txn, w: &FeedbackWrite) -> Result<(), Failure> {
+    run(
+        txn,
+        query(
+            "CREATE (f:Feedback {feedback_id: $id}) SET f += $props
+             MERGE (u:User {user_id: $user_id})
+             CREATE (u)-[:PROVIDED_FEEDBACK]->(f)
+             WITH f
+             MATCH (v:AgentVersion {key: $key})
+             CREATE (f)-[:RATES]->(v)",
+        )
+        .param("id", w.id.as_str())
+        .param("props", w.props.clone())
+        .param("user_id", w.user.as_str())
+        .param("key", w.key.as_str()),
+    )
+    .await?;
+    // Feedback is about the most specific thing named: the turn, else the session.
+    let about = match (&w.interaction, &w.session) {
+        (Some(i), _) => Some((
+            "MATCH (f:Feedback {feedback_id: $id})
+             MATCH (t:Interaction {interaction_id: $target})
+             CREATE (f)-[:ABOUT]->(t)",
+            i,
+        )),
+        (None, Some(s)) => Some((
+            "MATCH (f:Feedback {feedback_id: $id})
+             MATCH (t:Session {session_id: $target})
+             CREATE (f)-[:ABOUT]->(t)",
+            s,
+        )),
+        (None, None) => None,
+    };
+    if let Some((statement, target)) = about {
+        run(
+            txn,
+            query(statement)
+                .param("id", w.id.as_str())
+                .param("target", target.as_str()),
+        )
+        .await?;
+    }
+    run(
+        txn,
+        query(
+            "MATCH (f:Feedback {feedback_id: $id})
+             UNWIND $ratings AS r
+             CREATE (f)-[:HAS_RATING]->(x:Rating)
+             SET x += r",
+        )
+        .param("id", w.id.as_str())
+        .param("ratings", w.ratings.clone()),
+    )
+    .await
+}
+
 #[async_trait]
 impl FeedbackStore for Neo4jStore {
     async fn insert_feedback(
@@ -62,111 +173,16 @@ impl FeedbackStore for Neo4jStore {
         f: &Feedback,
         events: &[DomainEvent],
     ) -> Result<(), StoreError> {
-        let props = bolt(json!({
-            "feedback_id": f.feedback_id.as_str(),
-            "agent_id": f.agent_id.as_str(),
-            "version": f.version,
-            "session_id": f.session_id.as_ref().map(|s| s.as_str()),
-            "interaction_id": f.interaction_id.as_ref().map(|i| i.as_str()),
-            "comments": f.comments,
-            "categories": f.categories,
-            "user_id": f.user_id,
-            "created_at": f.created_at,
-            "submitted_by": f.submitted_by.as_ref().map(|p| p.as_str()),
-        }))?;
-        let ratings = bolt(Value::Array(
-            f.ratings
-                .iter()
-                .map(|r| {
-                    json!({
-                        "feedback_id": f.feedback_id.as_str(),
-                        "agent_id": f.agent_id.as_str(),
-                        "version": f.version,
-                        "metric": r.metric,
-                        "value": r.value,
-                        "scale_min": r.scale_min,
-                        "scale_max": r.scale_max,
-                        "normalized": r.normalized,
-                        "created_at": f.created_at,
-                    })
-                })
-                .collect(),
-        ))?;
-        let id = f.feedback_id.to_string();
-        let user = f.user_id.clone();
-        let key = version_key(f.agent_id.as_str(), f.version);
-        let session = f.session_id.as_ref().map(ToString::to_string);
-        let interaction = f.interaction_id.as_ref().map(ToString::to_string);
+        let write = feedback_write(f)?;
         let marker = crate::first_id(events);
         let events = event_rows(events)?;
         self.transact_writing(
             "insert_feedback",
             marker.as_deref(),
             |txn| -> Work<'_, ()> {
-                let (props, ratings, id, user, key, session, interaction, events) = (
-                    props.clone(),
-                    ratings.clone(),
-                    id.clone(),
-                    user.clone(),
-                    key.clone(),
-                    session.clone(),
-                    interaction.clone(),
-                    events.clone(),
-                );
+                let (write, events) = (write.clone(), events.clone());
                 Box::pin(async move {
-                    run(
-                        txn,
-                        query(
-                            "CREATE (f:Feedback {feedback_id: $id}) SET f += $props
-                         MERGE (u:User {user_id: $user_id})
-                         CREATE (u)-[:PROVIDED_FEEDBACK]->(f)
-                         WITH f
-                         MATCH (v:AgentVersion {key: $key})
-                         CREATE (f)-[:RATES]->(v)",
-                        )
-                        .param("id", id.as_str())
-                        .param("props", props)
-                        .param("user_id", user.as_str())
-                        .param("key", key.as_str()),
-                    )
-                    .await?;
-                    // Feedback is about the most specific thing named: the turn, else the session.
-                    let about = match (&interaction, &session) {
-                        (Some(i), _) => Some((
-                            "MATCH (f:Feedback {feedback_id: $id})
-                         MATCH (t:Interaction {interaction_id: $target})
-                         CREATE (f)-[:ABOUT]->(t)",
-                            i,
-                        )),
-                        (None, Some(s)) => Some((
-                            "MATCH (f:Feedback {feedback_id: $id})
-                         MATCH (t:Session {session_id: $target})
-                         CREATE (f)-[:ABOUT]->(t)",
-                            s,
-                        )),
-                        (None, None) => None,
-                    };
-                    if let Some((statement, target)) = about {
-                        run(
-                            txn,
-                            query(statement)
-                                .param("id", id.as_str())
-                                .param("target", target.as_str()),
-                        )
-                        .await?;
-                    }
-                    run(
-                        txn,
-                        query(
-                            "MATCH (f:Feedback {feedback_id: $id})
-                         UNWIND $ratings AS r
-                         CREATE (f)-[:HAS_RATING]->(x:Rating)
-                         SET x += r",
-                        )
-                        .param("id", id.as_str())
-                        .param("ratings", ratings),
-                    )
-                    .await?;
+                    write_feedback(txn, &write).await?;
                     outbox::write_events(txn, events).await
                 })
             },

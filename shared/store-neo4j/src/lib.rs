@@ -7,6 +7,7 @@
 //! operation. A refused login re-reads the credentials once (they may have been rotated).
 
 mod agents;
+mod backup;
 mod deployments;
 mod error;
 mod evolutions;

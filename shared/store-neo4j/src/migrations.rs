@@ -152,10 +152,22 @@ pub async fn migrate(store: &Neo4jStore) -> Result<Vec<u32>, StoreError> {
 /// Refuses to serve a graph whose schema is missing or older than this build, naming the fix.
 ///
 /// # Errors
-/// `Permanent` naming `aop migrate` when migrations are pending, or the upgrade when the graph
-/// is newer.
+/// `Permanent` naming `aop migrate` when migrations are pending, the upgrade when the graph
+/// is newer, or `aop restore` when a restore into it has not finished.
 pub async fn check(store: &Neo4jStore) -> Result<(), StoreError> {
     let current = applied_version(store).await?;
+    if current == SCHEMA_VERSION
+        && let Some((archive, done)) = crate::backup::unfinished_restore(store).await?
+    {
+        return Err(StoreError::Permanent {
+            message: format!(
+                "the graph at {} holds an unfinished restore ({done} records of the archive \
+                 with sha256 {archive}): run `aop restore` with that archive again to finish it",
+                store.target()
+            ),
+            source: None,
+        });
+    }
     match current.cmp(&SCHEMA_VERSION) {
         std::cmp::Ordering::Equal => Ok(()),
         std::cmp::Ordering::Less => Err(StoreError::Permanent {

@@ -14,13 +14,12 @@ pub(crate) async fn write_events(txn: &mut Txn, events: BoltType) -> Result<(), 
     if matches!(&events, BoltType::List(list) if list.is_empty()) {
         return Ok(());
     }
-    run(
-        txn,
-        query("UNWIND $events AS e CREATE (n:OutboxEvent {event_id: e.event_id}) SET n += e")
-            .param("events", events),
-    )
-    .await
+    run(txn, query(CREATE_EVENTS).param("rows", events)).await
 }
+
+/// Creates outbox events (`$rows` of [`crate::params::event_rows`]).
+pub(crate) const CREATE_EVENTS: &str =
+    "UNWIND $rows AS e CREATE (n:OutboxEvent {event_id: e.event_id}) SET n += e";
 
 #[derive(Deserialize, Clone)]
 struct RawEvent {

@@ -5,14 +5,14 @@
 use aop_core::proposal::{Proposal, ProposalId, ProposalStatus};
 use aop_core::{AgentId, DomainEvent, PageRequest, ProposalStore, StoreError};
 use async_trait::async_trait;
-use neo4rs::{BoltType, Row, query};
+use neo4rs::{BoltType, Row, Txn, query};
 use serde_json::{Value, json};
 
 use crate::error::corrupt;
 use crate::params::{bolt, event_rows, json_text, version_key};
-use crate::{Neo4jStore, Work, column, outbox, rows, run};
+use crate::{Failure, Neo4jStore, Work, column, outbox, rows, run};
 
-fn props(p: &Proposal) -> Result<BoltType, StoreError> {
+pub(crate) fn props(p: &Proposal) -> Result<BoltType, StoreError> {
     bolt(json!({
         "proposal_id": p.proposal_id.as_str(),
         "agent_id": p.agent_id.as_str(),
@@ -23,7 +23,7 @@ fn props(p: &Proposal) -> Result<BoltType, StoreError> {
     }))
 }
 
-fn reviews(p: &Proposal) -> Result<BoltType, StoreError> {
+pub(crate) fn reviews(p: &Proposal) -> Result<BoltType, StoreError> {
     bolt(Value::Array(
         p.reviews
             .iter()
@@ -45,6 +45,64 @@ fn decode(row: &Row) -> Result<Proposal, StoreError> {
     serde_json::from_str(&body).map_err(|e| corrupt("proposal", e))
 }
 
+/// Creates a proposal node linked to the version it is based on.
+pub(crate) async fn create_proposal(
+    txn: &mut Txn,
+    props: BoltType,
+    base: &str,
+) -> Result<(), Failure> {
+    run(
+        txn,
+        query(
+            "CREATE (p:Proposal {proposal_id: $props.proposal_id}) SET p += $props
+             WITH p
+             MATCH (v:AgentVersion {key: $base})
+             CREATE (p)-[:BASED_ON]->(v)",
+        )
+        .param("props", props)
+        .param("base", base),
+    )
+    .await
+}
+
+/// Records a proposal's reviews (each once) and, once applied, the version it made.
+pub(crate) async fn write_reviews(
+    txn: &mut Txn,
+    id: &str,
+    reviews: BoltType,
+    applied: Option<&str>,
+) -> Result<(), Failure> {
+    run(
+        txn,
+        query(
+            "MATCH (p:Proposal {proposal_id: $id})
+             UNWIND $reviews AS r
+             MERGE (x:Review {key: r.key})
+             ON CREATE SET x += r
+             MERGE (x)-[:OF]->(p)
+             MERGE (u:User {user_id: r.reviewer})
+             MERGE (u)-[:REVIEWED]->(x)",
+        )
+        .param("id", id)
+        .param("reviews", reviews),
+    )
+    .await?;
+    if let Some(key) = applied {
+        run(
+            txn,
+            query(
+                "MATCH (p:Proposal {proposal_id: $id})
+                 MATCH (v:AgentVersion {key: $key})
+                 MERGE (p)-[:PROPOSES]->(v)",
+            )
+            .param("id", id)
+            .param("key", key),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl ProposalStore for Neo4jStore {
     async fn insert_proposal(
@@ -61,18 +119,7 @@ impl ProposalStore for Neo4jStore {
             |txn| -> Work<'_, ()> {
                 let (props, base, events) = (props.clone(), base.clone(), events.clone());
                 Box::pin(async move {
-                    run(
-                        txn,
-                        query(
-                            "CREATE (p:Proposal {proposal_id: $props.proposal_id}) SET p += $props
-                         WITH p
-                         MATCH (v:AgentVersion {key: $base})
-                         CREATE (p)-[:BASED_ON]->(v)",
-                        )
-                        .param("props", props)
-                        .param("base", base.as_str()),
-                    )
-                    .await?;
+                    create_proposal(txn, props, &base).await?;
                     outbox::write_events(txn, events).await
                 })
             },
@@ -121,34 +168,7 @@ impl ProposalStore for Neo4jStore {
                         StoreError::Conflict(format!("proposal '{id}' changed meanwhile")).into(),
                     );
                 }
-                run(
-                    txn,
-                    query(
-                        "MATCH (p:Proposal {proposal_id: $id})
-                         UNWIND $reviews AS r
-                         MERGE (x:Review {key: r.key})
-                         ON CREATE SET x += r
-                         MERGE (x)-[:OF]->(p)
-                         MERGE (u:User {user_id: r.reviewer})
-                         MERGE (u)-[:REVIEWED]->(x)",
-                    )
-                    .param("id", id.as_str())
-                    .param("reviews", reviews),
-                )
-                .await?;
-                if let Some(key) = applied {
-                    run(
-                        txn,
-                        query(
-                            "MATCH (p:Proposal {proposal_id: $id})
-                             MATCH (v:AgentVersion {key: $key})
-                             MERGE (p)-[:PROPOSES]->(v)",
-                        )
-                        .param("id", id.as_str())
-                        .param("key", key.as_str()),
-                    )
-                    .await?;
-                }
+                write_reviews(txn, &id, reviews, applied.as_deref()).await?;
                 outbox::write_events(txn, events).await
             })
         })

@@ -19,7 +19,7 @@ use crate::error::corrupt;
 use crate::params::{bolt, event_rows, json_text, version_key};
 use crate::{Failure, Neo4jStore, Work, column, outbox, rows, run};
 
-fn session_status(s: SessionStatus) -> &'static str {
+pub(crate) fn session_status(s: SessionStatus) -> &'static str {
     match s {
         SessionStatus::Active => "active",
         SessionStatus::Ended => "ended",
@@ -47,7 +47,7 @@ struct RawSession {
     ended_at: Option<i64>,
 }
 
-fn decode_session(row: &Row) -> Result<Session, StoreError> {
+pub(crate) fn decode_session(row: &Row) -> Result<Session, StoreError> {
     let s: RawSession = column(row, "session", "session")?;
     Ok(Session {
         session_id: SessionId::try_from(s.session_id).map_err(|e| corrupt("session id", e))?,
@@ -77,7 +77,7 @@ struct RawMessage {
     created_at: i64,
 }
 
-fn decode_message(row: &Row) -> Result<Message, StoreError> {
+pub(crate) fn decode_message(row: &Row) -> Result<Message, StoreError> {
     let m: RawMessage = column(row, "message", "message")?;
     Ok(Message {
         session_id: SessionId::try_from(m.session_id).map_err(|e| corrupt("session id", e))?,
@@ -112,7 +112,7 @@ struct RawInteraction {
     invoked_by: Option<String>,
 }
 
-fn decode_interaction(row: &Row) -> Result<Interaction, StoreError> {
+pub(crate) fn decode_interaction(row: &Row) -> Result<Interaction, StoreError> {
     let i: RawInteraction = column(row, "interaction", "interaction")?;
     let id = |text: String| InteractionId::try_from(text).map_err(|e| corrupt("interaction id", e));
     Ok(Interaction {
@@ -180,45 +180,73 @@ pub(crate) fn interaction_row(i: &Interaction) -> Result<Value, StoreError> {
 /// Creates interactions (`rows` of [`interaction_row`]) and links them to their version, their
 /// session and the turns they delegated to.
 pub(crate) async fn write_interactions(txn: &mut Txn, rows: BoltType) -> Result<(), Failure> {
-    const STATEMENTS: [&str; 4] = [
-        "UNWIND $rows AS row
-         CREATE (i:Interaction {interaction_id: row.interaction_id})
-         SET i += row.props",
-        "UNWIND $rows AS row
-         MATCH (i:Interaction {interaction_id: row.interaction_id})
-         MATCH (v:AgentVersion {key: row.version_key})
-         CREATE (i)-[:HANDLED_BY]->(v)",
-        "UNWIND $rows AS row
-         MATCH (i:Interaction {interaction_id: row.interaction_id})
-         MATCH (s:Session {session_id: row.session_id})
-         CREATE (i)-[:IN_SESSION]->(s)",
-        "UNWIND $rows AS row
-         UNWIND row.delegated_to AS child_id
-         MATCH (i:Interaction {interaction_id: row.interaction_id})
-         MATCH (child:Interaction {interaction_id: child_id})
-         CREATE (i)-[:DELEGATED_TO]->(child)",
-    ];
-    for statement in STATEMENTS {
+    for statement in [
+        CREATE_INTERACTIONS,
+        LINK_INTERACTIONS_TO_VERSIONS,
+        LINK_INTERACTIONS_TO_SESSIONS,
+        LINK_DELEGATED,
+    ] {
         run(txn, query(statement).param("rows", rows.clone())).await?;
     }
     Ok(())
 }
 
+pub(crate) const CREATE_INTERACTIONS: &str = "UNWIND $rows AS row
+     CREATE (i:Interaction {interaction_id: row.interaction_id})
+     SET i += row.props";
+pub(crate) const LINK_INTERACTIONS_TO_VERSIONS: &str = "UNWIND $rows AS row
+     MATCH (i:Interaction {interaction_id: row.interaction_id})
+     MATCH (v:AgentVersion {key: row.version_key})
+     CREATE (i)-[:HANDLED_BY]->(v)";
+pub(crate) const LINK_INTERACTIONS_TO_SESSIONS: &str = "UNWIND $rows AS row
+     MATCH (i:Interaction {interaction_id: row.interaction_id})
+     MATCH (s:Session {session_id: row.session_id})
+     CREATE (i)-[:IN_SESSION]->(s)";
+pub(crate) const LINK_DELEGATED: &str = "UNWIND $rows AS row
+     UNWIND row.delegated_to AS child_id
+     MATCH (i:Interaction {interaction_id: row.interaction_id})
+     MATCH (child:Interaction {interaction_id: child_id})
+     CREATE (i)-[:DELEGATED_TO]->(child)";
+
+/// A session node's properties.
+pub(crate) fn session_props(s: &Session) -> Result<Value, StoreError> {
+    Ok(json!({
+        "session_id": s.session_id.as_str(),
+        "agent_id": s.agent_id.as_str(),
+        "alias": s.alias,
+        "version": s.version,
+        "user_id": s.user_id,
+        "context": json_text(&s.context)?,
+        "status": session_status(s.status),
+        "summary": s.summary,
+        "created_at": s.created_at,
+        "ended_at": s.ended_at,
+    }))
+}
+
+/// A message node's properties, with its key.
+pub(crate) fn message_row(m: &Message) -> Value {
+    json!({
+        "key": format!("{}:{}", m.session_id, m.seq),
+        "session_id": m.session_id.as_str(),
+        "seq": m.seq,
+        "role": m.role.as_str(),
+        "content": m.content,
+        "interaction_id": m.interaction_id.as_str(),
+        "created_at": m.created_at,
+    })
+}
+
+/// Creates messages (`$rows` of [`message_row`]) in their sessions.
+pub(crate) const CREATE_MESSAGES: &str = "UNWIND $rows AS m
+     MATCH (s:Session {session_id: m.session_id})
+     CREATE (s)-[:HAS_MESSAGE]->(msg:Message {key: m.key})
+     SET msg += m";
+
 #[async_trait]
 impl SessionStore for Neo4jStore {
     async fn insert_session(&self, s: &Session, events: &[DomainEvent]) -> Result<(), StoreError> {
-        let props = bolt(json!({
-            "session_id": s.session_id.as_str(),
-            "agent_id": s.agent_id.as_str(),
-            "alias": s.alias,
-            "version": s.version,
-            "user_id": s.user_id,
-            "context": json_text(&s.context)?,
-            "status": session_status(s.status),
-            "summary": s.summary,
-            "created_at": s.created_at,
-            "ended_at": s.ended_at,
-        }))?;
+        let props = bolt(session_props(s)?)?;
         let key = version_key(s.agent_id.as_str(), s.version);
         let id = s.session_id.to_string();
         let marker = crate::first_id(events);
@@ -305,22 +333,8 @@ impl SessionStore for Neo4jStore {
     ) -> Result<(), StoreError> {
         let interaction_rows = bolt(Value::Array(vec![interaction_row(interaction)?]))?;
         let session = messages.first().map(|m| m.session_id.to_string());
-        let message_rows: BoltType = bolt(Value::Array(
-            messages
-                .iter()
-                .map(|m| {
-                    json!({
-                        "key": format!("{}:{}", m.session_id, m.seq),
-                        "session_id": m.session_id.as_str(),
-                        "seq": m.seq,
-                        "role": m.role.as_str(),
-                        "content": m.content,
-                        "interaction_id": m.interaction_id.as_str(),
-                        "created_at": m.created_at,
-                    })
-                })
-                .collect(),
-        ))?;
+        let message_rows: BoltType =
+            bolt(Value::Array(messages.iter().map(message_row).collect()))?;
         let marker = crate::first_id(events);
         let events = event_rows(events)?;
         let at = interaction.created_at;
@@ -359,17 +373,7 @@ impl SessionStore for Neo4jStore {
                 }
                 write_interactions(txn, interaction_rows).await?;
                 if session.is_some() {
-                    run(
-                        txn,
-                        query(
-                            "UNWIND $rows AS m
-                             MATCH (s:Session {session_id: m.session_id})
-                             CREATE (s)-[:HAS_MESSAGE]->(msg:Message {key: m.key})
-                             SET msg += m",
-                        )
-                        .param("rows", message_rows),
-                    )
-                    .await?;
+                    run(txn, query(CREATE_MESSAGES).param("rows", message_rows)).await?;
                 }
                 outbox::write_events(txn, events).await
             })

@@ -7,7 +7,7 @@ use aop_core::deployment::{Canary, CanaryId, CanaryStatus, Deployment, TurnSampl
 use aop_core::ports::{AliasMove, CanaryWrite};
 use aop_core::{AgentId, Alias, DeploymentStore, DomainEvent, PageRequest, StoreError};
 use async_trait::async_trait;
-use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use crate::error::map_err;
 use crate::{SqliteStore, rows};
@@ -15,7 +15,10 @@ use crate::{SqliteStore, rows};
 const WATCHED: [CanaryStatus; 2] = [CanaryStatus::Running, CanaryStatus::Baking];
 
 /// Inserts or replaces a canary, compare-and-set on its revision.
-fn write_canary(tx: &Transaction<'_>, write: CanaryWrite<'_>) -> Result<(), StoreError> {
+pub(crate) fn write_canary(
+    tx: &rusqlite::Connection,
+    write: CanaryWrite<'_>,
+) -> Result<(), StoreError> {
     let c = write.canary;
     let body = rows::json(c)?;
     let written = match write.expected_revision {
@@ -57,7 +60,29 @@ fn write_canary(tx: &Transaction<'_>, write: CanaryWrite<'_>) -> Result<(), Stor
     Ok(())
 }
 
-fn decode_canary(body: &str) -> Result<Canary, StoreError> {
+/// Inserts a deployment record.
+pub(crate) fn write_deployment(
+    conn: &rusqlite::Connection,
+    d: &Deployment,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO deployments (deployment_id, agent_id, alias, kind, canary_id, created_at, body) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            d.deployment_id.as_str(),
+            d.agent_id.as_str(),
+            d.alias,
+            d.kind.as_str(),
+            d.canary_id.as_ref().map(CanaryId::as_str),
+            d.created_at,
+            rows::json(d)?
+        ],
+    )
+    .map_err(map_err)?;
+    Ok(())
+}
+
+pub(crate) fn decode_canary(body: &str) -> Result<Canary, StoreError> {
     rows::parse("canary", body)
 }
 
@@ -113,20 +138,7 @@ impl DeploymentStore for SqliteStore {
             )
             .map_err(map_err)?;
             let d = &change.deployment;
-            tx.execute(
-                "INSERT INTO deployments (deployment_id, agent_id, alias, kind, canary_id, created_at, body) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    d.deployment_id.as_str(),
-                    d.agent_id.as_str(),
-                    d.alias,
-                    d.kind.as_str(),
-                    d.canary_id.as_ref().map(CanaryId::as_str),
-                    d.created_at,
-                    rows::json(d)?
-                ],
-            )
-            .map_err(map_err)?;
+            write_deployment(&tx, d)?;
             if let Some((canary, expected_revision)) = &canary {
                 write_canary(
                     &tx,

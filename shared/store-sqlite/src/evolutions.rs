@@ -7,7 +7,7 @@ use aop_core::ports::{CacheEntry, EvolutionStore, RatedTurn};
 use aop_core::session::InteractionId;
 use aop_core::{AgentId, DomainEvent, PageRequest, StoreError};
 use async_trait::async_trait;
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::error::map_err;
 use crate::{SqliteStore, rows};
@@ -19,6 +19,91 @@ fn after_key(page: &PageRequest) -> String {
         .unwrap_or_default()
 }
 
+/// Inserts an evaluation case.
+pub(crate) fn write_eval_case(conn: &Connection, c: &EvalCase) -> Result<(), StoreError> {
+    let body = rows::json(c)?;
+    conn.prepare_cached(
+        "INSERT INTO eval_cases (case_id, agent_id, created_at, body) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            c.case_id.as_str(),
+            c.agent_id.as_str(),
+            c.created_at,
+            body
+        ])
+    })
+    .map_err(map_err)?;
+    Ok(())
+}
+
+/// Inserts an evolution run.
+pub(crate) fn write_evolution(conn: &Connection, run: &Evolution) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO evolutions (evolution_id, agent_id, status, revision, body) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            run.evolution_id.as_str(),
+            run.agent_id.as_str(),
+            run.status.as_str(),
+            rows::revision(run.revision),
+            rows::json(run)?
+        ],
+    )
+    .map_err(map_err)?;
+    Ok(())
+}
+
+/// Inserts a candidate of a run.
+pub(crate) fn write_candidate(conn: &Connection, c: &Candidate) -> Result<(), StoreError> {
+    let body = rows::json(c)?;
+    conn.prepare_cached(
+        "INSERT INTO candidates (candidate_id, evolution_id, body) VALUES (?1, ?2, ?3)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            c.candidate_id.as_str(),
+            c.evolution_id.as_str(),
+            body
+        ])
+    })
+    .map_err(map_err)?;
+    Ok(())
+}
+
+/// Keeps a paid result; with `strict` false, a key kept before stays as it was.
+pub(crate) fn write_cache_entry(
+    conn: &Connection,
+    evolution_id: &str,
+    e: &CacheEntry,
+    strict: bool,
+) -> Result<(), StoreError> {
+    let sql = if strict {
+        "INSERT INTO evaluation_cache (evolution_id, key, iteration, metric_calls, llm_calls, \
+         tokens, cost_usd, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+    } else {
+        "INSERT INTO evaluation_cache (evolution_id, key, iteration, metric_calls, llm_calls, \
+         tokens, cost_usd, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+         ON CONFLICT (evolution_id, key) DO NOTHING"
+    };
+    let value = rows::json(&e.value)?;
+    conn.prepare_cached(sql)
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                evolution_id,
+                e.key,
+                e.iteration,
+                e.spend.metric_calls,
+                e.spend.llm_calls,
+                i64::try_from(e.spend.tokens).unwrap_or(i64::MAX),
+                e.spend.cost_usd,
+                value
+            ])
+        })
+        .map_err(map_err)?;
+    Ok(())
+}
+
 #[async_trait]
 impl EvolutionStore for SqliteStore {
     async fn insert_eval_cases(&self, cases: &[EvalCase]) -> Result<(), StoreError> {
@@ -27,22 +112,8 @@ impl EvolutionStore for SqliteStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(map_err)?;
-            {
-                let mut stmt = tx
-                    .prepare_cached(
-                        "INSERT INTO eval_cases (case_id, agent_id, created_at, body) \
-                         VALUES (?1, ?2, ?3, ?4)",
-                    )
-                    .map_err(map_err)?;
-                for c in &cases {
-                    stmt.execute(params![
-                        c.case_id.as_str(),
-                        c.agent_id.as_str(),
-                        c.created_at,
-                        rows::json(c)?
-                    ])
-                    .map_err(map_err)?;
-                }
+            for c in &cases {
+                write_eval_case(&tx, c)?;
             }
             tx.commit().map_err(map_err)
         })
@@ -190,18 +261,7 @@ impl EvolutionStore for SqliteStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(map_err)?;
-            tx.execute(
-                "INSERT INTO evolutions (evolution_id, agent_id, status, revision, body) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    run.evolution_id.as_str(),
-                    run.agent_id.as_str(),
-                    run.status.as_str(),
-                    rows::revision(run.revision),
-                    rows::json(&run)?
-                ],
-            )
-            .map_err(map_err)?;
+            write_evolution(&tx, &run)?;
             rows::insert_events(&tx, &events)?;
             tx.commit().map_err(map_err)
         })
@@ -241,21 +301,8 @@ impl EvolutionStore for SqliteStore {
                     run.evolution_id
                 )));
             }
-            {
-                let mut stmt = tx
-                    .prepare_cached(
-                        "INSERT INTO candidates (candidate_id, evolution_id, body) \
-                         VALUES (?1, ?2, ?3)",
-                    )
-                    .map_err(map_err)?;
-                for c in &candidates {
-                    stmt.execute(params![
-                        c.candidate_id.as_str(),
-                        c.evolution_id.as_str(),
-                        rows::json(c)?
-                    ])
-                    .map_err(map_err)?;
-                }
+            for c in &candidates {
+                write_candidate(&tx, c)?;
             }
             rows::insert_events(&tx, &events)?;
             tx.commit().map_err(map_err)
@@ -394,28 +441,8 @@ impl EvolutionStore for SqliteStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(map_err)?;
-            {
-                let mut stmt = tx
-                    .prepare_cached(
-                        "INSERT INTO evaluation_cache (evolution_id, key, iteration, \
-                         metric_calls, llm_calls, tokens, cost_usd, value) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
-                         ON CONFLICT (evolution_id, key) DO NOTHING",
-                    )
-                    .map_err(map_err)?;
-                for e in &entries {
-                    stmt.execute(params![
-                        id,
-                        e.key,
-                        e.iteration,
-                        e.spend.metric_calls,
-                        e.spend.llm_calls,
-                        i64::try_from(e.spend.tokens).unwrap_or(i64::MAX),
-                        e.spend.cost_usd,
-                        rows::json(&e.value)?
-                    ])
-                    .map_err(map_err)?;
-                }
+            for e in &entries {
+                write_cache_entry(&tx, &id, e, false)?;
             }
             tx.commit().map_err(map_err)
         })

@@ -9,6 +9,50 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params, params_from_iter}
 use crate::error::map_err;
 use crate::{SqliteStore, rows};
 
+/// Inserts a feedback row and its ratings.
+pub(crate) fn write_feedback(conn: &rusqlite::Connection, f: &Feedback) -> Result<(), StoreError> {
+    let categories = serde_json::to_string(&f.categories)
+        .map_err(|e| StoreError::permanent("cannot encode categories", e))?;
+    conn.execute(
+        "INSERT INTO feedback (feedback_id, agent_id, version, session_id, interaction_id, \
+         comments, categories, user_id, created_at, submitted_by) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            f.feedback_id.as_str(),
+            f.agent_id.as_str(),
+            f.version,
+            f.session_id.as_ref().map(|s| s.as_str()),
+            f.interaction_id.as_ref().map(|i| i.as_str()),
+            f.comments,
+            categories,
+            f.user_id,
+            f.created_at,
+            f.submitted_by.as_ref().map(|p| p.as_str()),
+        ],
+    )
+    .map_err(map_err)?;
+    for r in &f.ratings {
+        conn.execute(
+            "INSERT INTO feedback_ratings (feedback_id, agent_id, version, metric, value, \
+             scale_min, scale_max, normalized, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                f.feedback_id.as_str(),
+                f.agent_id.as_str(),
+                f.version,
+                r.metric,
+                r.value,
+                r.scale_min,
+                r.scale_max,
+                r.normalized,
+                f.created_at,
+            ],
+        )
+        .map_err(map_err)?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl FeedbackStore for SqliteStore {
     async fn insert_feedback(
@@ -22,45 +66,7 @@ impl FeedbackStore for SqliteStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(map_err)?;
-            let categories = serde_json::to_string(&f.categories)
-                .map_err(|e| StoreError::permanent("cannot encode categories", e))?;
-            tx.execute(
-                "INSERT INTO feedback (feedback_id, agent_id, version, session_id, interaction_id, \
-                 comments, categories, user_id, created_at, submitted_by) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![
-                    f.feedback_id.as_str(),
-                    f.agent_id.as_str(),
-                    f.version,
-                    f.session_id.as_ref().map(|s| s.as_str()),
-                    f.interaction_id.as_ref().map(|i| i.as_str()),
-                    f.comments,
-                    categories,
-                    f.user_id,
-                    f.created_at,
-                    f.submitted_by.as_ref().map(|p| p.as_str()),
-                ],
-            )
-            .map_err(map_err)?;
-            for r in &f.ratings {
-                tx.execute(
-                    "INSERT INTO feedback_ratings (feedback_id, agent_id, version, metric, value, \
-                     scale_min, scale_max, normalized, created_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                    params![
-                        f.feedback_id.as_str(),
-                        f.agent_id.as_str(),
-                        f.version,
-                        r.metric,
-                        r.value,
-                        r.scale_min,
-                        r.scale_max,
-                        r.normalized,
-                        f.created_at,
-                    ],
-                )
-                .map_err(map_err)?;
-            }
+            write_feedback(&tx, &f)?;
             rows::insert_events(&tx, &events)?;
             tx.commit().map_err(map_err)
         })

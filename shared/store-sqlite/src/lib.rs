@@ -6,6 +6,8 @@
 //! runs on Neo4j alone (the Lambda functions) needs to read the configuration.
 
 #[cfg(feature = "store")]
+mod backup;
+#[cfg(feature = "store")]
 mod deployments;
 #[cfg(feature = "store")]
 mod error;
@@ -25,6 +27,8 @@ mod settings;
 #[cfg(feature = "store")]
 mod store;
 
+#[cfg(feature = "store")]
+pub use backup::{SqliteSnapshot, StagedRestore};
 #[cfg(feature = "store")]
 pub use migrations::SCHEMA_VERSION;
 pub use settings::SqliteSettings;

@@ -8,6 +8,24 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use crate::error::map_err;
 use crate::{SqliteStore, rows};
 
+/// Inserts a proposal.
+pub(crate) fn write_proposal(conn: &rusqlite::Connection, p: &Proposal) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO proposals (proposal_id, agent_id, status, expires_at, revision, body) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            p.proposal_id.as_str(),
+            p.agent_id.as_str(),
+            p.status.as_str(),
+            p.expires_at,
+            rows::revision(p.revision),
+            rows::json(p)?
+        ],
+    )
+    .map_err(map_err)?;
+    Ok(())
+}
+
 #[async_trait]
 impl ProposalStore for SqliteStore {
     async fn insert_proposal(
@@ -21,19 +39,7 @@ impl ProposalStore for SqliteStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(map_err)?;
-            tx.execute(
-                "INSERT INTO proposals (proposal_id, agent_id, status, expires_at, revision, body) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    p.proposal_id.as_str(),
-                    p.agent_id.as_str(),
-                    p.status.as_str(),
-                    p.expires_at,
-                    rows::revision(p.revision),
-                    rows::json(&p)?
-                ],
-            )
-            .map_err(map_err)?;
+            write_proposal(&tx, &p)?;
             rows::insert_events(&tx, &events)?;
             tx.commit().map_err(map_err)
         })

@@ -33,7 +33,7 @@ pub(crate) fn agent_id(text: String) -> Result<AgentId, StoreError> {
     })
 }
 
-pub(crate) fn insert_agent(tx: &Transaction<'_>, a: &Agent) -> Result<(), StoreError> {
+pub(crate) fn insert_agent(tx: &rusqlite::Connection, a: &Agent) -> Result<(), StoreError> {
     tx.execute(
         &format!(
             "INSERT INTO agents ({AGENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
@@ -73,7 +73,10 @@ pub(crate) fn update_agent(tx: &Transaction<'_>, a: &Agent) -> Result<(), StoreE
     Ok(())
 }
 
-pub(crate) fn insert_version(tx: &Transaction<'_>, v: &AgentVersion) -> Result<(), StoreError> {
+pub(crate) fn insert_version(
+    tx: &rusqlite::Connection,
+    v: &AgentVersion,
+) -> Result<(), StoreError> {
     tx.execute(
         &format!(
             "INSERT INTO agent_versions ({VERSION_COLUMNS}) \

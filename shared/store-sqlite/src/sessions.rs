@@ -8,26 +8,27 @@ use aop_core::session::{
 use aop_core::spend::Spender;
 use aop_core::{AgentId, DomainEvent, PageRequest, SessionStore, StoreError};
 use async_trait::async_trait;
-use rusqlite::{OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use crate::error::{corrupt, map_err};
 use crate::{SqliteStore, rows};
 
-const SESSION_COLUMNS: &str =
+pub(crate) const SESSION_COLUMNS: &str =
     "session_id, agent_id, alias, version, user_id, context, status, summary, created_at, ended_at";
-const MESSAGE_COLUMNS: &str = "session_id, seq, role, content, interaction_id, created_at";
-const INTERACTION_COLUMNS: &str = "interaction_id, agent_id, version, session_id, \
+pub(crate) const MESSAGE_COLUMNS: &str =
+    "session_id, seq, role, content, interaction_id, created_at";
+pub(crate) const INTERACTION_COLUMNS: &str = "interaction_id, agent_id, version, session_id, \
     parent_interaction_id, input, output, model, prompt_tokens, completion_tokens, cost_usd, \
     latency_ms, tool_calls, status, error, created_at, invoked_by";
 
-fn invalid(what: &str, value: &str) -> StoreError {
+pub(crate) fn invalid(what: &str, value: &str) -> StoreError {
     StoreError::Permanent {
         message: format!("stored {what} '{value}' is invalid"),
         source: None,
     }
 }
 
-struct RawSession {
+pub(crate) struct RawSession {
     session_id: String,
     agent_id: String,
     alias: String,
@@ -40,7 +41,7 @@ struct RawSession {
     ended_at: Option<i64>,
 }
 
-fn read_session(r: &Row<'_>) -> rusqlite::Result<RawSession> {
+pub(crate) fn read_session(r: &Row<'_>) -> rusqlite::Result<RawSession> {
     Ok(RawSession {
         session_id: r.get(0)?,
         agent_id: r.get(1)?,
@@ -55,7 +56,7 @@ fn read_session(r: &Row<'_>) -> rusqlite::Result<RawSession> {
     })
 }
 
-fn decode_session(s: RawSession) -> Result<Session, StoreError> {
+pub(crate) fn decode_session(s: RawSession) -> Result<Session, StoreError> {
     let status = match s.status.as_str() {
         "active" => SessionStatus::Active,
         "ended" => SessionStatus::Ended,
@@ -75,7 +76,7 @@ fn decode_session(s: RawSession) -> Result<Session, StoreError> {
     })
 }
 
-struct RawMessage {
+pub(crate) struct RawMessage {
     session_id: String,
     seq: u32,
     role: String,
@@ -84,7 +85,7 @@ struct RawMessage {
     created_at: i64,
 }
 
-fn read_message(r: &Row<'_>) -> rusqlite::Result<RawMessage> {
+pub(crate) fn read_message(r: &Row<'_>) -> rusqlite::Result<RawMessage> {
     Ok(RawMessage {
         session_id: r.get(0)?,
         seq: r.get(1)?,
@@ -95,7 +96,7 @@ fn read_message(r: &Row<'_>) -> rusqlite::Result<RawMessage> {
     })
 }
 
-fn decode_message(m: RawMessage) -> Result<Message, StoreError> {
+pub(crate) fn decode_message(m: RawMessage) -> Result<Message, StoreError> {
     Ok(Message {
         session_id: SessionId::try_from(m.session_id).map_err(|e| invalid("session id", &e))?,
         seq: m.seq,
@@ -107,7 +108,7 @@ fn decode_message(m: RawMessage) -> Result<Message, StoreError> {
     })
 }
 
-struct RawInteraction {
+pub(crate) struct RawInteraction {
     interaction_id: String,
     agent_id: String,
     version: u32,
@@ -127,7 +128,7 @@ struct RawInteraction {
     invoked_by: Option<String>,
 }
 
-fn read_interaction(r: &Row<'_>) -> rusqlite::Result<RawInteraction> {
+pub(crate) fn read_interaction(r: &Row<'_>) -> rusqlite::Result<RawInteraction> {
     Ok(RawInteraction {
         interaction_id: r.get(0)?,
         agent_id: r.get(1)?,
@@ -149,7 +150,7 @@ fn read_interaction(r: &Row<'_>) -> rusqlite::Result<RawInteraction> {
     })
 }
 
-fn decode_interaction(i: RawInteraction) -> Result<Interaction, StoreError> {
+pub(crate) fn decode_interaction(i: RawInteraction) -> Result<Interaction, StoreError> {
     let id =
         |text: String| InteractionId::try_from(text).map_err(|e| invalid("interaction id", &e));
     Ok(Interaction {
@@ -182,6 +183,87 @@ fn decode_interaction(i: RawInteraction) -> Result<Interaction, StoreError> {
     })
 }
 
+/// Inserts a session row.
+pub(crate) fn write_session(conn: &Connection, s: &Session) -> Result<(), StoreError> {
+    conn.prepare_cached(&format!(
+        "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+    ))
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            s.session_id.as_str(),
+            s.agent_id.as_str(),
+            s.alias,
+            s.version,
+            s.user_id,
+            s.context.to_string(),
+            match s.status {
+                SessionStatus::Active => "active",
+                SessionStatus::Ended => "ended",
+            },
+            s.summary,
+            s.created_at,
+            s.ended_at,
+        ])
+    })
+    .map_err(map_err)?;
+    Ok(())
+}
+
+/// Inserts an interaction row.
+pub(crate) fn write_interaction(conn: &Connection, i: &Interaction) -> Result<(), StoreError> {
+    let tool_calls = serde_json::to_string(&i.tool_calls)
+        .map_err(|e| StoreError::permanent("cannot encode tool calls", e))?;
+    conn.prepare_cached(&format!(
+        "INSERT INTO interactions ({INTERACTION_COLUMNS}) VALUES \
+         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+    ))
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            i.interaction_id.as_str(),
+            i.agent_id.as_str(),
+            i.version,
+            i.session_id.as_ref().map(SessionId::as_str),
+            i.parent_interaction_id.as_ref().map(InteractionId::as_str),
+            i.input,
+            i.output,
+            i.model,
+            i64::try_from(i.usage.prompt_tokens).unwrap_or(i64::MAX),
+            i64::try_from(i.usage.completion_tokens).unwrap_or(i64::MAX),
+            i.cost_usd,
+            i64::try_from(i.latency_ms).unwrap_or(i64::MAX),
+            tool_calls,
+            match i.status {
+                InteractionStatus::Completed => "completed",
+                InteractionStatus::Failed => "failed",
+            },
+            i.error,
+            i.created_at,
+            i.invoked_by.as_ref().map(Principal::as_str),
+        ])
+    })
+    .map_err(map_err)?;
+    Ok(())
+}
+
+/// Inserts a message row.
+pub(crate) fn write_message(conn: &Connection, m: &Message) -> Result<(), StoreError> {
+    conn.prepare_cached(&format!(
+        "INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+    ))
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            m.session_id.as_str(),
+            m.seq,
+            m.role.as_str(),
+            m.content,
+            m.interaction_id.as_str(),
+            m.created_at,
+        ])
+    })
+    .map_err(map_err)?;
+    Ok(())
+}
+
 #[async_trait]
 impl SessionStore for SqliteStore {
     async fn insert_session(&self, s: &Session, events: &[DomainEvent]) -> Result<(), StoreError> {
@@ -191,28 +273,7 @@ impl SessionStore for SqliteStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(map_err)?;
-            tx.execute(
-                &format!(
-                    "INSERT INTO sessions ({SESSION_COLUMNS}) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
-                ),
-                params![
-                    s.session_id.as_str(),
-                    s.agent_id.as_str(),
-                    s.alias,
-                    s.version,
-                    s.user_id,
-                    s.context.to_string(),
-                    match s.status {
-                        SessionStatus::Active => "active",
-                        SessionStatus::Ended => "ended",
-                    },
-                    s.summary,
-                    s.created_at,
-                    s.ended_at,
-                ],
-            )
-            .map_err(map_err)?;
+            write_session(&tx, &s)?;
             rows::insert_events(&tx, &events)?;
             tx.commit().map_err(map_err)
         })
@@ -296,52 +357,9 @@ impl SessionStore for SqliteStore {
                     )));
                 }
             }
-            let tool_calls = serde_json::to_string(&i.tool_calls)
-                .map_err(|e| StoreError::permanent("cannot encode tool calls", e))?;
-            tx.execute(
-                &format!(
-                    "INSERT INTO interactions ({INTERACTION_COLUMNS}) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
-                ),
-                params![
-                    i.interaction_id.as_str(),
-                    i.agent_id.as_str(),
-                    i.version,
-                    i.session_id.as_ref().map(SessionId::as_str),
-                    i.parent_interaction_id.as_ref().map(InteractionId::as_str),
-                    i.input,
-                    i.output,
-                    i.model,
-                    i64::try_from(i.usage.prompt_tokens).unwrap_or(i64::MAX),
-                    i64::try_from(i.usage.completion_tokens).unwrap_or(i64::MAX),
-                    i.cost_usd,
-                    i64::try_from(i.latency_ms).unwrap_or(i64::MAX),
-                    tool_calls,
-                    match i.status {
-                        InteractionStatus::Completed => "completed",
-                        InteractionStatus::Failed => "failed",
-                    },
-                    i.error,
-                    i.created_at,
-                    i.invoked_by.as_ref().map(Principal::as_str),
-                ],
-            )
-            .map_err(map_err)?;
+            write_interaction(&tx, &i)?;
             for m in &messages {
-                tx.execute(
-                    &format!(
-                        "INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
-                    ),
-                    params![
-                        m.session_id.as_str(),
-                        m.seq,
-                        m.role.as_str(),
-                        m.content,
-                        m.interaction_id.as_str(),
-                        m.created_at,
-                    ],
-                )
-                .map_err(map_err)?;
+                write_message(&tx, m)?;
             }
             rows::insert_events(&tx, &events)?;
             tx.commit().map_err(map_err)

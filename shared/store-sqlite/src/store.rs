@@ -20,7 +20,7 @@ pub const DB_FILE: &str = "aop.sqlite3";
 /// The embedded store. Cheap to clone.
 #[derive(Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    pub(crate) conn: Arc<Mutex<Connection>>,
     path: PathBuf,
     clock: Arc<dyn Clock>,
     /// Versions already read. A version never changes once written, so a copy is never stale.

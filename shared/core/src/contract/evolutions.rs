@@ -15,7 +15,7 @@ use crate::ports::CacheEntry;
 use crate::principal::Principal;
 use crate::session::{FeedbackId, InteractionStatus};
 
-fn eval_case(agent_id: &crate::AgentId, n: usize) -> EvalCase {
+pub(super) fn eval_case(agent_id: &crate::AgentId, n: usize) -> EvalCase {
     EvalCase {
         case_id: EvalCaseId::generate(),
         agent_id: agent_id.clone(),
@@ -35,7 +35,7 @@ fn eval_case(agent_id: &crate::AgentId, n: usize) -> EvalCase {
     }
 }
 
-fn run_of(agent_id: &crate::AgentId) -> Evolution {
+pub(super) fn run_of(agent_id: &crate::AgentId) -> Evolution {
     Evolution {
         evolution_id: EvolutionId::generate(),
         agent_id: agent_id.clone(),
@@ -68,7 +68,7 @@ fn run_of(agent_id: &crate::AgentId) -> Evolution {
     }
 }
 
-fn candidate(run: &Evolution, parents: Vec<CandidateId>, text: &str) -> Candidate {
+pub(super) fn candidate(run: &Evolution, parents: Vec<CandidateId>, text: &str) -> Candidate {
     let components = Components {
         instructions: text.into(),
         capability_descriptions: vec![("ask".into(), "Ask the expert".into())],

@@ -137,6 +137,7 @@ macro_rules! store_contract_tests {
     };
 }
 
+pub mod backup;
 mod deployments;
 pub use deployments::*;
 mod evolutions;

@@ -1,0 +1,456 @@
+//! Backups of everything the platform stores, and restores from them, whatever the store.
+//!
+//! An archive is gzip-compressed JSON Lines: a header line (format name and version, when, from
+//! where), one line per record (`{"kind": ..., "data": {...}}`, kinds in the order of
+//! [`Kind::ALL`], each kind in key order), and an end line with the number of records per kind
+//! and the SHA-256 of every byte before it. Nothing is held in memory but a page of records, so a
+//! store of any size streams through. A restore reads the archive twice: first to check the
+//! format version, every record, the counts and the checksum, and only then to load it.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+
+use aop_core::StoreError;
+use aop_core::backup::{BackupSource, Kind, Record, RestoreTarget};
+use flate2::Compression;
+use flate2::read::MultiGzDecoder;
+use flate2::write::GzEncoder;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The `format` of every archive's header.
+pub const FORMAT: &str = "aop-backup";
+/// The archive layout this build writes; it reads this one and older ones.
+pub const FORMAT_VERSION: u32 = 1;
+/// Records read from the store per call.
+const PAGE: u32 = 500;
+/// Records loaded per transaction: at most this many, or this many bytes of archive.
+const BATCH_RECORDS: usize = 500;
+const BATCH_BYTES: usize = 8 << 20;
+/// The longest line an archive may hold (one record).
+const MAX_LINE: usize = 256 << 20;
+
+/// The first line of an archive.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    pub format: String,
+    pub version: u32,
+    /// When the backup began, epoch milliseconds.
+    pub created_at: i64,
+    /// The store it was taken from (`sqlite at ...`, `neo4j at ...`).
+    pub source: String,
+    /// The `aop` version that wrote it.
+    pub aop: String,
+}
+
+/// The last line of an archive.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Trailer {
+    end: End,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct End {
+    records: u64,
+    counts: BTreeMap<Kind, u64>,
+    /// SHA-256 of every byte before this line, hex.
+    sha256: String,
+}
+
+/// What went wrong with a backup or a restore.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The archive is not one this build can restore; says why and where.
+    #[error("{0}")]
+    Archive(String),
+    /// The target store holds data already; names what.
+    #[error(
+        "the target store is not empty: it holds {0}; restore only into an empty store (a new \
+         data directory, or an empty Neo4j database)"
+    )]
+    NotEmpty(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BackupError {
+    let what = what.into();
+    move |source| BackupError::Io { what, source }
+}
+
+/// Told how far a backup or restore has got, for a progress bar.
+pub trait Progress {
+    /// `total` records are to come.
+    fn start(&self, _total: u64) {}
+    fn advance(&self, _records: u64) {}
+}
+
+/// No progress shown.
+pub struct Quiet;
+impl Progress for Quiet {}
+
+/// What a backup or restore moved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub records: u64,
+    pub counts: BTreeMap<Kind, u64>,
+    /// The archive's checksum (its end line's).
+    pub sha256: String,
+}
+
+impl Summary {
+    /// `3 agents, 7 agent versions, ...`, in archive order.
+    pub fn describe(&self) -> String {
+        describe(self.counts.iter().map(|(k, n)| (*k, *n)))
+    }
+}
+
+fn describe(counts: impl Iterator<Item = (Kind, u64)>) -> String {
+    let parts: Vec<String> = counts
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| format!("{n} {}", k.plural()))
+        .collect();
+    if parts.is_empty() {
+        "nothing".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// Writes a line and hashes it.
+struct Lines<W: Write> {
+    out: GzEncoder<W>,
+    hash: Sha256,
+    buf: Vec<u8>,
+}
+
+impl<W: Write> Lines<W> {
+    fn write(&mut self, value: &impl Serialize) -> Result<(), BackupError> {
+        self.buf.clear();
+        serde_json::to_writer(&mut self.buf, value)
+            .map_err(|e| BackupError::Archive(format!("cannot encode a record: {e}")))?;
+        self.buf.push(b'\n');
+        self.hash.update(&self.buf);
+        self.out
+            .write_all(&self.buf)
+            .map_err(io("cannot write the archive"))
+    }
+}
+
+/// Writes every record of `source` to `out` as an archive.
+///
+/// # Errors
+/// `Store` when a read fails, `Io` when a write does; what was written is then incomplete
+/// (no end line) and a restore refuses it.
+pub async fn write_backup<W: Write>(
+    source: &dyn BackupSource,
+    out: W,
+    header: &Header,
+    progress: &dyn Progress,
+) -> Result<Summary, BackupError> {
+    let census = source.census().await?;
+    progress.start(census.iter().map(|(_, n)| n).sum());
+    let mut lines = Lines {
+        out: GzEncoder::new(out, Compression::default()),
+        hash: Sha256::new(),
+        buf: Vec::new(),
+    };
+    lines.write(header)?;
+    let mut counts = BTreeMap::new();
+    let mut records = 0u64;
+    for kind in Kind::ALL {
+        let mut after: Option<String> = None;
+        loop {
+            let page = source.export(kind, after.as_deref(), PAGE).await?;
+            for record in &page.records {
+                lines.write(record)?;
+            }
+            let n = page.records.len() as u64;
+            if n > 0 {
+                *counts.entry(kind).or_insert(0) += n;
+                records += n;
+                progress.advance(n);
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+    }
+    let sha256 = hex(&lines.hash.clone().finalize());
+    let trailer = Trailer {
+        end: End {
+            records,
+            counts: counts.clone(),
+            sha256: sha256.clone(),
+        },
+    };
+    lines.buf.clear();
+    serde_json::to_writer(&mut lines.buf, &trailer)
+        .map_err(|e| BackupError::Archive(format!("cannot encode the end line: {e}")))?;
+    lines.buf.push(b'\n');
+    lines
+        .out
+        .write_all(&lines.buf)
+        .map_err(io("cannot write the archive"))?;
+    lines
+        .out
+        .finish()
+        .and_then(|mut w| w.flush())
+        .map_err(io("cannot finish the archive"))?;
+    Ok(Summary {
+        records,
+        counts,
+        sha256,
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads an archive's lines, with their line numbers.
+struct LineReader<R: Read> {
+    input: BufReader<MultiGzDecoder<R>>,
+    line: u64,
+    buf: Vec<u8>,
+}
+
+impl<R: Read> LineReader<R> {
+    fn new(input: R) -> Self {
+        Self {
+            input: BufReader::with_capacity(1 << 16, MultiGzDecoder::new(input)),
+            line: 0,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next line (with its newline), or `None` at the end.
+    fn next(&mut self) -> Result<Option<&[u8]>, BackupError> {
+        self.buf.clear();
+        let n = (&mut self.input)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut self.buf)
+            .map_err(|e| {
+                BackupError::Archive(format!(
+                    "the archive is damaged or truncated after line {}: {e}",
+                    self.line
+                ))
+            })?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.line += 1;
+        if self.buf.len() > MAX_LINE {
+            return Err(BackupError::Archive(format!(
+                "line {} of the archive is longer than {MAX_LINE} bytes",
+                self.line
+            )));
+        }
+        if self.buf.last() != Some(&b'\n') {
+            return Err(BackupError::Archive(format!(
+                "the archive is truncated: line {} is cut short",
+                self.line
+            )));
+        }
+        Ok(Some(&self.buf))
+    }
+}
+
+fn parse_header(line: Option<&[u8]>) -> Result<Header, BackupError> {
+    let line = line.ok_or_else(|| BackupError::Archive("the archive is empty".into()))?;
+    let header: Header = serde_json::from_slice(line)
+        .ok()
+        .filter(|h: &Header| h.format == FORMAT)
+        .ok_or_else(|| {
+            BackupError::Archive(format!(
+                "this is not an {FORMAT} archive (its first line is not an {FORMAT} header)"
+            ))
+        })?;
+    if header.version > FORMAT_VERSION || header.version == 0 {
+        return Err(BackupError::Archive(format!(
+            "the archive is format version {}, this build reads version {FORMAT_VERSION} and \
+             older: restore it with the aop that wrote it ({}) or a newer one",
+            header.version, header.aop
+        )));
+    }
+    Ok(header)
+}
+
+/// An archive that was read through and found whole.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub header: Header,
+    pub summary: Summary,
+}
+
+/// Reads the whole archive once: its header and format version first, then every record
+/// (each must decode, kinds in order), then the end line's counts and checksum.
+///
+/// # Errors
+/// `Archive` saying what is wrong and on which line: not an archive, a newer format, a damaged
+/// or truncated file, a record that does not decode, a checksum or count that does not match.
+pub fn verify(input: impl Read) -> Result<Verified, BackupError> {
+    let mut lines = LineReader::new(input);
+    let mut hash = Sha256::new();
+    let header = parse_header(lines.next()?)?;
+    hash.update(&lines.buf);
+    let mut counts: BTreeMap<Kind, u64> = BTreeMap::new();
+    let mut records = 0u64;
+    let mut last_kind: Option<Kind> = None;
+    let trailer = loop {
+        let number = lines.line + 1;
+        let Some(line) = lines.next()? else {
+            return Err(BackupError::Archive(format!(
+                "the archive is truncated: it ends after {records} records without its end line"
+            )));
+        };
+        if line.starts_with(b"{\"end\"") {
+            let trailer: Trailer = serde_json::from_slice(line).map_err(|e| {
+                BackupError::Archive(format!("line {number}: the end line is damaged: {e}"))
+            })?;
+            if lines.next()?.is_some() {
+                return Err(BackupError::Archive(format!(
+                    "the archive goes on after its end line (line {number})"
+                )));
+            }
+            break trailer;
+        }
+        hash.update(line);
+        let record: Record = serde_json::from_slice(line).map_err(|e| {
+            BackupError::Archive(format!("line {number}: not a record this build reads: {e}"))
+        })?;
+        let kind = record.kind();
+        if last_kind.is_some_and(|k| k > kind) {
+            return Err(BackupError::Archive(format!(
+                "line {number}: a {kind} record after {} records: kinds are out of order",
+                last_kind.map_or("", Kind::as_str)
+            )));
+        }
+        last_kind = Some(kind);
+        *counts.entry(kind).or_insert(0) += 1;
+        records += 1;
+    };
+    let sha256 = hex(&hash.finalize());
+    if sha256 != trailer.end.sha256 {
+        return Err(BackupError::Archive(format!(
+            "the archive is damaged: its checksum is {sha256}, its end line says {}",
+            trailer.end.sha256
+        )));
+    }
+    if records != trailer.end.records || counts != trailer.end.counts {
+        return Err(BackupError::Archive(format!(
+            "the archive is damaged: it holds {}, its end line says {}",
+            describe(counts.iter().map(|(k, n)| (*k, *n))),
+            describe(trailer.end.counts.iter().map(|(k, n)| (*k, *n)))
+        )));
+    }
+    Ok(Verified {
+        header,
+        summary: Summary {
+            records,
+            counts,
+            sha256,
+        },
+    })
+}
+
+/// Refuses a store that holds anything, naming what.
+///
+/// # Errors
+/// `NotEmpty` listing what the store holds.
+pub fn ensure_empty(census: &[(Kind, u64)]) -> Result<(), BackupError> {
+    if census.iter().any(|(_, n)| *n > 0) {
+        return Err(BackupError::NotEmpty(describe(census.iter().copied())));
+    }
+    Ok(())
+}
+
+/// Loads a [`verify`]-ed archive into `target`, which must be empty, or hold an interrupted
+/// restore of the same archive (which then carries on where it stopped). Loads a batch per
+/// transaction, in archive order.
+///
+/// # Errors
+/// `NotEmpty` for a store with other data; `Archive` when the input differs from what was
+/// verified; `Store` when the store refuses a batch (what earlier batches loaded stays, marked
+/// as an unfinished restore that a new run of the same archive completes).
+pub async fn restore(
+    input: impl Read,
+    verified: &Verified,
+    target: &dyn RestoreTarget,
+    progress: &dyn Progress,
+) -> Result<Summary, BackupError> {
+    let archive = verified.summary.sha256.as_str();
+    let skip = match target.restored_so_far(archive).await? {
+        Some(done) => done,
+        None => {
+            ensure_empty(&target.census().await?)?;
+            0
+        }
+    };
+    progress.start(verified.summary.records);
+    progress.advance(skip);
+    let mut lines = LineReader::new(input);
+    parse_header(lines.next()?)?;
+    let mut done = 0u64;
+    let mut batch: Vec<Record> = Vec::new();
+    let mut batch_bytes = 0usize;
+    loop {
+        let number = lines.line + 1;
+        let Some(line) = lines.next()? else {
+            return Err(BackupError::Archive(
+                "the archive changed while it was restored (it ends early)".into(),
+            ));
+        };
+        if line.starts_with(b"{\"end\"") {
+            break;
+        }
+        done += 1;
+        if done <= skip {
+            continue;
+        }
+        let record: Record = serde_json::from_slice(line).map_err(|e| {
+            BackupError::Archive(format!(
+                "the archive changed while it was restored (line {number}: {e})"
+            ))
+        })?;
+        if batch
+            .first()
+            .is_some_and(|first| first.kind() != record.kind())
+        {
+            target.import(archive, done - 1, &batch).await?;
+            progress.advance(batch.len() as u64);
+            batch.clear();
+            batch_bytes = 0;
+        }
+        batch_bytes += line.len();
+        batch.push(record);
+        if batch.len() >= BATCH_RECORDS || batch_bytes >= BATCH_BYTES {
+            target.import(archive, done, &batch).await?;
+            progress.advance(batch.len() as u64);
+            batch.clear();
+            batch_bytes = 0;
+        }
+    }
+    if !batch.is_empty() {
+        target.import(archive, done, &batch).await?;
+        progress.advance(batch.len() as u64);
+    }
+    target.finish_restore(archive).await?;
+    Ok(verified.summary.clone())
+}
+
+/// Opens an archive file for reading.
+///
+/// # Errors
+/// `Io` naming the file.
+pub fn open(path: &Path) -> Result<std::fs::File, BackupError> {
+    std::fs::File::open(path).map_err(io(format!("cannot open {}", path.display())))
+}
