@@ -10,7 +10,14 @@ use aop_runtime::{Config, Role};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::{BoxError, CommonArgs, load};
+use crate::{BoxError, CommonArgs};
+
+/// The configuration, with logs on stderr: stdout may carry the archive.
+fn load(common: &CommonArgs) -> Result<Config, BoxError> {
+    let config = Config::load(common.config.as_deref(), &common.overrides())?;
+    aop_runtime::telemetry::init_stderr(config.log_level())?;
+    Ok(config)
+}
 
 #[derive(Args, Clone)]
 pub struct BackupArgs {
@@ -69,7 +76,7 @@ fn database_file(config: &Config) -> PathBuf {
 }
 
 pub fn run_backup(args: &BackupArgs) -> Result<(), BoxError> {
-    let config = load(&args.common, &args.common.overrides())?;
+    let config = load(&args.common)?;
     let runtime = runtime()?;
     let to_stdout = args.out.as_os_str() == "-";
     let partial = partial_path(&args.out);
@@ -160,7 +167,7 @@ fn now_ms() -> i64 {
 }
 
 pub fn run_restore(args: &RestoreArgs) -> Result<(), BoxError> {
-    let config = load(&args.common, &args.common.overrides())?;
+    let config = load(&args.common)?;
     let runtime = runtime()?;
     if args.input.as_os_str() == "-" {
         return Err(

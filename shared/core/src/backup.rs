@@ -84,7 +84,38 @@ impl Kind {
         }
     }
 
-    /// What one record of the kind is, in plural, for messages.
+    /// What `n` records of the kind are, for messages: `1 agent`, `2 agents`.
+    pub fn noun(self, n: u64) -> &'static str {
+        if n == 1 {
+            self.singular()
+        } else {
+            self.plural()
+        }
+    }
+
+    fn singular(self) -> &'static str {
+        match self {
+            Self::Version => "agent version",
+            Self::Agent => "agent",
+            Self::Session => "session",
+            Self::Interaction => "interaction",
+            Self::Message => "message",
+            Self::Feedback => "feedback record",
+            Self::Fitness => "fitness statistic",
+            Self::Deployment => "deployment",
+            Self::Canary => "canary",
+            Self::Proposal => "proposal",
+            Self::EvalCase => "evaluation case",
+            Self::Evolution => "evolution",
+            Self::Candidate => "evolution candidate",
+            Self::Cached => "cached evaluation",
+            Self::Outbox => "unpublished event",
+            Self::Applied => "applied-event ledger entry",
+            Self::Quarantined => "quarantined event",
+        }
+    }
+
+    /// What records of the kind are, in plural, for messages.
     pub fn plural(self) -> &'static str {
         match self {
             Self::Version => "agent versions",
@@ -135,6 +166,18 @@ pub struct CachedRecord {
     pub iteration: u32,
     pub spend: Spend,
     pub value: serde_json::Value,
+}
+
+impl CachedRecord {
+    /// The result as the evolution store keeps it.
+    pub fn entry(&self) -> crate::ports::CacheEntry {
+        crate::ports::CacheEntry {
+            key: self.key.clone(),
+            iteration: self.iteration,
+            spend: self.spend,
+            value: self.value.clone(),
+        }
+    }
 }
 
 /// An event written with its change and not yet published.

@@ -63,7 +63,7 @@ struct End {
 pub enum BackupError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: String,
         #[source]
@@ -115,7 +115,7 @@ impl Summary {
 fn describe(counts: impl Iterator<Item = (Kind, u64)>) -> String {
     let parts: Vec<String> = counts
         .filter(|(_, n)| *n > 0)
-        .map(|(k, n)| format!("{n} {}", k.plural()))
+        .map(|(k, n)| format!("{n} {}", k.noun(n)))
         .collect();
     if parts.is_empty() {
         "nothing".into()
@@ -240,7 +240,7 @@ impl<R: Read> LineReader<R> {
             .read_until(b'\n', &mut self.buf)
             .map_err(|e| {
                 BackupError::Archive(format!(
-                    "the archive is damaged or truncated after line {}: {e}",
+                    "cannot read the archive after line {} (not gzip, or damaged or truncated): {e}",
                     self.line
                 ))
             })?;

@@ -223,6 +223,15 @@ pub fn init(level: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// As [`init`], to stderr: for commands whose stdout carries data (`aop backup --out -`).
+///
+/// # Errors
+/// As [`init`].
+pub fn init_stderr(level: &str) -> Result<(), ConfigError> {
+    let _ = tracing::subscriber::set_global_default(subscriber(level, std::io::stderr)?);
+    Ok(())
+}
+
 /// The platform's logging, JSON lines to `writer` filtered by `level`, as `init` installs it.
 ///
 /// # Errors

@@ -14,7 +14,6 @@ use aop_core::backup::{
 };
 use aop_core::evolution::{EvolutionId, Spend};
 use aop_core::feedback::{Feedback, Metric, Rating};
-use aop_core::ports::CacheEntry;
 use aop_core::principal::Principal;
 use aop_core::session::{FeedbackId, InteractionId, SessionId};
 use async_trait::async_trait;
@@ -526,17 +525,7 @@ fn prepare(kind: Kind, records: &[Record]) -> Result<Batch, StoreError> {
             vec![evolutions::MERGE_CACHE],
             rows_of(
                 each!(Cached)
-                    .map(|c| {
-                        evolutions::cache_row(
-                            c.evolution_id.as_str(),
-                            &CacheEntry {
-                                key: c.key.clone(),
-                                iteration: c.iteration,
-                                spend: c.spend,
-                                value: c.value.clone(),
-                            },
-                        )
-                    })
+                    .map(|c| evolutions::cache_row(c.evolution_id.as_str(), &c.entry()))
                     .collect::<Result<_, StoreError>>()?,
             )?,
         ),

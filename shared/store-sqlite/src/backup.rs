@@ -13,7 +13,7 @@ use aop_core::backup::{
 };
 use aop_core::evolution::Spend;
 use aop_core::feedback::{Feedback, Metric, Rating};
-use aop_core::ports::{CacheEntry, CanaryWrite};
+use aop_core::ports::CanaryWrite;
 use aop_core::principal::Principal;
 use aop_core::session::{FeedbackId, InteractionId, SessionId};
 use async_trait::async_trait;
@@ -372,17 +372,9 @@ fn import(conn: &Connection, record: &Record) -> Result<(), StoreError> {
         Record::EvalCase(c) => evolutions::write_eval_case(conn, c),
         Record::Evolution(e) => evolutions::write_evolution(conn, e),
         Record::Candidate(c) => evolutions::write_candidate(conn, c),
-        Record::Cached(c) => evolutions::write_cache_entry(
-            conn,
-            c.evolution_id.as_str(),
-            &CacheEntry {
-                key: c.key.clone(),
-                iteration: c.iteration,
-                spend: c.spend,
-                value: c.value.clone(),
-            },
-            true,
-        ),
+        Record::Cached(c) => {
+            evolutions::write_cache_entry(conn, c.evolution_id.as_str(), &c.entry(), true)
+        }
         Record::Outbox(e) => conn
             .execute(
                 "INSERT INTO outbox (event_id, event_type, subject, time, data, correlation_id) \
