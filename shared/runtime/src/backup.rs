@@ -399,6 +399,9 @@ pub async fn restore(
     progress.advance(skip);
     let mut lines = LineReader::new(input);
     parse_header(lines.next()?)?;
+    // What is loaded must be what was verified: the file could be replaced in between.
+    let mut hash = Sha256::new();
+    hash.update(&lines.buf);
     let mut done = 0u64;
     let mut batch: Vec<Record> = Vec::new();
     let mut batch_bytes = 0usize;
@@ -412,6 +415,7 @@ pub async fn restore(
         if line.starts_with(b"{\"end\"") {
             break;
         }
+        hash.update(line);
         done += 1;
         if done <= skip {
             continue;
@@ -438,6 +442,13 @@ pub async fn restore(
             batch.clear();
             batch_bytes = 0;
         }
+    }
+    if hex(&hash.finalize()) != archive {
+        return Err(BackupError::Archive(
+            "the archive changed while it was restored (its checksum differs from the one \
+             checked first); nothing more was loaded"
+                .into(),
+        ));
     }
     if !batch.is_empty() {
         target.import(archive, done, &batch).await?;

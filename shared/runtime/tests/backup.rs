@@ -278,6 +278,30 @@ async fn damaged_truncated_and_foreign_archives_are_refused_saying_why() {
     let message = refused(&gzip("{\"hello\":1}\n"));
     assert!(message.contains("not an aop-backup archive"), "{message}");
 
+    // An archive replaced between the check and the load is not loaded past the change, and
+    // an embedded restore then leaves nothing behind.
+    let verified = backup::verify(&archive[..]).unwrap();
+    let (_other_dir, other) = populated().await;
+    let replaced = archive_of(&other.snapshot().unwrap()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(aop_store_sqlite::DB_FILE);
+    let staged = SqliteStore::stage_restore(&path).unwrap();
+    let message = backup::restore(&replaced[..], &verified, staged.store(), &Quiet)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("changed while it was restored"),
+        "{message}"
+    );
+    drop(staged);
+    assert!(!path.exists(), "no database was put in place");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(
+        leftovers.is_empty(),
+        "the staged file is removed: {leftovers:?}"
+    );
+
     // A record this build cannot read names its line.
     let mut broken: Vec<String> = lines(&archive);
     broken.insert(2, r#"{"kind":"agent","data":{"agent_id":"x"}}"#.into());

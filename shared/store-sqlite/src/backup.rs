@@ -471,7 +471,8 @@ impl SqliteStore {
                 .map_err(map_err)
         })?;
         Ok(StagedRestore {
-            store,
+            store: Some(store),
+            complete: false,
             staged,
             target: target.to_owned(),
         })
@@ -533,17 +534,37 @@ impl BackupSource for SqliteSnapshot {
     }
 }
 
-/// A restore being loaded into a staged database file.
+/// A restore being loaded into a staged database file, removed unless committed.
 pub struct StagedRestore {
-    store: SqliteStore,
+    store: Option<SqliteStore>,
+    /// Loaded and synced: kept even if putting it in place fails.
+    complete: bool,
     staged: PathBuf,
     target: PathBuf,
 }
 
+impl Drop for StagedRestore {
+    fn drop(&mut self) {
+        // Uncommitted: the staged file is worth nothing (after a commit it is gone already).
+        self.store = None;
+        if self.complete {
+            return;
+        }
+        if let Err(e) = remove_database(&self.staged) {
+            tracing::warn!(error = %e, "cannot remove the staged restore");
+        }
+    }
+}
+
 impl StagedRestore {
     /// The store to load into.
+    ///
+    /// # Panics
+    /// Never: the store is there until the restore is committed or dropped.
     pub fn store(&self) -> &SqliteStore {
-        &self.store
+        self.store
+            .as_ref()
+            .expect("the staged store is open until commit")
     }
 
     /// Puts the loaded database in place of the target, removing the target's files (the
@@ -552,19 +573,25 @@ impl StagedRestore {
     /// # Errors
     /// `Permanent` when the files cannot be synced, removed or renamed; the target is then
     /// as it was, or absent with the staged file complete beside it.
-    pub fn commit(self) -> Result<(), StoreError> {
-        self.store.with_connection(|conn| {
+    pub fn commit(mut self) -> Result<(), StoreError> {
+        let store = self
+            .store
+            .take()
+            .expect("the staged store is open until commit");
+        store.with_connection(|conn| {
             conn.execute_batch("PRAGMA journal_mode = DELETE;")
                 .map_err(map_err)
         })?;
-        drop(self.store);
+        drop(store);
         let io = |what: String| move |e| StoreError::permanent(what, e);
         std::fs::File::open(&self.staged)
             .and_then(|f| f.sync_all())
             .map_err(io(format!("cannot sync {}", self.staged.display())))?;
+        self.complete = true;
         remove_database(&self.target)?;
         std::fs::rename(&self.staged, &self.target).map_err(io(format!(
-            "cannot move {} to {}",
+            "cannot move {} to {} (the restored database is complete in the former: move it \
+             by hand)",
             self.staged.display(),
             self.target.display()
         )))?;
