@@ -94,3 +94,72 @@ def test_a_backup_taken_while_serving_restores_into_a_new_store(start_server, ll
         assert done.returncode != 0
         assert "truncated" in done.stderr and "without its end line" in done.stderr, done.stderr
         assert not os.path.exists(os.path.join(empty_dir, "aop.sqlite3")), "nothing was loaded"
+
+
+def test_backups_go_to_s3_and_a_fresh_store_comes_back_from_there(start_server, data_dir, store_env):
+    """infra/backup/to-s3 and from-s3 with the real AWS CLI against moto's S3."""
+    import uuid
+
+    import pytest
+
+    moto, aws = os.environ.get("AOP_TEST_MOTO"), os.environ.get("AOP_TEST_AWS_CLI")
+    if not moto or not aws:
+        if os.environ.get("AOP_REQUIRE_SERVICES"):
+            pytest.fail("AOP_TEST_MOTO and AOP_TEST_AWS_CLI must be set: AOP_REQUIRE_SERVICES requires this test")
+        pytest.skip("SKIPPED (service not configured): set AOP_TEST_MOTO (infra/aws/moto) and AOP_TEST_AWS_CLI")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    server = start_server()
+    seen = {}
+
+    async def scenario(client):
+        agent = ok(await client.call_tool("create_agent", {"name": "Shipped", "instructions": "Hi."}))
+        seen["agent"] = agent["agent"]
+
+    asyncio.run(with_client(server.url, "legacy", scenario))
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AOP_", "MCP_", "NEO4J_", "OPENAI_", "AWS_"))}
+    base.update({
+        "PATH": os.path.dirname(aws) + os.pathsep + base.get("PATH", ""),
+        "AOP_BIN": aop_binary(),
+        "AWS_ENDPOINT_URL": moto,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    })
+    bucket = f"aop-backups-{uuid.uuid4().hex[:12]}"
+    made = subprocess.run([aws, "s3", "mb", f"s3://{bucket}"], env=base, capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+
+    def script(name, arg, data, store=None):
+        env = {**base, "AOP_DATA_DIR": data, **(store or {})}
+        return subprocess.run([os.path.join(root, "infra/backup", name), arg], env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    sent = script("to-s3", f"s3://{bucket}/aop", data_dir, store_env)
+    assert sent.returncode == 0, sent.stderr
+    key = sent.stdout.strip()
+    assert key.startswith(f"s3://{bucket}/aop/") and key.endswith(".jsonl.gz"), key
+
+    # A backup that fails keeps nothing in the bucket.
+    with tempfile.TemporaryDirectory(prefix="aop-nothing-") as nothing:
+        failed = script("to-s3", f"s3://{bucket}/broken", os.path.join(nothing, "missing"))
+        assert failed.returncode != 0
+        assert "nothing was kept" in failed.stderr, failed.stderr
+    listed = subprocess.run([aws, "s3", "ls", f"s3://{bucket}/", "--recursive"], env=base,
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert "aop/" in listed.stdout and "broken/" not in listed.stdout, listed.stdout
+
+    server.stop()
+    with tempfile.TemporaryDirectory(prefix="aop-restored-") as restored_dir:
+        back = script("from-s3", key, restored_dir)
+        assert back.returncode == 0, back.stderr
+        restored = Server(restored_dir, KEY)
+        try:
+            async def check(client):
+                agent = ok(await client.call_tool("get_agent", {"agent_id": seen["agent"]["agent_id"]}))
+                assert agent["agent"] == seen["agent"]
+
+            asyncio.run(with_client(restored.url, "legacy", check))
+        finally:
+            restored.stop()
