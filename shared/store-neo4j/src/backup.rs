@@ -412,6 +412,7 @@ fn prepare(kind: Kind, records: &[Record]) -> Result<Batch, StoreError> {
                 sessions::LINK_DELEGATED,
                 // A delegated turn may come after the turn that delegated to it.
                 "UNWIND $rows AS row
+                 WITH row WHERE row.props.parent_interaction_id IS NOT NULL
                  MATCH (child:Interaction {interaction_id: row.interaction_id})
                  MATCH (parent:Interaction {interaction_id: row.props.parent_interaction_id})
                  MERGE (parent)-[:DELEGATED_TO]->(child)",

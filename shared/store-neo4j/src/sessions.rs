@@ -198,7 +198,9 @@ pub(crate) const LINK_INTERACTIONS_TO_VERSIONS: &str = "UNWIND $rows AS row
      MATCH (i:Interaction {interaction_id: row.interaction_id})
      MATCH (v:AgentVersion {key: row.version_key})
      CREATE (i)-[:HANDLED_BY]->(v)";
+/// Only turns of a session: a lookup by a null key is a scan of every node on some servers.
 pub(crate) const LINK_INTERACTIONS_TO_SESSIONS: &str = "UNWIND $rows AS row
+     WITH row WHERE row.session_id IS NOT NULL
      MATCH (i:Interaction {interaction_id: row.interaction_id})
      MATCH (s:Session {session_id: row.session_id})
      CREATE (i)-[:IN_SESSION]->(s)";
