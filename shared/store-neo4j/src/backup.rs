@@ -810,13 +810,24 @@ impl RestoreTarget for Neo4jStore {
 }
 
 impl Neo4jStore {
-    /// Deletes every node of the database. For tests that need an empty graph.
+    /// Deletes every node of the database, 5,000 a transaction. For tests and benchmarks that
+    /// need an empty graph.
     #[doc(hidden)]
     pub async fn erase_everything(&self) -> Result<(), StoreError> {
-        self.transact("erase", |txn| -> Work<'_, ()> {
-            Box::pin(run(txn, query("MATCH (n) DETACH DELETE n")))
-        })
-        .await
+        loop {
+            let deleted = self
+                .transact("erase", |txn| -> Work<'_, Vec<Row>> {
+                    Box::pin(rows(
+                        txn,
+                        query("MATCH (n) WITH n LIMIT 5000 DETACH DELETE n RETURN count(*) AS n"),
+                    ))
+                })
+                .await?;
+            let n: i64 = deleted.first().map_or(Ok(0), |r| column(r, "n", "count"))?;
+            if n == 0 {
+                return Ok(());
+            }
+        }
     }
 }
 
