@@ -9,6 +9,9 @@ use aop_runtime::{Config, Overrides, Platform, Role, telemetry};
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "aop",
