@@ -238,16 +238,6 @@ struct RawEvaluation {
     value: String,
 }
 
-#[derive(Deserialize)]
-struct RawOutboxEvent {
-    event_id: String,
-    event_type: String,
-    subject: String,
-    time: i64,
-    data: String,
-    correlation_id: Option<String>,
-}
-
 fn body<T: serde::de::DeserializeOwned>(row: &Row, what: &str) -> Result<T, StoreError> {
     let text: String = column(row, "body", what)?;
     serde_json::from_str(&text).map_err(|e| corrupt(what, e))
@@ -302,7 +292,7 @@ fn decode(kind: Kind, row: &Row) -> Result<Record, StoreError> {
             })
         }
         Kind::Outbox => {
-            let x: RawOutboxEvent = column(row, "x", "outbox event")?;
+            let x: outbox::RawEvent = column(row, "x", "outbox event")?;
             Record::Outbox(OutboxRecord {
                 data: serde_json::from_str(&x.data).map_err(|e| corrupt("event data", e))?,
                 event_id: x.event_id,

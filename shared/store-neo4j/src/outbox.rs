@@ -21,14 +21,15 @@ pub(crate) async fn write_events(txn: &mut Txn, events: BoltType) -> Result<(), 
 pub(crate) const CREATE_EVENTS: &str =
     "UNWIND $rows AS e CREATE (n:OutboxEvent {event_id: e.event_id}) SET n += e";
 
+/// An `(:OutboxEvent)` node's properties.
 #[derive(Deserialize, Clone)]
-struct RawEvent {
-    event_id: String,
-    event_type: String,
-    subject: String,
-    time: i64,
-    data: String,
-    correlation_id: Option<String>,
+pub(crate) struct RawEvent {
+    pub(crate) event_id: String,
+    pub(crate) event_type: String,
+    pub(crate) subject: String,
+    pub(crate) time: i64,
+    pub(crate) data: String,
+    pub(crate) correlation_id: Option<String>,
 }
 
 fn decode(raw: RawEvent) -> Result<DomainEvent, StoreError> {
