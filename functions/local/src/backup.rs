@@ -196,19 +196,7 @@ pub fn run_restore(args: &RestoreArgs) -> Result<(), BoxError> {
             aop_store_neo4j::migrations::migrate(store).await?;
             backup::restore(input, &verified, store, &bar).await?
         } else {
-            let path = database_file(&config);
-            if path.exists() {
-                let existing = aop_store_sqlite::SqliteStore::open(&path)?;
-                backup::ensure_empty(&aop_core::backup::RestoreTarget::census(&existing).await?)?;
-            } else {
-                std::fs::create_dir_all(&config.sqlite.data_dir).map_err(|e| {
-                    format!("cannot create {}: {e}", config.sqlite.data_dir.display())
-                })?;
-            }
-            let staged = aop_store_sqlite::SqliteStore::stage_restore(&path)?;
-            let summary = backup::restore(input, &verified, staged.store(), &bar).await?;
-            staged.commit()?;
-            summary
+            backup::restore_embedded(&database_file(&config), input, &verified, &bar).await?
         };
         bar.0.finish_and_clear();
         Ok::<Summary, BoxError>(summary)

@@ -239,9 +239,12 @@ impl<R: Read> LineReader<R> {
             .take(MAX_LINE as u64 + 1)
             .read_until(b'\n', &mut self.buf)
             .map_err(|e| {
+                let at = match self.line {
+                    0 => String::new(),
+                    n => format!(" after line {n}"),
+                };
                 BackupError::Archive(format!(
-                    "cannot read the archive after line {} (not gzip, or damaged or truncated): {e}",
-                    self.line
+                    "cannot read the archive{at} (not gzip, or damaged or truncated): {e}"
                 ))
             })?;
         if n == 0 {
@@ -403,8 +406,13 @@ pub async fn restore(
     let mut hash = Sha256::new();
     hash.update(&lines.buf);
     let mut done = 0u64;
-    let mut batch: Vec<Record> = Vec::new();
-    let mut batch_bytes = 0usize;
+    let mut batch = Batch {
+        target,
+        progress,
+        archive,
+        records: Vec::new(),
+        bytes: 0,
+    };
     loop {
         let number = lines.line + 1;
         let Some(line) = lines.next()? else {
@@ -425,22 +433,18 @@ pub async fn restore(
                 "the archive changed while it was restored (line {number}: {e})"
             ))
         })?;
+        // One kind per transaction: the records before this one are all loaded then.
         if batch
+            .records
             .first()
             .is_some_and(|first| first.kind() != record.kind())
         {
-            target.import(archive, done - 1, &batch).await?;
-            progress.advance(batch.len() as u64);
-            batch.clear();
-            batch_bytes = 0;
+            batch.load(done - 1).await?;
         }
-        batch_bytes += line.len();
-        batch.push(record);
-        if batch.len() >= BATCH_RECORDS || batch_bytes >= BATCH_BYTES {
-            target.import(archive, done, &batch).await?;
-            progress.advance(batch.len() as u64);
-            batch.clear();
-            batch_bytes = 0;
+        batch.bytes += line.len();
+        batch.records.push(record);
+        if batch.records.len() >= BATCH_RECORDS || batch.bytes >= BATCH_BYTES {
+            batch.load(done).await?;
         }
     }
     if hex(&hash.finalize()) != archive {
@@ -450,12 +454,59 @@ pub async fn restore(
                 .into(),
         ));
     }
-    if !batch.is_empty() {
-        target.import(archive, done, &batch).await?;
-        progress.advance(batch.len() as u64);
-    }
+    batch.load(done).await?;
     target.finish_restore(archive).await?;
     Ok(verified.summary.clone())
+}
+
+/// Restores into the embedded store's database file at `path`, which must be absent or empty:
+/// loads a staged file beside it and puts it in place only when everything is in.
+///
+/// # Errors
+/// As [`restore`]; `NotEmpty` when the file holds data; `Io` when its directory cannot be made.
+#[cfg(feature = "embedded")]
+pub async fn restore_embedded(
+    path: &Path,
+    input: impl Read,
+    verified: &Verified,
+    progress: &dyn Progress,
+) -> Result<Summary, BackupError> {
+    use aop_store_sqlite::SqliteStore;
+    if path.exists() {
+        let existing = SqliteStore::open(path)?;
+        ensure_empty(&RestoreTarget::census(&existing).await?)?;
+    } else if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io(format!("cannot create {}", dir.display())))?;
+    }
+    let staged = SqliteStore::stage_restore(path)?;
+    let summary = restore(input, verified, staged.store(), progress).await?;
+    staged.commit()?;
+    Ok(summary)
+}
+
+/// Records of one kind waiting to be loaded in one transaction.
+struct Batch<'a> {
+    target: &'a dyn RestoreTarget,
+    progress: &'a dyn Progress,
+    archive: &'a str,
+    records: Vec<Record>,
+    bytes: usize,
+}
+
+impl Batch<'_> {
+    /// Loads what is waiting, recording that the archive's first `done` records are in.
+    async fn load(&mut self, done: u64) -> Result<(), BackupError> {
+        if self.records.is_empty() {
+            return Ok(());
+        }
+        self.target
+            .import(self.archive, done, &self.records)
+            .await?;
+        self.progress.advance(self.records.len() as u64);
+        self.records.clear();
+        self.bytes = 0;
+        Ok(())
+    }
 }
 
 /// Opens an archive file for reading.

@@ -76,11 +76,9 @@ async fn restore_embedded(archive: &[u8]) -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(aop_store_sqlite::DB_FILE);
     let verified = backup::verify(archive).expect("verify");
-    let staged = SqliteStore::stage_restore(&path).unwrap();
-    backup::restore(archive, &verified, staged.store(), &Quiet)
+    backup::restore_embedded(&path, archive, &verified, &Quiet)
         .await
         .expect("restore");
-    staged.commit().unwrap();
     let store = SqliteStore::open(&path).unwrap();
     (dir, store)
 }

@@ -799,10 +799,10 @@ impl RestoreTarget for Neo4jStore {
     }
 }
 
+#[cfg(feature = "testing")]
 impl Neo4jStore {
     /// Deletes every node of the database, 5,000 a transaction. For tests and benchmarks that
-    /// need an empty graph.
-    #[doc(hidden)]
+    /// need an empty graph (feature `testing`).
     pub async fn erase_everything(&self) -> Result<(), StoreError> {
         loop {
             let deleted = self

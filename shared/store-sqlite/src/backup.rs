@@ -40,27 +40,21 @@ struct Spec {
 const FEEDBACK_COLUMNS: &str = "feedback_id, agent_id, version, session_id, interaction_id, \
     comments, categories, user_id, created_at, submitted_by";
 
-fn spec(kind: Kind) -> Spec {
-    let body = |table, key| Spec {
+/// A kind kept whole as JSON in a `body` column.
+fn body(
+    table: &'static str,
+    keys: &'static [&'static str],
+    decode: fn(&Connection, &Row<'_>) -> Result<Record, StoreError>,
+) -> Spec {
+    Spec {
         table,
         columns: "body",
-        keys: match key {
-            "deployment_id" => &["deployment_id"],
-            "canary_id" => &["canary_id"],
-            "proposal_id" => &["proposal_id"],
-            "case_id" => &["case_id"],
-            "evolution_id" => &["evolution_id"],
-            _ => &["candidate_id"],
-        },
-        decode: match kind {
-            Kind::Deployment => |_, r| Ok(Record::Deployment(body_of(r, "deployment")?)),
-            Kind::Canary => |_, r| Ok(Record::Canary(Box::new(body_of(r, "canary")?))),
-            Kind::Proposal => |_, r| Ok(Record::Proposal(body_of(r, "proposal")?)),
-            Kind::EvalCase => |_, r| Ok(Record::EvalCase(body_of(r, "evaluation case")?)),
-            Kind::Evolution => |_, r| Ok(Record::Evolution(Box::new(body_of(r, "evolution")?))),
-            _ => |_, r| Ok(Record::Candidate(body_of(r, "candidate")?)),
-        },
-    };
+        keys,
+        decode,
+    }
+}
+
+fn spec(kind: Kind) -> Spec {
     match kind {
         Kind::Version => Spec {
             table: "agent_versions",
@@ -137,12 +131,24 @@ fn spec(kind: Kind) -> Spec {
                 }))
             },
         },
-        Kind::Deployment => body("deployments", "deployment_id"),
-        Kind::Canary => body("canaries", "canary_id"),
-        Kind::Proposal => body("proposals", "proposal_id"),
-        Kind::EvalCase => body("eval_cases", "case_id"),
-        Kind::Evolution => body("evolutions", "evolution_id"),
-        Kind::Candidate => body("candidates", "candidate_id"),
+        Kind::Deployment => body("deployments", &["deployment_id"], |_, r| {
+            Ok(Record::Deployment(body_of(r, "deployment")?))
+        }),
+        Kind::Canary => body("canaries", &["canary_id"], |_, r| {
+            Ok(Record::Canary(Box::new(body_of(r, "canary")?)))
+        }),
+        Kind::Proposal => body("proposals", &["proposal_id"], |_, r| {
+            Ok(Record::Proposal(body_of(r, "proposal")?))
+        }),
+        Kind::EvalCase => body("eval_cases", &["case_id"], |_, r| {
+            Ok(Record::EvalCase(body_of(r, "evaluation case")?))
+        }),
+        Kind::Evolution => body("evolutions", &["evolution_id"], |_, r| {
+            Ok(Record::Evolution(Box::new(body_of(r, "evolution")?)))
+        }),
+        Kind::Candidate => body("candidates", &["candidate_id"], |_, r| {
+            Ok(Record::Candidate(body_of(r, "candidate")?))
+        }),
         Kind::Cached => Spec {
             table: "evaluation_cache",
             columns: "evolution_id, key, iteration, metric_calls, llm_calls, tokens, cost_usd, value",
@@ -216,9 +222,8 @@ fn body_of<T: serde::de::DeserializeOwned>(r: &Row<'_>, what: &str) -> Result<T,
 }
 
 fn decode_feedback(conn: &Connection, r: &Row<'_>) -> Result<Record, StoreError> {
-    let get_err = map_err;
-    let id: String = r.get(0).map_err(get_err)?;
-    let categories: String = r.get(6).map_err(get_err)?;
+    let id: String = r.get(0).map_err(map_err)?;
+    let categories: String = r.get(6).map_err(map_err)?;
     let ratings = conn
         .prepare_cached(
             "SELECT metric, value, scale_min, scale_max, normalized FROM feedback_ratings \
@@ -237,13 +242,13 @@ fn decode_feedback(conn: &Connection, r: &Row<'_>) -> Result<Record, StoreError>
             .collect::<rusqlite::Result<Vec<_>>>()
         })
         .map_err(map_err)?;
-    let session_id: Option<String> = r.get(3).map_err(get_err)?;
-    let interaction_id: Option<String> = r.get(4).map_err(get_err)?;
-    let submitted_by: Option<String> = r.get(9).map_err(get_err)?;
+    let session_id: Option<String> = r.get(3).map_err(map_err)?;
+    let interaction_id: Option<String> = r.get(4).map_err(map_err)?;
+    let submitted_by: Option<String> = r.get(9).map_err(map_err)?;
     Ok(Record::Feedback(Feedback {
         feedback_id: FeedbackId::try_from(id).map_err(|e| invalid("feedback id", &e))?,
-        agent_id: rows::agent_id(r.get(1).map_err(get_err)?)?,
-        version: r.get(2).map_err(get_err)?,
+        agent_id: rows::agent_id(r.get(1).map_err(map_err)?)?,
+        version: r.get(2).map_err(map_err)?,
         session_id: session_id
             .map(SessionId::try_from)
             .transpose()
@@ -253,10 +258,10 @@ fn decode_feedback(conn: &Connection, r: &Row<'_>) -> Result<Record, StoreError>
             .transpose()
             .map_err(|e| invalid("interaction id", &e))?,
         ratings,
-        comments: r.get(5).map_err(get_err)?,
+        comments: r.get(5).map_err(map_err)?,
         categories: rows::parse("categories", &categories)?,
-        user_id: r.get(7).map_err(get_err)?,
-        created_at: r.get(8).map_err(get_err)?,
+        user_id: r.get(7).map_err(map_err)?,
+        created_at: r.get(8).map_err(map_err)?,
         submitted_by: submitted_by.as_deref().map(Principal::named),
     }))
 }
