@@ -144,7 +144,7 @@ def test_backups_go_to_s3_and_a_fresh_store_comes_back_from_there(start_server, 
     with tempfile.TemporaryDirectory(prefix="aop-nothing-") as nothing:
         failed = script("to-s3", f"s3://{bucket}/broken", os.path.join(nothing, "missing"))
         assert failed.returncode != 0
-        assert "nothing was kept" in failed.stderr, failed.stderr
+        assert "nothing was uploaded" in failed.stderr, failed.stderr
     listed = subprocess.run([aws, "s3", "ls", f"s3://{bucket}/", "--recursive"], env=base,
                             capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0, listed.stderr

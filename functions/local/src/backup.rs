@@ -1,11 +1,11 @@
 //! `aop backup` and `aop restore`: the archive of everything the platform stores, to a file or
 //! standard output, and back into an empty store (the embedded one or Neo4j, whichever wrote it).
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use aop_runtime::backup::{self, Header, Progress, Summary};
+use aop_core::backup::BackupSource;
+use aop_runtime::backup::{self, BackupError, Header, Progress, Summary};
 use aop_runtime::{Config, Role};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -26,6 +26,10 @@ pub struct BackupArgs {
     /// The archive to write (gzip-compressed JSON Lines); `-` writes to standard output.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    /// On Neo4j, how many times to read the graph over when it changed during the backup
+    /// (writing to a file only).
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub attempts: u32,
 }
 
 #[derive(Args, Clone)]
@@ -57,6 +61,7 @@ impl Bar {
 impl Progress for Bar {
     fn start(&self, total: u64) {
         self.0.set_length(total);
+        self.0.set_position(0);
     }
 
     fn advance(&self, records: u64) {
@@ -79,7 +84,6 @@ pub fn run_backup(args: &BackupArgs) -> Result<(), BoxError> {
     let config = load(&args.common)?;
     let runtime = runtime()?;
     let to_stdout = args.out.as_os_str() == "-";
-    let partial = partial_path(&args.out);
     if !to_stdout && args.out.exists() {
         return Err(format!(
             "{} exists: choose another name, or remove it first",
@@ -93,24 +97,43 @@ pub fn run_backup(args: &BackupArgs) -> Result<(), BoxError> {
         let mut header = Header {
             format: backup::FORMAT.into(),
             version: backup::FORMAT_VERSION,
-            created_at: now_ms(),
+            created_at: aop_core::Clock::now_ms(&aop_core::SystemClock),
             source: String::new(),
             aop: env!("CARGO_PKG_VERSION").into(),
         };
-        let out: Box<dyn Write> = if to_stdout {
-            Box::new(std::io::stdout().lock())
-        } else {
-            Box::new(std::io::BufWriter::new(
-                std::fs::File::create(&partial)
-                    .map_err(|e| format!("cannot create {}: {e}", partial.display()))?,
-            ))
+        let write = async |source: &dyn BackupSource, header: &Header| {
+            if to_stdout {
+                backup::write_backup(source, std::io::stdout().lock(), header, &bar)
+                    .await
+                    .map_err(|e| match e {
+                        BackupError::Changed(_) => format!(
+                            "{e}; standard output got an archive without its end line, which a \
+                             restore refuses. Write to a file (--out FILE) to let the backup \
+                             start over by itself, or back up when writers pause"
+                        )
+                        .into(),
+                        e => BoxError::from(e),
+                    })
+            } else {
+                backup::backup_to_file(source, &args.out, header, &bar, args.attempts)
+                    .await
+                    .map_err(|e| match e {
+                        BackupError::Changed(_) => format!(
+                            "{e}, {} times; back up when writers pause (see the README's \
+                             Backups)",
+                            args.attempts
+                        )
+                        .into(),
+                        e => BoxError::from(e),
+                    })
+            }
         };
         let summary = if config.neo4j.is_some() {
             let stores = aop_runtime::roles::open_stores(&config, secrets.as_ref())?;
             let store = stores.neo4j().ok_or("the Neo4j store did not open")?;
             aop_store_neo4j::migrations::check(store).await?;
             header.source = stores.description().to_owned();
-            backup::write_backup(store, out, &header, &bar).await
+            write(store, &header).await
         } else {
             let path = database_file(&config);
             if !path.exists() {
@@ -119,26 +142,11 @@ pub fn run_backup(args: &BackupArgs) -> Result<(), BoxError> {
             let store = aop_store_sqlite::SqliteStore::open(&path)?;
             header.source = format!("sqlite at {}", path.display());
             let snapshot = store.snapshot()?;
-            backup::write_backup(&snapshot, out, &header, &bar).await
+            write(&snapshot, &header).await
         };
         bar.0.finish_and_clear();
-        Ok::<Summary, BoxError>(summary?)
-    });
-    let summary = match summary {
-        Ok(summary) => summary,
-        Err(e) => {
-            if !to_stdout {
-                let _ = std::fs::remove_file(&partial);
-            }
-            return Err(e);
-        }
-    };
-    if !to_stdout {
-        std::fs::File::open(&partial)
-            .and_then(|f| f.sync_all())
-            .and_then(|()| std::fs::rename(&partial, &args.out))
-            .map_err(|e| format!("cannot move the archive into {}: {e}", args.out.display()))?;
-    }
+        summary
+    })?;
     eprintln!(
         "backed up {} records ({}) to {}; sha256 {}",
         summary.records,
@@ -151,19 +159,6 @@ pub fn run_backup(args: &BackupArgs) -> Result<(), BoxError> {
         summary.sha256
     );
     Ok(())
-}
-
-/// Where a backup is written until it is complete: `FILE.partial`.
-fn partial_path(out: &Path) -> PathBuf {
-    let mut name = out.as_os_str().to_owned();
-    name.push(".partial");
-    PathBuf::from(name)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 pub fn run_restore(args: &RestoreArgs) -> Result<(), BoxError> {

@@ -269,6 +269,13 @@ pub trait BackupSource: Send + Sync {
     /// How many records of each kind there are (kinds with none left out).
     async fn census(&self) -> Result<Vec<(Kind, u64)>, StoreError>;
 
+    /// Whether every `export` reads the same moment of the store (one read transaction with
+    /// snapshot isolation). When it does not, a backup reads everything a second time and
+    /// completes only if nothing it had read changed in between.
+    fn reads_one_snapshot(&self) -> bool {
+        false
+    }
+
     /// Records of `kind` after position `after` (a `next` this method returned; `None` for the
     /// first page), at most `limit`.
     async fn export(

@@ -88,6 +88,10 @@ impl Synthetic {
 
 #[async_trait]
 impl BackupSource for Synthetic {
+    fn reads_one_snapshot(&self) -> bool {
+        true
+    }
+
     async fn census(&self) -> Result<Vec<(Kind, u64)>, StoreError> {
         Ok(Vec::new())
     }

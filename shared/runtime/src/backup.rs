@@ -72,6 +72,14 @@ pub enum BackupError {
     /// The archive is not one this build can restore; says why and where.
     #[error("{0}")]
     Archive(String),
+    /// A store that cannot read one snapshot was written to while the backup read it: the
+    /// second reading differed from the first in these kinds. The archive has no end line.
+    #[error(
+        "the store changed while the backup read it ({}): a Neo4j backup is read twice and \
+         completes only when both readings agree",
+        describe_kinds(.0)
+    )]
+    Changed(Vec<Kind>),
     /// The target store holds data already; names what.
     #[error(
         "the target store is not empty: it holds {0}; restore only into an empty store (a new \
@@ -112,6 +120,14 @@ impl Summary {
     }
 }
 
+fn describe_kinds(kinds: &[Kind]) -> String {
+    kinds
+        .iter()
+        .map(|k| k.plural())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn describe(counts: impl Iterator<Item = (Kind, u64)>) -> String {
     let parts: Vec<String> = counts
         .filter(|(_, n)| *n > 0)
@@ -146,9 +162,15 @@ impl<W: Write> Lines<W> {
 
 /// Writes every record of `source` to `out` as an archive.
 ///
+/// A source that does not read one snapshot ([`BackupSource::reads_one_snapshot`]) is read a
+/// second time before the end line is written, and each kind's records are compared (by a
+/// SHA-256 of their lines): a write that landed during the backup shows in the second reading of
+/// a kind read before it, so an archive that gets its end line is the store as it was when the
+/// first reading finished.
+///
 /// # Errors
-/// `Store` when a read fails, `Io` when a write does; what was written is then incomplete
-/// (no end line) and a restore refuses it.
+/// `Store` when a read fails, `Io` when a write does, `Changed` when the two readings differ;
+/// what was written is then incomplete (no end line) and a restore refuses it.
 pub async fn write_backup<W: Write>(
     source: &dyn BackupSource,
     out: W,
@@ -156,7 +178,9 @@ pub async fn write_backup<W: Write>(
     progress: &dyn Progress,
 ) -> Result<Summary, BackupError> {
     let census = source.census().await?;
-    progress.start(census.iter().map(|(_, n)| n).sum());
+    let twice = !source.reads_one_snapshot();
+    let total: u64 = census.iter().map(|(_, n)| n).sum();
+    progress.start(if twice { 2 * total } else { total });
     let mut lines = Lines {
         out: GzEncoder::new(out, Compression::default()),
         hash: Sha256::new(),
@@ -165,23 +189,43 @@ pub async fn write_backup<W: Write>(
     lines.write(header)?;
     let mut counts = BTreeMap::new();
     let mut records = 0u64;
+    let mut digests = BTreeMap::new();
     for kind in Kind::ALL {
-        let mut after: Option<String> = None;
-        loop {
-            let page = source.export(kind, after.as_deref(), PAGE).await?;
-            for record in &page.records {
-                lines.write(record)?;
+        let mut digest = Sha256::new();
+        let n = read_kind(source, kind, progress, |record| {
+            lines.write(record)?;
+            digest.update(&lines.buf);
+            Ok(())
+        })
+        .await?;
+        if n > 0 {
+            counts.insert(kind, n);
+            records += n;
+        }
+        digests.insert(kind, digest.finalize());
+    }
+    if twice {
+        let mut changed = Vec::new();
+        let mut buf = Vec::new();
+        for kind in Kind::ALL {
+            let mut digest = Sha256::new();
+            read_kind(source, kind, progress, |record| {
+                buf.clear();
+                serde_json::to_writer(&mut buf, record)
+                    .map_err(|e| BackupError::Archive(format!("cannot encode a record: {e}")))?;
+                buf.push(b'\n');
+                digest.update(&buf);
+                Ok(())
+            })
+            .await?;
+            if digests.get(&kind) != Some(&digest.finalize()) {
+                changed.push(kind);
             }
-            let n = page.records.len() as u64;
-            if n > 0 {
-                *counts.entry(kind).or_insert(0) += n;
-                records += n;
-                progress.advance(n);
-            }
-            match page.next {
-                Some(next) => after = Some(next),
-                None => break,
-            }
+        }
+        if !changed.is_empty() {
+            // A whole gzip stream without an end line: a restore names what is missing.
+            let _ = lines.out.finish().and_then(|mut w| w.flush());
+            return Err(BackupError::Changed(changed));
         }
     }
     let sha256 = hex(&lines.hash.clone().finalize());
@@ -210,6 +254,102 @@ pub async fn write_backup<W: Write>(
         counts,
         sha256,
     })
+}
+
+/// Reads every record of `kind`, a page at a time, handing each to `each`; returns how many.
+async fn read_kind(
+    source: &dyn BackupSource,
+    kind: Kind,
+    progress: &dyn Progress,
+    mut each: impl FnMut(&Record) -> Result<(), BackupError>,
+) -> Result<u64, BackupError> {
+    let mut after: Option<String> = None;
+    let mut n = 0u64;
+    loop {
+        let page = source.export(kind, after.as_deref(), PAGE).await?;
+        for record in &page.records {
+            each(record)?;
+        }
+        let got = page.records.len() as u64;
+        n += got;
+        progress.advance(got);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(n),
+        }
+    }
+}
+
+/// Writes an archive of `source` to `path`, through `PATH.partial` renamed into place only when
+/// complete and on disk. When the store changed while it was read ([`BackupError::Changed`]),
+/// the backup starts over, up to `attempts` times in all, a little later each time.
+///
+/// # Errors
+/// As [`write_backup`], the last attempt's; `Io` when `path` exists already. Nothing is left at
+/// `path` or `PATH.partial` then.
+pub async fn backup_to_file(
+    source: &dyn BackupSource,
+    path: &Path,
+    header: &Header,
+    progress: &dyn Progress,
+    attempts: u32,
+) -> Result<Summary, BackupError> {
+    if path.exists() {
+        return Err(BackupError::Io {
+            what: format!(
+                "{} exists: choose another name, or remove it first",
+                path.display()
+            ),
+            source: std::io::ErrorKind::AlreadyExists.into(),
+        });
+    }
+    let partial = partial_path(path);
+    let mut attempt = 1;
+    loop {
+        let file = std::fs::File::create(&partial)
+            .map_err(io(format!("cannot create {}", partial.display())))?;
+        let mut header = header.clone();
+        if attempt > 1 {
+            header.created_at = aop_core::Clock::now_ms(&aop_core::SystemClock);
+        }
+        let written = write_backup(source, std::io::BufWriter::new(file), &header, progress).await;
+        match written {
+            Ok(summary) => {
+                return std::fs::File::open(&partial)
+                    .and_then(|f| f.sync_all())
+                    .and_then(|()| std::fs::rename(&partial, path))
+                    .map(|()| summary)
+                    .map_err(io(format!(
+                        "cannot move the archive into {}",
+                        path.display()
+                    )))
+                    .inspect_err(|_| {
+                        let _ = std::fs::remove_file(&partial);
+                    });
+            }
+            Err(BackupError::Changed(kinds)) if attempt < attempts => {
+                tracing::warn!(
+                    attempt,
+                    changed = %describe_kinds(&kinds),
+                    "the store changed while the backup read it; starting over"
+                );
+                let _ = std::fs::remove_file(&partial);
+                tokio::time::sleep(std::time::Duration::from_secs(u64::from(attempt))).await;
+                attempt += 1;
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&partial);
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// Where a backup is written until it is complete: `FILE.partial`.
+pub fn partial_path(out: &Path) -> std::path::PathBuf {
+    let mut name = out.as_os_str().to_owned();
+    name.push(".partial");
+    std::path::PathBuf::from(name)
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -242,6 +242,114 @@ async fn a_backup_taken_while_writes_go_on_is_one_moment_of_the_store() {
     );
 }
 
+/// A source that cannot read one snapshot, written to once while it is read: when `kind` is
+/// first read, `late` joins the records (as a write landing in the middle of a backup would).
+struct WrittenDuring {
+    records: std::sync::Mutex<Vec<Record>>,
+    late: std::sync::Mutex<Option<Record>>,
+    kind: Kind,
+}
+
+impl WrittenDuring {
+    /// The populated store's records but its first session, which arrives when the
+    /// interactions are first read.
+    async fn new() -> Self {
+        let (_dir, store) = populated().await;
+        let snapshot = store.snapshot().unwrap();
+        let mut all = Vec::new();
+        for kind in Kind::ALL {
+            all.extend(snapshot.export(kind, None, 10_000).await.unwrap().records);
+        }
+        let first_session = all.iter().position(|r| r.kind() == Kind::Session).unwrap();
+        let late = all.remove(first_session);
+        Self {
+            records: std::sync::Mutex::new(all),
+            late: std::sync::Mutex::new(Some(late)),
+            kind: Kind::Interaction,
+        }
+    }
+}
+
+#[async_trait]
+impl BackupSource for WrittenDuring {
+    async fn census(&self) -> Result<Vec<(Kind, u64)>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn export(
+        &self,
+        kind: Kind,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<ExportPage, StoreError> {
+        let late = if kind == self.kind && after.is_none() {
+            self.late.lock().unwrap().take()
+        } else {
+            None
+        };
+        if let Some(late) = late {
+            let mut records = self.records.lock().unwrap();
+            let at = records
+                .iter()
+                .position(|r| r.kind() == late.kind())
+                .unwrap_or(records.len());
+            records.insert(at, late);
+        }
+        let records = self.records.lock().unwrap().clone();
+        Listed(records).export(kind, after, limit).await
+    }
+}
+
+#[tokio::test]
+async fn a_backup_of_a_store_written_while_it_was_read_gets_no_end_line_or_is_taken_again() {
+    // Read twice, the sessions differ: the archive is refused, naming what changed.
+    let source = WrittenDuring::new().await;
+    let mut out = Vec::new();
+    let err = backup::write_backup(&source, &mut out, &header(), &Quiet)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, BackupError::Changed(kinds) if kinds == &[Kind::Session]),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("(sessions)"), "{err}");
+    let refused = backup::verify(&out[..]).unwrap_err().to_string();
+    assert!(refused.contains("end line"), "{refused}");
+
+    // To a file, the backup starts over and the second reading agrees with the first.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("aop.jsonl.gz");
+    let source = WrittenDuring::new().await;
+    let sessions = source
+        .records
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.kind() == Kind::Session)
+        .count() as u64;
+    let summary = backup::backup_to_file(&source, &path, &header(), &Quiet, 2)
+        .await
+        .expect("the second attempt reads one moment");
+    let archive = std::fs::read(&path).unwrap();
+    assert_eq!(backup::verify(&archive[..]).unwrap().summary, summary);
+    assert_eq!(summary.counts[&Kind::Session], sessions + 1);
+    assert!(!backup::partial_path(&path).exists());
+
+    // One attempt only: nothing is left behind, and an existing file is never overwritten.
+    let other = dir.path().join("other.jsonl.gz");
+    let err = backup::backup_to_file(&WrittenDuring::new().await, &other, &header(), &Quiet, 1)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BackupError::Changed(_)), "{err:?}");
+    assert!(!other.exists() && !backup::partial_path(&other).exists());
+    let exists = backup::backup_to_file(&Listed(Vec::new()), &path, &header(), &Quiet, 1)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(exists.contains("exists"), "{exists}");
+    assert_eq!(std::fs::read(&path).unwrap(), archive);
+}
+
 #[tokio::test]
 async fn damaged_truncated_and_foreign_archives_are_refused_saying_why() {
     let (_dir, store) = populated().await;
@@ -313,8 +421,12 @@ mod neo4j {
     use aop_test_support::{Service, service};
     use secrecy::SecretString;
 
-    /// A database of its own that the test empties, or `None` (saying why) to skip.
-    async fn spare() -> Option<Neo4jStore> {
+    /// The tests share the spare database: one at a time.
+    static SPARE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    /// A database of its own that the test empties (held until the guard drops), or `None`
+    /// (saying why) to skip.
+    async fn spare() -> Option<(tokio::sync::MutexGuard<'static, ()>, Neo4jStore)> {
         let uri = service(Service::Neo4j)?;
         let Ok(database) = std::env::var("AOP_TEST_NEO4J_SPARE_DATABASE") else {
             assert!(
@@ -337,10 +449,11 @@ mod neo4j {
             SecretString::from(env("AOP_TEST_NEO4J_PASSWORD", "aop-test-password")),
         );
         config.database = database;
+        let guard = SPARE.lock().await;
         let store = Neo4jStore::new(config).unwrap();
         store.erase_everything().await.unwrap();
         migrations::migrate(&store).await.unwrap();
-        Some(store)
+        Some((guard, store))
     }
 
     /// Fails the `fail_at`-th import, as a restore killed half-way would stop.
@@ -377,9 +490,94 @@ mod neo4j {
         }
     }
 
+    /// The graph, and one agent created through the platform's service when the sessions are
+    /// first read (after the agents and versions were).
+    struct AgentCreatedDuring<'a> {
+        graph: &'a Neo4jStore,
+        service: AgentService,
+        created: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait]
+    impl BackupSource for AgentCreatedDuring<'_> {
+        async fn census(&self) -> Result<Vec<(Kind, u64)>, StoreError> {
+            BackupSource::census(self.graph).await
+        }
+        async fn export(
+            &self,
+            kind: Kind,
+            after: Option<&str>,
+            limit: u32,
+        ) -> Result<ExportPage, StoreError> {
+            if kind == Kind::Session && !self.created.swap(true, Ordering::SeqCst) {
+                self.service
+                    .create(CreateAgent {
+                        name: "written during the backup".into(),
+                        instructions: "be brief".into(),
+                        ..CreateAgent::default()
+                    })
+                    .await
+                    .expect("create an agent");
+            }
+            self.graph.export(kind, after, limit).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_graph_written_during_a_backup_is_read_again_until_both_readings_agree() {
+        let Some((_one_at_a_time, graph)) = spare().await else {
+            return;
+        };
+        assert!(!graph.reads_one_snapshot());
+        let service = AgentService::new(Arc::new(graph.clone()), Arc::new(SystemClock), "m");
+        for n in 0..3 {
+            service
+                .create(CreateAgent {
+                    name: format!("agent {n}"),
+                    instructions: "be brief".into(),
+                    ..CreateAgent::default()
+                })
+                .await
+                .unwrap();
+        }
+        let during = AgentCreatedDuring {
+            graph: &graph,
+            service: service.clone(),
+            created: std::sync::atomic::AtomicBool::new(false),
+        };
+        let mut out = Vec::new();
+        let err = backup::write_backup(&during, &mut out, &header(), &Quiet)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, BackupError::Changed(kinds) if kinds == &[Kind::Version, Kind::Agent]),
+            "{err:?}"
+        );
+
+        // Taken again, the archive is one moment: every agent with its version and its event.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("graph.jsonl.gz");
+        let during = AgentCreatedDuring {
+            graph: &graph,
+            service,
+            created: std::sync::atomic::AtomicBool::new(false),
+        };
+        let summary = backup::backup_to_file(&during, &path, &header(), &Quiet, 2)
+            .await
+            .expect("the second attempt");
+        assert_eq!(summary.counts[&Kind::Agent], 5);
+        assert_eq!(summary.counts[&Kind::Version], 5);
+        let archive = std::fs::read(&path).unwrap();
+        let events = records(&archive)
+            .iter()
+            .filter(|l| l.contains(r#""event_type":"agent.created""#))
+            .count();
+        assert_eq!(events, 5, "one agent.created event per agent");
+    }
+
     #[tokio::test]
     async fn embedded_to_neo4j_to_embedded_gives_the_same_records() {
-        let Some(graph) = spare().await else {
+        let Some((_one_at_a_time, graph)) = spare().await else {
             return;
         };
         let (_dir, store) = populated().await;

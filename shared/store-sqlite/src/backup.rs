@@ -516,6 +516,10 @@ fn remove_database(path: &Path) -> Result<(), StoreError> {
 
 #[async_trait]
 impl BackupSource for SqliteSnapshot {
+    fn reads_one_snapshot(&self) -> bool {
+        true
+    }
+
     async fn census(&self) -> Result<Vec<(Kind, u64)>, StoreError> {
         census(
             &self
