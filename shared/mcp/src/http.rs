@@ -1,6 +1,7 @@
 //! The HTTP surface: `/mcp` (MCP Streamable HTTP), `/health` and `/metrics`, with request ids,
 //! request metrics and bearer authentication. The same Router serves locally and on Lambda.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -259,11 +260,11 @@ async fn authenticate(State(state): Shared, mut request: Request, next: Next) ->
 /// What the MCP handler tells the access line about the call it served: the tool and how the
 /// call ended. Travels in the request's extensions, which rmcp hands to the handler.
 #[derive(Clone, Default)]
-pub(crate) struct CallNote(Arc<OnceLock<(String, &'static str)>>);
+pub(crate) struct CallNote(Arc<OnceLock<(Cow<'static, str>, &'static str)>>);
 
 impl CallNote {
-    pub(crate) fn record(&self, tool: &str, outcome: &'static str) {
-        let _ = self.0.set((tool.to_owned(), outcome));
+    pub(crate) fn record(&self, tool: Cow<'static, str>, outcome: &'static str) {
+        let _ = self.0.set((tool, outcome));
     }
 }
 
@@ -311,7 +312,7 @@ async fn observe(State(state): Shared, mut request: Request, next: Next) -> Resp
         .map(rpc_label);
     let note = CallNote::default();
     request.extensions_mut().insert(note.clone());
-    let span = tracing::info_span!("http_request", request_id = %id);
+    let span = tracing::info_span!("http_request", request_id = id.as_str());
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
@@ -351,7 +352,7 @@ impl Drop for AccessLine {
             .note
             .0
             .get()
-            .map_or((None, None), |(t, o)| (Some(t.as_str()), Some(*o)));
+            .map_or((None, None), |(t, o)| (Some(t.as_ref()), Some(*o)));
         let (method, route, rpc, status) =
             (self.method, self.route, self.rpc.as_deref(), self.status);
         self.span.in_scope(|| {

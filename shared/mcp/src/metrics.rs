@@ -3,6 +3,8 @@
 //! (candidate share, each arm's score, decisions) and evolution runs (iteration, scores, spend,
 //! runs ended).
 
+use std::borrow::Cow;
+
 use aop_core::deployment::{Canary, CanaryStatus};
 use aop_core::evolution::{Evolution, EvolutionStatus};
 use aop_core::services::ProgressObserver;
@@ -17,15 +19,15 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
-    route: String,
-    method: String,
+    route: &'static str,
+    method: &'static str,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ToolLabels {
-    tool: String,
-    outcome: String,
+    tool: Cow<'static, str>,
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -77,7 +79,7 @@ pub enum EventOutcome {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ToolName {
-    tool: String,
+    tool: Cow<'static, str>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -382,27 +384,33 @@ impl Metrics {
         }
     }
 
-    pub fn observe_http(&self, route: &str, method: &str, status: u16, seconds: f64) {
+    /// Labels are static or the tool's own name (a borrowed `Cow` from the tool catalog), so
+    /// observing a request allocates nothing once its series exists.
+    pub fn observe_http(
+        &self,
+        route: &'static str,
+        method: &'static str,
+        status: u16,
+        seconds: f64,
+    ) {
         let labels = HttpLabels {
-            route: route.to_owned(),
-            method: method.to_owned(),
+            route,
+            method,
             status,
         };
         self.http_requests.get_or_create(&labels).inc();
         self.http_latency.get_or_create(&labels).observe(seconds);
     }
 
-    pub fn observe_tool(&self, tool: &str, outcome: &str, seconds: f64) {
+    pub fn observe_tool(&self, tool: Cow<'static, str>, outcome: &'static str, seconds: f64) {
         self.tool_calls
             .get_or_create(&ToolLabels {
-                tool: tool.to_owned(),
-                outcome: outcome.to_owned(),
+                tool: tool.clone(),
+                outcome,
             })
             .inc();
         self.tool_latency
-            .get_or_create(&ToolName {
-                tool: tool.to_owned(),
-            })
+            .get_or_create(&ToolName { tool })
             .observe(seconds);
     }
 
@@ -443,9 +451,9 @@ mod tests {
     #[test]
     fn renders_counts_by_tool_and_outcome() {
         let m = Metrics::new();
-        m.observe_tool("get_agent", "ok", 0.001);
-        m.observe_tool("get_agent", "ok", 0.002);
-        m.observe_tool("get_agent", "tool_error", 0.001);
+        m.observe_tool("get_agent".into(), "ok", 0.001);
+        m.observe_tool("get_agent".into(), "ok", 0.002);
+        m.observe_tool("get_agent".into(), "tool_error", 0.001);
         let text = m.render();
         assert!(
             text.contains(r#"aop_mcp_tool_calls_total{tool="get_agent",outcome="ok"} 2"#),

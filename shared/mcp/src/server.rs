@@ -1,5 +1,6 @@
 //! The MCP server: agent registry tools over `AgentService`, and the agent resources.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -437,9 +438,10 @@ impl AgentServer {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let tool = request.name.to_string();
+        let request_id = request_id::from_context(&context);
         let span = tracing::info_span!(
             "execute_tool",
-            request_id = %request_id::from_context(&context),
+            request_id = request_id.as_str(),
             tool = %aop_config::redact::shorten(&tool, 64),
         );
         let call_note = context
@@ -448,7 +450,8 @@ impl AgentServer {
             .and_then(|p| p.extensions.get::<CallNote>())
             .cloned();
         let started = Instant::now();
-        let known = self.tools.get(&tool).is_some();
+        // A known tool's name as the catalog holds it (borrowed, static): the metrics' label.
+        let known = self.tools.get(&tool).map(|t| t.name.clone());
         let result = self
             .tools
             .router()
@@ -461,13 +464,13 @@ impl AgentServer {
             Ok(_) => "ok",
             Err(_) => "protocol_error",
         };
-        if known {
-            self.metrics
-                .observe_tool(&tool, outcome, started.elapsed().as_secs_f64());
-        }
         if let Some(note) = call_note {
             // A name no tool has is the caller's text: the access line says `unknown` instead.
-            note.record(if known { &tool } else { "unknown" }, outcome);
+            note.record(known.clone().unwrap_or(Cow::Borrowed("unknown")), outcome);
+        }
+        if let Some(name) = known {
+            self.metrics
+                .observe_tool(name, outcome, started.elapsed().as_secs_f64());
         }
         result
     }

@@ -25,18 +25,33 @@ struct Inherited {
     agent_id: Option<String>,
 }
 
-impl Visit for Inherited {
-    fn record_str(&mut self, field: &Field, value: &str) {
+impl Inherited {
+    fn slot(&mut self, field: &Field) -> Option<&mut Option<String>> {
         match field.name() {
-            "request_id" => self.request_id = Some(value.to_owned()),
-            "agent_id" => self.agent_id = Some(value.to_owned()),
-            _ => {}
+            "request_id" => Some(&mut self.request_id),
+            "agent_id" => Some(&mut self.agent_id),
+            _ => None,
         }
     }
 
+    fn is_empty(&self) -> bool {
+        self.request_id.is_none() && self.agent_id.is_none()
+    }
+}
+
+impl Visit for Inherited {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if let Some(slot) = self.slot(field) {
+            *slot = Some(value.to_owned());
+        }
+    }
+
+    /// Formats only the fields logs inherit: a span's other fields are not written anywhere.
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        let text = format!("{value:?}");
-        self.record_str(field, text.trim_matches('"'));
+        if let Some(slot) = self.slot(field) {
+            let text = format!("{value:?}");
+            *slot = Some(text.trim_matches('"').to_owned());
+        }
     }
 }
 
@@ -104,16 +119,32 @@ where
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let mut fields = Inherited::default();
         attrs.record(&mut fields);
-        if let Some(span) = ctx.span(id) {
+        // A span without a field to pass on needs no extension (an allocation less).
+        if !fields.is_empty()
+            && let Some(span) = ctx.span(id)
+        {
             span.extensions_mut().insert(fields);
         }
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        let mut recorded = Inherited::default();
+        values.record(&mut recorded);
+        if recorded.is_empty() {
+            return;
+        }
         if let Some(span) = ctx.span(id) {
             let mut ext = span.extensions_mut();
-            if let Some(fields) = ext.get_mut::<Inherited>() {
-                values.record(fields);
+            match ext.get_mut::<Inherited>() {
+                Some(fields) => {
+                    if recorded.request_id.is_some() {
+                        fields.request_id = recorded.request_id;
+                    }
+                    if recorded.agent_id.is_some() {
+                        fields.agent_id = recorded.agent_id;
+                    }
+                }
+                None => ext.insert(recorded),
             }
         }
     }
