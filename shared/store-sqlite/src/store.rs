@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use aop_core::{
     Agent, AgentFilter, AgentId, AgentStatus, AgentStore, AgentVersion, Alias, Clock, DomainEvent,
@@ -25,10 +25,53 @@ pub struct SqliteStore {
     clock: Arc<dyn Clock>,
     /// Versions already read. A version never changes once written, so a copy is never stale.
     versions: Arc<Mutex<HashMap<(AgentId, u32), AgentVersion>>>,
+    /// Agents already read, kept while the database is as it was then.
+    agents: Arc<Mutex<AgentCache>>,
 }
 
 /// How many versions [`SqliteStore`] keeps in memory; the cache starts over when full.
 const CACHED_VERSIONS: usize = 1_024;
+/// How many agents [`SqliteStore`] keeps in memory; the cache starts over when full.
+const CACHED_AGENTS: usize = 1_024;
+
+/// Agents as read at one state of the database, which a pair of counters tells apart: the rows
+/// written through the store's connection (`total_changes`) and the commits of every other
+/// connection, another process's included (`PRAGMA data_version`). A point read checks the pair
+/// in a statement that reads no table and drops every agent when either moved, so an agent
+/// comes from the cache only when nothing at all was written since it was read.
+#[derive(Default)]
+struct AgentCache {
+    state: Option<(i64, u64)>,
+    agents: HashMap<AgentId, Agent>,
+}
+
+impl AgentCache {
+    /// The cached agent, after forgetting everything if the database is not at `state` any more.
+    fn get(&mut self, state: (i64, u64), id: &AgentId) -> Option<Agent> {
+        if self.state != Some(state) {
+            self.agents.clear();
+            self.state = Some(state);
+        }
+        self.agents.get(id).cloned()
+    }
+
+    fn keep(&mut self, agent: &Agent) {
+        if self.agents.len() >= CACHED_AGENTS {
+            self.agents.clear();
+        }
+        self.agents.insert(agent.agent_id.clone(), agent.clone());
+    }
+}
+
+/// The state [`AgentCache`] is keyed by. Only for the store's own connection, whose lock the
+/// caller holds while it reads the cache.
+fn database_state(conn: &Connection) -> Result<(i64, u64), StoreError> {
+    let version: i64 = conn
+        .prepare_cached("PRAGMA data_version")
+        .and_then(|mut stmt| stmt.query_row([], |r| r.get(0)))
+        .map_err(map_err)?;
+    Ok((version, conn.total_changes()))
+}
 
 impl SqliteStore {
     /// Opens (creating if needed) the database in `data_dir` and applies pending migrations.
@@ -91,6 +134,7 @@ impl SqliteStore {
             path: path.to_owned(),
             clock,
             versions: Arc::default(),
+            agents: Arc::default(),
         })
     }
 
@@ -291,18 +335,30 @@ impl AgentStore for SqliteStore {
 
     async fn get_agent(&self, agent_id: &AgentId) -> Result<Option<Agent>, StoreError> {
         let id = agent_id.clone();
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "SELECT {} FROM agents WHERE agent_id = ?1",
+                rows::AGENT_COLUMNS
+            )
+        });
+        let cache = self.agents.clone();
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {} FROM agents WHERE agent_id = ?1",
-                    rows::AGENT_COLUMNS
-                ))
-                .map_err(map_err)?;
+            // Under the connection's lock: no write of this process lands between the check
+            // and the read.
+            let state = database_state(conn)?;
+            if let Some(found) = lock(&cache).get(state, &id) {
+                return Ok(Some(found));
+            }
+            let mut stmt = conn.prepare_cached(&SQL).map_err(map_err)?;
             let raw = stmt
                 .query_row([id.as_str()], rows::RawAgent::read)
                 .optional()
                 .map_err(map_err)?;
-            raw.map(rows::RawAgent::into_agent).transpose()
+            let agent = raw.map(rows::RawAgent::into_agent).transpose()?;
+            if let Some(agent) = &agent {
+                lock(&cache).keep(agent);
+            }
+            Ok(agent)
         })
         .await
     }
@@ -319,12 +375,13 @@ impl AgentStore for SqliteStore {
         let id = agent_id.clone();
         let found = self
             .read(move |conn| {
-                let mut stmt = conn
-                    .prepare_cached(&format!(
+                static SQL: LazyLock<String> = LazyLock::new(|| {
+                    format!(
                         "SELECT {} FROM agent_versions WHERE agent_id = ?1 AND version = ?2",
                         rows::VERSION_COLUMNS
-                    ))
-                    .map_err(map_err)?;
+                    )
+                });
+                let mut stmt = conn.prepare_cached(&SQL).map_err(map_err)?;
                 let raw = stmt
                     .query_row(params![id.as_str(), version], rows::RawVersion::read)
                     .optional()

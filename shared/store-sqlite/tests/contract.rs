@@ -93,3 +93,59 @@ async fn an_unreadable_outbox_row_is_quarantined_and_the_rest_flows() {
     assert!(quarantined.contains("agent.teleported"), "{quarantined}");
     assert_eq!(store.backlog().await.unwrap(), 2);
 }
+
+/// Agents read once are kept in memory; nothing written afterwards, through this store or
+/// through another connection to the same file (another process), is ever answered stale.
+#[tokio::test]
+async fn an_agent_changed_elsewhere_is_never_read_stale() {
+    use aop_core::{AgentStatus, AgentStore, UpdateAgent};
+    let update = |agent_id: &aop_core::AgentId, instructions: &str| UpdateAgent {
+        agent_id: agent_id.clone(),
+        expected_version: None,
+        instructions: Some(instructions.into()),
+        model: None,
+        parameters: None,
+        capabilities: None,
+        knowledge_sources: None,
+        change_summary: None,
+        created_by: None,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let here = SqliteStore::open_dir(dir.path()).unwrap();
+    let svc = AgentService::new(Arc::new(here.clone()), Arc::new(SystemClock), "m");
+    let created = svc
+        .create(CreateAgent {
+            name: "cached".into(),
+            instructions: "v1".into(),
+            ..CreateAgent::default()
+        })
+        .await
+        .unwrap();
+    let id = created.agent.agent_id.clone();
+    for _ in 0..2 {
+        let read = here.get_agent(&id).await.unwrap().unwrap();
+        assert_eq!(read.latest_version, 1);
+    }
+
+    // Written through this store: the next read has it.
+    svc.update(update(&id, "v2")).await.unwrap();
+    assert_eq!(
+        here.get_agent(&id).await.unwrap().unwrap().latest_version,
+        2
+    );
+
+    // Written through another connection, as another process would: the next read has it.
+    let elsewhere = SqliteStore::open_dir(dir.path()).unwrap();
+    let other = AgentService::new(Arc::new(elsewhere), Arc::new(SystemClock), "m");
+    other.update(update(&id, "v3")).await.unwrap();
+    assert_eq!(
+        here.get_agent(&id).await.unwrap().unwrap().latest_version,
+        3
+    );
+    other.archive(&id).await.unwrap();
+    assert_eq!(
+        here.get_agent(&id).await.unwrap().unwrap().status,
+        AgentStatus::Archived
+    );
+    assert_eq!(svc.get(&id, None).await.unwrap().version.instructions, "v3");
+}
