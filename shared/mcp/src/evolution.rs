@@ -5,13 +5,13 @@
 
 use std::time::{Duration, Instant};
 
+use crate::structured::Json;
 use aop_core::evolution::{Candidate, EvalCase, EvalCaseId, EvolutionId, EvolutionStatus};
 use aop_core::page::Page;
 use aop_core::services::evolution::{
     AddEvalCases, EvolutionView, InitializeEvolution, ListEvalCases, ListEvolutions,
     RemoveEvalCase, SelectCandidate, Selected,
 };
-use rmcp::handler::server::wrapper::Json;
 use rmcp::model::ProgressNotificationParam;
 use rmcp::service::RequestContext;
 use rmcp::{RoleServer, tool, tool_router};

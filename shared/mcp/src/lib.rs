@@ -36,6 +36,8 @@ mod server;
 pub mod sessions;
 mod settings;
 #[cfg(feature = "server")]
+mod structured;
+#[cfg(feature = "server")]
 mod tools;
 mod toolset;
 

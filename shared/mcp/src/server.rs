@@ -4,6 +4,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::structured::Json;
 use aop_core::services::conversation::{RunAgent, SendMessage, StartSession};
 use aop_core::services::feedback::{MetricsQuery, SubmitFeedback};
 use aop_core::session::SessionId;
@@ -12,7 +13,6 @@ use aop_core::{
     FeedbackService, ListAgents, ProposalService, UpdateAgent,
 };
 use rmcp::handler::server::tool::ToolCallContext;
-use rmcp::handler::server::wrapper::Json;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, ContentBlock, Implementation,
     ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams,

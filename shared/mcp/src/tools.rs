@@ -1,6 +1,7 @@
 //! Deployment and proposal tools. The caller's principal (from authentication) is who deploys,
 //! proposes and reviews; it is never an argument.
 
+use crate::structured::Json;
 use aop_core::AgentId;
 use aop_core::deployment::{Canary, CanaryId, Deployment};
 use aop_core::page::Page;
@@ -9,7 +10,6 @@ use aop_core::services::deployments::{
     DeployVersion, Moved, PromoteCanary, RollbackAgent, StartCanary,
 };
 use aop_core::services::proposals::{ListProposals, ProposeVersion, ReviewProposal, Reviewed};
-use rmcp::handler::server::wrapper::Json;
 use rmcp::service::RequestContext;
 use rmcp::{RoleServer, tool, tool_router};
 use schemars::JsonSchema;
