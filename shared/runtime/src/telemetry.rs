@@ -55,36 +55,74 @@ impl Visit for Inherited {
     }
 }
 
-/// An event's fields as JSON, in the order they were written.
+/// The keys every line has, in this order; an event's own field of the same name is left out.
+const FIXED: [&str; 9] = [
+    "timestamp",
+    "level",
+    "message",
+    "module",
+    "function",
+    "line",
+    "request_id",
+    "agent_id",
+    "exception",
+];
+
+/// An event's fields: the three a line puts in fixed places (`message`, `error` as `exception`,
+/// `agent_id`), and the others written straight into `rest` as `,"name":value`, in the order
+/// they were recorded, with no intermediate tree.
 #[derive(Default)]
-struct EventFields(Vec<(&'static str, Value)>);
+struct EventFields {
+    message: Option<Value>,
+    exception: Option<Value>,
+    agent_id: Option<Value>,
+    rest: Vec<u8>,
+}
 
 impl EventFields {
-    fn insert(&mut self, name: &'static str, value: Value) {
-        self.0.push((name, value));
-    }
-
-    fn remove(&mut self, name: &str) -> Option<Value> {
-        let at = self.0.iter().position(|(n, _)| *n == name)?;
-        Some(self.0.remove(at).1)
+    /// Takes `value` into its fixed place if it has one still free, else writes it to `rest`
+    /// unless a fixed key has its name.
+    fn put<V: serde::Serialize + Into<Value>>(&mut self, name: &'static str, value: V) {
+        let slot = match name {
+            "message" => Some(&mut self.message),
+            "error" => Some(&mut self.exception),
+            "agent_id" => Some(&mut self.agent_id),
+            _ => None,
+        };
+        if let Some(slot) = slot
+            && slot.is_none()
+        {
+            *slot = Some(value.into());
+            return;
+        }
+        if FIXED.contains(&name) {
+            return;
+        }
+        self.rest.push(b',');
+        let written = serde_json::to_writer(&mut self.rest, name).and_then(|()| {
+            self.rest.push(b':');
+            serde_json::to_writer(&mut self.rest, &value)
+        });
+        debug_assert!(written.is_ok(), "field values always serialise");
     }
 }
 
 impl Visit for EventFields {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.insert(field.name(), Value::from(value));
+        self.put(field.name(), value);
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.insert(field.name(), Value::from(value));
+        self.put(field.name(), value);
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.insert(field.name(), Value::from(value));
+        self.put(field.name(), value);
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.insert(field.name(), Value::from(value));
+        // Not a number is `null`, as serde_json writes it.
+        self.put(field.name(), Value::from(value));
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.insert(field.name(), Value::from(value));
+        self.put(field.name(), value);
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
         let mut text = value.to_string();
@@ -93,10 +131,10 @@ impl Visit for EventFields {
             let _ = write!(text, ": {s}");
             source = s.source();
         }
-        self.insert(field.name(), Value::from(text));
+        self.put(field.name(), text);
     }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.insert(field.name(), Value::from(format!("{value:?}")));
+        self.put(field.name(), format!("{value:?}"));
     }
 }
 
@@ -168,25 +206,24 @@ where
         }
         let mut fields = EventFields::default();
         event.record(&mut fields);
-        let message = fields.remove("message").unwrap_or(Value::from(""));
-        let exception = fields.remove("error").unwrap_or(Value::Null);
-        if let Some(id) = fields.remove("agent_id") {
+        if let Some(id) = fields.agent_id.take() {
             inherited.agent_id = id.as_str().map(str::to_owned);
         }
+        let no_message = Value::String(String::new());
         let mut line = Vec::with_capacity(384);
         let written = write_line(
             &mut line,
             &Line {
                 level: meta.level().as_str(),
-                message: &message,
+                message: fields.message.as_ref().unwrap_or(&no_message),
                 module: meta.module_path().unwrap_or(meta.target()),
                 function,
                 line: meta.line(),
                 request_id: inherited.request_id.as_deref(),
                 agent_id: inherited.agent_id.as_deref(),
-                exception: &exception,
+                exception: fields.exception.as_ref().unwrap_or(&Value::Null),
             },
-            &fields.0,
+            &fields.rest,
         );
         if written.is_ok() {
             line.push(b'\n');
@@ -208,41 +245,28 @@ struct Line<'a> {
 }
 
 /// Writes one JSON object straight into `out`: the fixed keys in order, then the event's own
-/// fields (one that reuses a fixed key's name is left out).
-fn write_line(
-    out: &mut Vec<u8>,
-    fixed: &Line<'_>,
-    fields: &[(&'static str, Value)],
-) -> Result<(), serde_json::Error> {
+/// fields, already written as `,"name":value` pairs.
+fn write_line(out: &mut Vec<u8>, fixed: &Line<'_>, rest: &[u8]) -> Result<(), serde_json::Error> {
     use serde::ser::{SerializeMap, Serializer as _};
-    const FIXED: [&str; 9] = [
-        "timestamp",
-        "level",
-        "message",
-        "module",
-        "function",
-        "line",
-        "request_id",
-        "agent_id",
-        "exception",
-    ];
-    let mut serializer = serde_json::Serializer::new(out);
-    let mut map = serializer.serialize_map(None)?;
-    map.serialize_entry("timestamp", &rfc3339_now())?;
-    map.serialize_entry("level", fixed.level)?;
-    map.serialize_entry("message", fixed.message)?;
-    map.serialize_entry("module", fixed.module)?;
-    map.serialize_entry("function", &fixed.function)?;
-    map.serialize_entry("line", &fixed.line)?;
-    map.serialize_entry("request_id", &fixed.request_id)?;
-    map.serialize_entry("agent_id", &fixed.agent_id)?;
-    map.serialize_entry("exception", fixed.exception)?;
-    for (name, value) in fields {
-        if !FIXED.contains(name) {
-            map.serialize_entry(name, value)?;
-        }
+    {
+        let mut serializer = serde_json::Serializer::new(&mut *out);
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry(FIXED[0], &rfc3339_now())?;
+        map.serialize_entry(FIXED[1], fixed.level)?;
+        map.serialize_entry(FIXED[2], fixed.message)?;
+        map.serialize_entry(FIXED[3], fixed.module)?;
+        map.serialize_entry(FIXED[4], &fixed.function)?;
+        map.serialize_entry(FIXED[5], &fixed.line)?;
+        map.serialize_entry(FIXED[6], &fixed.request_id)?;
+        map.serialize_entry(FIXED[7], &fixed.agent_id)?;
+        map.serialize_entry(FIXED[8], fixed.exception)?;
+        map.end()?;
     }
-    map.end()
+    // Reopen the object for the event's own fields.
+    out.pop();
+    out.extend_from_slice(rest);
+    out.push(b'}');
+    Ok(())
 }
 
 /// Installs JSON logging to stdout with the given filter (`info`, `aop=debug,info`, ...).
@@ -402,6 +426,9 @@ mod tests {
             tracing::warn!(
                 error = &err as &dyn std::error::Error,
                 attempt = 2,
+                timestamp = "forged",
+                ratio = 0.5,
+                cached = true,
                 "store failed"
             );
         });
@@ -417,6 +444,18 @@ mod tests {
         assert!(line["module"].as_str().unwrap().contains("telemetry"));
         assert!(line["line"].as_u64().unwrap() > 0);
         assert!(line["timestamp"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(line["ratio"], 0.5);
+        assert_eq!(line["cached"], true);
+        // The fixed keys first, each once, then the event's own fields in their order.
+        let keys: Vec<&str> = line
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let order = |key: &str| text.find(&format!("\"{key}\":")).unwrap();
+        assert!(order("exception") < order("attempt") && order("attempt") < order("ratio"));
+        assert_eq!(text.matches("\"timestamp\":").count(), 1, "{keys:?}");
     }
 }
 
