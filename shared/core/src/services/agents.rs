@@ -267,7 +267,7 @@ impl AgentService {
     ///
     /// # Errors
     /// `NotFound` naming the agent id or the version.
-    #[instrument(name = "get_agent", skip_all, fields(agent_id = %agent_id))]
+    #[instrument(name = "get_agent", level = "debug", skip_all, fields(agent_id = %agent_id))]
     pub async fn get(
         &self,
         agent_id: &AgentId,
@@ -283,7 +283,7 @@ impl AgentService {
     ///
     /// # Errors
     /// `Invalid` for a bad filter, cursor or limit.
-    #[instrument(name = "list_agents", skip_all)]
+    #[instrument(name = "list_agents", level = "debug", skip_all)]
     pub async fn list(&self, input: ListAgents) -> Result<Page<Agent>, ServiceError> {
         let mut p = Problems::default();
         let domain = input
@@ -505,7 +505,7 @@ impl AgentService {
     ///
     /// # Errors
     /// `NotFound` for an unknown agent; `Invalid` for a bad cursor or limit.
-    #[instrument(name = "list_agent_versions", skip_all, fields(agent_id = %agent_id))]
+    #[instrument(name = "list_agent_versions", level = "debug", skip_all, fields(agent_id = %agent_id))]
     pub async fn list_versions(
         &self,
         agent_id: &AgentId,
@@ -559,7 +559,7 @@ impl AgentService {
     ///
     /// # Errors
     /// `NotFound` for an unknown agent.
-    #[instrument(name = "agent_lineage", skip_all, fields(agent_id = %agent_id))]
+    #[instrument(name = "agent_lineage", level = "debug", skip_all, fields(agent_id = %agent_id))]
     pub async fn lineage(&self, agent_id: &AgentId) -> Result<Lineage, ServiceError> {
         self.agent(agent_id).await?;
         let mut versions = Vec::new();
