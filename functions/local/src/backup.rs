@@ -84,12 +84,9 @@ pub fn run_backup(args: &BackupArgs) -> Result<(), BoxError> {
     let config = load(&args.common)?;
     let runtime = runtime()?;
     let to_stdout = args.out.as_os_str() == "-";
-    if !to_stdout && args.out.exists() {
-        return Err(format!(
-            "{} exists: choose another name, or remove it first",
-            args.out.display()
-        )
-        .into());
+    if !to_stdout {
+        // Before connecting to anything.
+        backup::ensure_absent(&args.out)?;
     }
     let summary = runtime.block_on(async {
         let (config, secrets) = aop_runtime::settle(config, Role::Local).await?;
@@ -102,31 +99,22 @@ pub fn run_backup(args: &BackupArgs) -> Result<(), BoxError> {
             aop: env!("CARGO_PKG_VERSION").into(),
         };
         let write = async |source: &dyn BackupSource, header: &Header| {
-            if to_stdout {
-                backup::write_backup(source, std::io::stdout().lock(), header, &bar)
+            if !to_stdout {
+                return backup::backup_to_file(source, &args.out, header, &bar, args.attempts)
                     .await
-                    .map_err(|e| match e {
-                        BackupError::Changed(_) => format!(
-                            "{e}; standard output got an archive without its end line, which a \
-                             restore refuses. Write to a file (--out FILE) to let the backup \
-                             start over by itself, or back up when writers pause"
-                        )
-                        .into(),
-                        e => BoxError::from(e),
-                    })
-            } else {
-                backup::backup_to_file(source, &args.out, header, &bar, args.attempts)
-                    .await
-                    .map_err(|e| match e {
-                        BackupError::Changed(_) => format!(
-                            "{e}, {} times; back up when writers pause (see the README's \
-                             Backups)",
-                            args.attempts
-                        )
-                        .into(),
-                        e => BoxError::from(e),
-                    })
+                    .map_err(BoxError::from);
             }
+            backup::write_backup(source, std::io::stdout().lock(), header, &bar)
+                .await
+                .map_err(|e| match e {
+                    BackupError::Changed { .. } => format!(
+                        "{e}. Standard output got an archive without its end line, which a \
+                         restore refuses; write to a file (--out FILE) to let the backup start \
+                         over by itself, or back up when writers pause"
+                    )
+                    .into(),
+                    e => BoxError::from(e),
+                })
         };
         let summary = if config.neo4j.is_some() {
             let stores = aop_runtime::roles::open_stores(&config, secrets.as_ref())?;

@@ -439,11 +439,9 @@ impl AgentServer {
     ) -> Result<CallToolResponse, ErrorData> {
         let tool = request.name.to_string();
         let request_id = request_id::from_context(&context);
-        let span = tracing::info_span!(
-            "execute_tool",
-            request_id = request_id.as_str(),
-            tool = %aop_config::redact::shorten(&tool, 64),
-        );
+        // The span carries the request id into the tool's own logs (rmcp runs the call in a
+        // task of its own, outside the HTTP request's span); the access line names the tool.
+        let span = tracing::info_span!("execute_tool", request_id = request_id.as_str());
         let call_note = context
             .extensions
             .get::<http::request::Parts>()

@@ -72,14 +72,19 @@ pub enum BackupError {
     /// The archive is not one this build can restore; says why and where.
     #[error("{0}")]
     Archive(String),
-    /// A store that cannot read one snapshot was written to while the backup read it: the
-    /// second reading differed from the first in these kinds. The archive has no end line.
+    /// A store that cannot read one snapshot was written to while the backup read it, on each
+    /// of `attempts` tries: the last time, the second reading differed from the first in
+    /// `kinds`. The archive has no end line.
     #[error(
-        "the store changed while the backup read it ({}): a Neo4j backup is read twice and \
-         completes only when both readings agree",
-        describe_kinds(.0)
+        "the store changed while the backup read it{} ({}): on a store without snapshot reads \
+         (Neo4j) a backup reads everything twice and completes only when both readings agree",
+        match .attempts { 1 => String::new(), n => format!(", on each of {n} tries; the last time") },
+        describe_kinds(.kinds)
     )]
-    Changed(Vec<Kind>),
+    Changed { kinds: Vec<Kind>, attempts: u32 },
+    /// The archive's file exists already; a backup never overwrites one.
+    #[error("{} exists: choose another name, or remove it first", .0.display())]
+    Exists(std::path::PathBuf),
     /// The target store holds data already; names what.
     #[error(
         "the target store is not empty: it holds {0}; restore only into an empty store (a new \
@@ -147,13 +152,23 @@ struct Lines<W: Write> {
     buf: Vec<u8>,
 }
 
+/// `value` as one archive line (JSON and a newline) in `buf`, which it empties first.
+fn encode(buf: &mut Vec<u8>, value: &impl Serialize) -> Result<(), BackupError> {
+    buf.clear();
+    serde_json::to_writer(&mut *buf, value)
+        .map_err(|e| BackupError::Archive(format!("cannot encode a line of the archive: {e}")))?;
+    buf.push(b'\n');
+    Ok(())
+}
+
 impl<W: Write> Lines<W> {
-    fn write(&mut self, value: &impl Serialize) -> Result<(), BackupError> {
-        self.buf.clear();
-        serde_json::to_writer(&mut self.buf, value)
-            .map_err(|e| BackupError::Archive(format!("cannot encode a record: {e}")))?;
-        self.buf.push(b'\n');
-        self.hash.update(&self.buf);
+    /// Writes `value` as a line; `hashed` says whether it counts towards the end line's
+    /// checksum (every line but the end line does).
+    fn write(&mut self, value: &impl Serialize, hashed: bool) -> Result<(), BackupError> {
+        encode(&mut self.buf, value)?;
+        if hashed {
+            self.hash.update(&self.buf);
+        }
         self.out
             .write_all(&self.buf)
             .map_err(io("cannot write the archive"))
@@ -186,14 +201,14 @@ pub async fn write_backup<W: Write>(
         hash: Sha256::new(),
         buf: Vec::new(),
     };
-    lines.write(header)?;
+    lines.write(header, true)?;
     let mut counts = BTreeMap::new();
     let mut records = 0u64;
     let mut digests = BTreeMap::new();
     for kind in Kind::ALL {
         let mut digest = Sha256::new();
         let n = read_kind(source, kind, progress, |record| {
-            lines.write(record)?;
+            lines.write(record, true)?;
             digest.update(&lines.buf);
             Ok(())
         })
@@ -210,10 +225,7 @@ pub async fn write_backup<W: Write>(
         for kind in Kind::ALL {
             let mut digest = Sha256::new();
             read_kind(source, kind, progress, |record| {
-                buf.clear();
-                serde_json::to_writer(&mut buf, record)
-                    .map_err(|e| BackupError::Archive(format!("cannot encode a record: {e}")))?;
-                buf.push(b'\n');
+                encode(&mut buf, record)?;
                 digest.update(&buf);
                 Ok(())
             })
@@ -225,7 +237,10 @@ pub async fn write_backup<W: Write>(
         if !changed.is_empty() {
             // A whole gzip stream without an end line: a restore names what is missing.
             let _ = lines.out.finish().and_then(|mut w| w.flush());
-            return Err(BackupError::Changed(changed));
+            return Err(BackupError::Changed {
+                kinds: changed,
+                attempts: 1,
+            });
         }
     }
     let sha256 = hex(&lines.hash.clone().finalize());
@@ -236,14 +251,7 @@ pub async fn write_backup<W: Write>(
             sha256: sha256.clone(),
         },
     };
-    lines.buf.clear();
-    serde_json::to_writer(&mut lines.buf, &trailer)
-        .map_err(|e| BackupError::Archive(format!("cannot encode the end line: {e}")))?;
-    lines.buf.push(b'\n');
-    lines
-        .out
-        .write_all(&lines.buf)
-        .map_err(io("cannot write the archive"))?;
+    lines.write(&trailer, false)?;
     lines
         .out
         .finish()
@@ -285,8 +293,8 @@ async fn read_kind(
 /// the backup starts over, up to `attempts` times in all, a little later each time.
 ///
 /// # Errors
-/// As [`write_backup`], the last attempt's; `Io` when `path` exists already. Nothing is left at
-/// `path` or `PATH.partial` then.
+/// As [`write_backup`], the last attempt's (`Changed` counting the attempts); `Exists` when
+/// `path` exists already. Nothing is left at `path` or `PATH.partial` then.
 pub async fn backup_to_file(
     source: &dyn BackupSource,
     path: &Path,
@@ -294,15 +302,7 @@ pub async fn backup_to_file(
     progress: &dyn Progress,
     attempts: u32,
 ) -> Result<Summary, BackupError> {
-    if path.exists() {
-        return Err(BackupError::Io {
-            what: format!(
-                "{} exists: choose another name, or remove it first",
-                path.display()
-            ),
-            source: std::io::ErrorKind::AlreadyExists.into(),
-        });
-    }
+    ensure_absent(path)?;
     let partial = partial_path(path);
     let mut attempt = 1;
     loop {
@@ -327,7 +327,7 @@ pub async fn backup_to_file(
                         let _ = std::fs::remove_file(&partial);
                     });
             }
-            Err(BackupError::Changed(kinds)) if attempt < attempts => {
+            Err(BackupError::Changed { kinds, .. }) if attempt < attempts => {
                 tracing::warn!(
                     attempt,
                     changed = %describe_kinds(&kinds),
@@ -339,10 +339,24 @@ pub async fn backup_to_file(
             }
             Err(e) => {
                 let _ = std::fs::remove_file(&partial);
-                return Err(e);
+                return Err(match e {
+                    BackupError::Changed { kinds, .. } => BackupError::Changed { kinds, attempts },
+                    e => e,
+                });
             }
         }
     }
+}
+
+/// Refuses a backup's target file that exists already.
+///
+/// # Errors
+/// `Exists` naming it.
+pub fn ensure_absent(path: &Path) -> Result<(), BackupError> {
+    if path.exists() {
+        return Err(BackupError::Exists(path.to_owned()));
+    }
+    Ok(())
 }
 
 /// Where a backup is written until it is complete: `FILE.partial`.

@@ -118,8 +118,7 @@ impl Visit for EventFields {
         self.put(field.name(), value);
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
-        // Not a number is `null`, as serde_json writes it.
-        self.put(field.name(), Value::from(value));
+        self.put(field.name(), value);
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
         self.put(field.name(), value);

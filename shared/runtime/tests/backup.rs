@@ -71,6 +71,24 @@ async fn populated() -> (tempfile::TempDir, SqliteStore) {
     (dir, store)
 }
 
+/// Every record of a store, kind by kind, as a backup reads them.
+async fn all_records(source: &dyn BackupSource) -> Vec<Record> {
+    let mut all = Vec::new();
+    for kind in Kind::ALL {
+        all.extend(source.export(kind, None, 10_000).await.unwrap().records);
+    }
+    all
+}
+
+/// A new agent named `name`.
+fn agent(name: String) -> CreateAgent {
+    CreateAgent {
+        name,
+        instructions: "be brief".into(),
+        ..CreateAgent::default()
+    }
+}
+
 /// Restores `archive` into a new embedded store the way `aop restore` does.
 async fn restore_embedded(archive: &[u8]) -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().unwrap();
@@ -192,11 +210,7 @@ async fn a_backup_taken_while_writes_go_on_is_one_moment_of_the_store() {
     let store = SqliteStore::open_dir(dir.path()).unwrap();
     store.set_durable(false).unwrap();
     let service = AgentService::new(Arc::new(store.clone()), Arc::new(SystemClock), "m");
-    let create = |n: usize| CreateAgent {
-        name: format!("agent {n}"),
-        instructions: "be brief".into(),
-        ..CreateAgent::default()
-    };
+    let create = |n: usize| agent(format!("agent {n}"));
     // Several pages of every kind the writer touches.
     for n in 0..1_200 {
         service.create(create(n)).await.unwrap();
@@ -242,12 +256,12 @@ async fn a_backup_taken_while_writes_go_on_is_one_moment_of_the_store() {
     );
 }
 
-/// A source that cannot read one snapshot, written to once while it is read: when `kind` is
-/// first read, `late` joins the records (as a write landing in the middle of a backup would).
+/// A source that cannot read one snapshot, written to once while it is read: when the
+/// interactions are first read, `late` joins the records (as a write landing in the middle of a
+/// backup would).
 struct WrittenDuring {
     records: std::sync::Mutex<Vec<Record>>,
     late: std::sync::Mutex<Option<Record>>,
-    kind: Kind,
 }
 
 impl WrittenDuring {
@@ -255,17 +269,12 @@ impl WrittenDuring {
     /// interactions are first read.
     async fn new() -> Self {
         let (_dir, store) = populated().await;
-        let snapshot = store.snapshot().unwrap();
-        let mut all = Vec::new();
-        for kind in Kind::ALL {
-            all.extend(snapshot.export(kind, None, 10_000).await.unwrap().records);
-        }
+        let mut all = all_records(&store.snapshot().unwrap()).await;
         let first_session = all.iter().position(|r| r.kind() == Kind::Session).unwrap();
         let late = all.remove(first_session);
         Self {
             records: std::sync::Mutex::new(all),
             late: std::sync::Mutex::new(Some(late)),
-            kind: Kind::Interaction,
         }
     }
 }
@@ -282,7 +291,7 @@ impl BackupSource for WrittenDuring {
         after: Option<&str>,
         limit: u32,
     ) -> Result<ExportPage, StoreError> {
-        let late = if kind == self.kind && after.is_none() {
+        let late = if kind == Kind::Interaction && after.is_none() {
             self.late.lock().unwrap().take()
         } else {
             None
@@ -309,10 +318,19 @@ async fn a_backup_of_a_store_written_while_it_was_read_gets_no_end_line_or_is_ta
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, BackupError::Changed(kinds) if kinds == &[Kind::Session]),
+        matches!(&err, BackupError::Changed { kinds, attempts: 1 } if kinds == &[Kind::Session]),
         "{err:?}"
     );
     assert!(err.to_string().contains("(sessions)"), "{err}");
+    let again = BackupError::Changed {
+        kinds: vec![Kind::Agent],
+        attempts: 3,
+    }
+    .to_string();
+    assert!(
+        again.contains("on each of 3 tries; the last time (agents)"),
+        "{again}"
+    );
     let refused = backup::verify(&out[..]).unwrap_err().to_string();
     assert!(refused.contains("end line"), "{refused}");
 
@@ -340,13 +358,19 @@ async fn a_backup_of_a_store_written_while_it_was_read_gets_no_end_line_or_is_ta
     let err = backup::backup_to_file(&WrittenDuring::new().await, &other, &header(), &Quiet, 1)
         .await
         .unwrap_err();
-    assert!(matches!(err, BackupError::Changed(_)), "{err:?}");
+    assert!(
+        matches!(err, BackupError::Changed { attempts: 1, .. }),
+        "{err:?}"
+    );
     assert!(!other.exists() && !backup::partial_path(&other).exists());
     let exists = backup::backup_to_file(&Listed(Vec::new()), &path, &header(), &Quiet, 1)
         .await
-        .unwrap_err()
-        .to_string();
-    assert!(exists.contains("exists"), "{exists}");
+        .unwrap_err();
+    assert!(
+        matches!(&exists, BackupError::Exists(p) if p == &path),
+        "{exists:?}"
+    );
+    assert!(exists.to_string().contains("exists"), "{exists}");
     assert_eq!(std::fs::read(&path).unwrap(), archive);
 }
 
@@ -511,11 +535,7 @@ mod neo4j {
         ) -> Result<ExportPage, StoreError> {
             if kind == Kind::Session && !self.created.swap(true, Ordering::SeqCst) {
                 self.service
-                    .create(CreateAgent {
-                        name: "written during the backup".into(),
-                        instructions: "be brief".into(),
-                        ..CreateAgent::default()
-                    })
+                    .create(agent("written during the backup".into()))
                     .await
                     .expect("create an agent");
             }
@@ -531,14 +551,7 @@ mod neo4j {
         assert!(!graph.reads_one_snapshot());
         let service = AgentService::new(Arc::new(graph.clone()), Arc::new(SystemClock), "m");
         for n in 0..3 {
-            service
-                .create(CreateAgent {
-                    name: format!("agent {n}"),
-                    instructions: "be brief".into(),
-                    ..CreateAgent::default()
-                })
-                .await
-                .unwrap();
+            service.create(agent(format!("agent {n}"))).await.unwrap();
         }
         let during = AgentCreatedDuring {
             graph: &graph,
@@ -550,7 +563,7 @@ mod neo4j {
             .await
             .unwrap_err();
         assert!(
-            matches!(&err, BackupError::Changed(kinds) if kinds == &[Kind::Version, Kind::Agent]),
+            matches!(&err, BackupError::Changed { kinds, .. } if kinds == &[Kind::Version, Kind::Agent]),
             "{err:?}"
         );
 
@@ -583,11 +596,7 @@ mod neo4j {
         let (_dir, store) = populated().await;
         // Every kind, a quarantined event too (the platform sets one aside only when it
         // cannot read it, which a populated store has no reason to do).
-        let snapshot = store.snapshot().unwrap();
-        let mut all = Vec::new();
-        for kind in Kind::ALL {
-            all.extend(snapshot.export(kind, None, 10_000).await.unwrap().records);
-        }
+        let mut all = all_records(&store.snapshot().unwrap()).await;
         all.push(Record::Quarantined(QuarantinedRecord {
             event_id: "0190f000-0000-7000-8000-000000000001".into(),
             event_type: "agent.renamed".into(),
