@@ -258,13 +258,31 @@ async fn authenticate(State(state): Shared, mut request: Request, next: Next) ->
 }
 
 /// What the MCP handler tells the access line about the call it served: the tool and how the
-/// call ended. Travels in the request's extensions, which rmcp hands to the handler.
-#[derive(Clone, Default)]
-pub(crate) struct CallNote(Arc<OnceLock<(Cow<'static, str>, &'static str)>>);
+/// call ended; and which span is the request's. Travels in the request's extensions, which
+/// rmcp hands to the handler.
+#[derive(Clone)]
+pub(crate) struct CallNote(Arc<NoteInner>);
+
+struct NoteInner {
+    call: OnceLock<(Cow<'static, str>, &'static str)>,
+    span: Option<tracing::Id>,
+}
 
 impl CallNote {
+    fn new(span: &tracing::Span) -> Self {
+        Self(Arc::new(NoteInner {
+            call: OnceLock::new(),
+            span: span.id(),
+        }))
+    }
+
     pub(crate) fn record(&self, tool: Cow<'static, str>, outcome: &'static str) {
-        let _ = self.0.set((tool, outcome));
+        let _ = self.0.call.set((tool, outcome));
+    }
+
+    /// Whether the code running now is inside this request's span (which carries its id).
+    pub(crate) fn in_request_span(&self) -> bool {
+        self.0.span.is_some() && tracing::Span::current().id() == self.0.span
     }
 }
 
@@ -310,9 +328,9 @@ async fn observe(State(state): Shared, mut request: Request, next: Next) -> Resp
         .get("mcp-method")
         .and_then(|v| v.to_str().ok())
         .map(rpc_label);
-    let note = CallNote::default();
-    request.extensions_mut().insert(note.clone());
     let span = tracing::info_span!("http_request", request_id = id.as_str());
+    let note = CallNote::new(&span);
+    request.extensions_mut().insert(note.clone());
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
@@ -351,6 +369,7 @@ impl Drop for AccessLine {
         let (tool, outcome) = self
             .note
             .0
+            .call
             .get()
             .map_or((None, None), |(t, o)| (Some(t.as_ref()), Some(*o)));
         let (method, route, rpc, status) =

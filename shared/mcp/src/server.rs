@@ -122,9 +122,13 @@ pub struct Services {
     pub evolutions: EvolutionService,
 }
 
-/// The platform's MCP server. Cheap to clone: one is made per stateless request.
+/// The platform's MCP server. Cheap to clone (one reference count): rmcp takes a copy for
+/// every stateless request.
 #[derive(Clone)]
-pub struct AgentServer {
+pub struct AgentServer(Arc<ServerParts>);
+
+/// What every copy of an [`AgentServer`] shares.
+pub struct ServerParts {
     pub(crate) agents: AgentService,
     pub(crate) conversations: ConversationService,
     pub(crate) feedback: FeedbackService,
@@ -135,10 +139,18 @@ pub struct AgentServer {
     tools: ToolCatalog,
 }
 
+impl std::ops::Deref for AgentServer {
+    type Target = ServerParts;
+
+    fn deref(&self) -> &ServerParts {
+        &self.0
+    }
+}
+
 impl AgentServer {
     /// A server over `services` offering the tools of `catalog`.
     pub fn new(services: Services, metrics: Arc<Metrics>, catalog: ToolCatalog) -> Self {
-        Self {
+        Self(Arc::new(ServerParts {
             agents: services.agents,
             conversations: services.conversations,
             feedback: services.feedback,
@@ -147,7 +159,7 @@ impl AgentServer {
             evolutions: services.evolutions,
             metrics,
             tools: catalog,
-        }
+        }))
     }
 
     pub fn agents(&self) -> &AgentService {
@@ -438,15 +450,21 @@ impl AgentServer {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let tool = request.name.to_string();
-        let request_id = request_id::from_context(&context);
-        // The span carries the request id into the tool's own logs (rmcp runs the call in a
-        // task of its own, outside the HTTP request's span); the access line names the tool.
-        let span = tracing::info_span!("execute_tool", request_id = request_id.as_str());
         let call_note = context
             .extensions
             .get::<http::request::Parts>()
             .and_then(|p| p.extensions.get::<CallNote>())
             .cloned();
+        // The tool's own log lines carry the request id. A stateless call already runs inside
+        // the HTTP request's span (rmcp's tasks inherit the span they were started in); a
+        // session's calls run in the session's task, under the span of the request that opened
+        // it, so they get a span of their own with this request's id.
+        let span = if call_note.as_ref().is_some_and(CallNote::in_request_span) {
+            tracing::Span::none()
+        } else {
+            let request_id = request_id::from_context(&context);
+            tracing::info_span!("execute_tool", request_id = request_id.as_str())
+        };
         let started = Instant::now();
         // A known tool's name as the catalog holds it (borrowed, static): the metrics' label.
         let known = self.tools.get(&tool).map(|t| t.name.clone());

@@ -105,12 +105,8 @@ impl TestApp {
         };
         let m = metrics.clone();
         let tools = ToolCatalog::new(toolsets, output_schemas);
-        let router = aop_mcp::router(
-            move || AgentServer::new(services.clone(), m.clone(), tools.clone()),
-            options,
-            metrics,
-            store,
-        );
+        let server = AgentServer::new(services, m, tools);
+        let router = aop_mcp::router(move || server.clone(), options, metrics, store);
         Self { router, _dir: dir }
     }
 

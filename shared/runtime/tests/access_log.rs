@@ -184,3 +184,114 @@ async fn at_debug_the_details_are_there_too() {
         );
     }
 }
+
+/// A tool's own log lines carry the id of the request that called it: at `debug` (rmcp's spans
+/// on, between the request's span and the tool) and with only the platform's code at `debug`
+/// (rmcp's spans off, the tool running straight inside the request's span).
+#[tokio::test(flavor = "current_thread")]
+async fn a_tools_own_lines_carry_its_requests_id() {
+    for level in ["debug", "info,aop_core=debug"] {
+        let logged = lines_per_request(level).await;
+        let created = &logged[0];
+        let access = created.last().unwrap();
+        assert_eq!(access["message"], "request", "{level}: {created:#?}");
+        let id = access["request_id"].as_str().unwrap();
+        let tool_line = created
+            .iter()
+            .find(|l| l["message"] == "agent created")
+            .unwrap_or_else(|| panic!("{level}: {created:#?}"));
+        assert_eq!(tool_line["request_id"], id, "{level}: {tool_line}");
+        // And no other request's id: each request's lines carry its own.
+        let found = &logged[1];
+        let other = found.last().unwrap()["request_id"].as_str().unwrap();
+        assert_ne!(other, id, "{level}");
+    }
+}
+
+/// In a session the tool runs in the session's task, which was started under the request that
+/// opened the session: its lines still carry the id of the request that called it.
+#[tokio::test(flavor = "current_thread")]
+async fn in_a_session_a_tools_lines_carry_the_calling_requests_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("AOP_DATA_DIR", dir.path().to_str().unwrap()),
+        ("AOP_JSON_RESPONSE", "true"),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .into();
+    let config = Config::from_sources(None, &env, &Overrides::default()).unwrap();
+    let role = McpRole::build(&config, None).unwrap();
+    role.stores.prepare(&config).await.unwrap();
+    let router = role.router(config.server.http_options(CancellationToken::new()));
+    let lines = Lines::default();
+    let _guard = tracing::subscriber::set_default(
+        telemetry::subscriber("info,aop_core=debug", lines.clone()).unwrap(),
+    );
+    let post = |body: Value, session: Option<&str>| {
+        let mut request = Request::post("/mcp")
+            .header("host", "127.0.0.1:8000")
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream");
+        if let Some(session) = session {
+            request = request
+                .header("mcp-session-id", session)
+                .header("mcp-protocol-version", "2025-11-25");
+        }
+        request.body(Body::from(body.to_string())).unwrap()
+    };
+
+    let opened = router
+        .clone()
+        .oneshot(post(
+            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                   "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                              "clientInfo": {"name": "test", "version": "1"}}}),
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(opened.status(), StatusCode::OK);
+    let session = opened.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let _ = opened.into_body().collect().await.unwrap();
+    let initialized = router
+        .clone()
+        .oneshot(post(
+            json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+            Some(&session),
+        ))
+        .await
+        .unwrap();
+    let _ = initialized.into_body().collect().await.unwrap();
+    let opening: Vec<Value> = lines.take();
+    let called = router
+        .clone()
+        .oneshot(post(
+            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+                "name": "create_agent",
+                "arguments": {"name": "Support", "instructions": "Be kind."}}}),
+            Some(&session),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(called.status(), StatusCode::OK);
+    let _ = called.into_body().collect().await.unwrap();
+    let logged = lines.take();
+
+    let access = logged
+        .iter()
+        .find(|l| l["message"] == "request")
+        .unwrap_or_else(|| panic!("{logged:#?}"));
+    let id = access["request_id"].as_str().unwrap();
+    let tool_line = logged
+        .iter()
+        .find(|l| l["message"] == "agent created")
+        .unwrap_or_else(|| panic!("{logged:#?}"));
+    assert_eq!(tool_line["request_id"], id, "{tool_line}");
+    assert!(
+        opening.iter().all(|l| l["request_id"] != id),
+        "{opening:#?}"
+    );
+}

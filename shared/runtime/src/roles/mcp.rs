@@ -149,9 +149,9 @@ impl McpRole {
 
     /// The Router serving the MCP server, `/health` and `/metrics`.
     pub fn router(&self, options: HttpOptions) -> axum::Router {
-        let role = self.clone();
+        let server = self.mcp_server();
         aop_mcp::router(
-            move || role.mcp_server(),
+            move || server.clone(),
             options,
             self.metrics.clone(),
             self.stores.agents.clone(),
