@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use aop_runtime::config::settings_help;
 use aop_runtime::{Config, Overrides, Platform, Role, telemetry};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 #[global_allocator]
@@ -29,7 +29,6 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve MCP at /mcp, plus /health and /metrics (the default command).
-    #[command(after_help = settings_help())]
     Serve(ServeArgs),
     /// Apply store schema migrations and exit.
     Migrate(CommonArgs),
@@ -200,8 +199,29 @@ impl ServeArgs {
     }
 }
 
+/// Parses the command line. `aop serve --help` ends with every setting, its variable and its
+/// default; that list formats every section's defaults, so it is built only when help is asked
+/// for, not at every start.
+fn parse_cli<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    let mut command = Cli::command();
+    if args
+        .iter()
+        .skip(1)
+        .any(|a| a == "-h" || a == "--help" || a == "help")
+    {
+        command = command.mut_subcommand("serve", |serve| serve.after_help(settings_help()));
+    }
+    let matches = command.try_get_matches_from(args)?;
+    Cli::from_arg_matches(&matches)
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli(std::env::args_os()).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
         Some(Command::Serve(args)) => serve(&args),
         None => serve(&cli.serve),
@@ -506,5 +526,40 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serve_help_ends_with_every_setting() {
+        for args in [
+            &["aop", "serve", "--help"][..],
+            &["aop", "help", "serve"],
+            &["aop", "serve", "-h"],
+        ] {
+            let err = parse_cli(args).err().expect("help is shown, not parsed");
+            assert_eq!(err.kind(), clap::error::ErrorKind::DisplayHelp, "{args:?}");
+            let text = err.to_string();
+            assert!(
+                text.contains("Settings (config.yaml key"),
+                "{args:?}: {text}"
+            );
+            assert!(text.contains("AOP_STATELESS"), "{args:?}: {text}");
+        }
+    }
+
+    #[test]
+    fn serve_arguments_still_parse() {
+        let cli = parse_cli(["aop", "serve", "--port", "9000"]).expect("parses");
+        match cli.command {
+            Some(Command::Serve(args)) => assert_eq!(args.port.as_deref(), Some("9000")),
+            _ => panic!("serve expected"),
+        }
+        let cli = parse_cli(["aop", "--port", "9001"]).expect("parses");
+        assert!(cli.command.is_none());
+        assert_eq!(cli.serve.port.as_deref(), Some("9001"));
     }
 }
