@@ -73,7 +73,34 @@ fn free_port() -> u16 {
 struct Server {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    _dir: TempDir,
+}
+
+/// A data directory removed when dropped. Written here rather than taken from `tempfile`: that
+/// crate, as a dev-dependency, turns on `bitflags/std` and so rebuilds SQLite, reqwest and the
+/// platform's own crates for the benchmark, which would then measure another `aop` than the
+/// one `cargo build --release` makes (and that the link order in `aop.order` was taken from).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("aop-bench-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("temp dir");
+        TempDir(path)
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl Drop for Server {
@@ -84,7 +111,7 @@ impl Drop for Server {
 }
 
 fn spawn(stateless: bool) -> Server {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = TempDir::new();
     let port = free_port();
     let mut cmd = Command::new(binary());
     cmd.arg("serve")
@@ -253,10 +280,10 @@ async fn targets(http: &Http) -> [Target; 2] {
     let bare = Server {
         child: bare,
         port: bare_port,
-        _dir: tempfile::tempdir().expect("temp dir"),
+        _dir: TempDir::new(),
     };
 
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = TempDir::new();
     let port = free_port();
     let child = pinned(0, &binary())
         .arg("serve")
