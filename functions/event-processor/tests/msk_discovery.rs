@@ -81,7 +81,12 @@ async fn brokers_come_from_the_cluster_arn_once_per_container() {
 
     let dead = aop_test_support::read_topic(&servers, &format!("{topic}.dlq"), 1).await;
     assert_eq!(dead[0].payload.as_deref(), Some(&b"not a cloud event"[..]));
-    let logs = lambda.output();
+    let logs = lambda
+        .output_containing(
+            r#""aop_events_dead_lettered_total":1.0"#,
+            std::time::Duration::from_secs(10),
+        )
+        .await;
     assert!(logs.contains("MSK brokers discovered"), "{logs}");
     assert!(
         logs.contains(r#""aop_events_dead_lettered_total":1.0"#),

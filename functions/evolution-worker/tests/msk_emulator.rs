@@ -26,6 +26,8 @@ use serde_json::{Value, json};
 
 const FIXTURE: &str = include_str!("fixtures/msk_batch.json");
 const KEY: &str = "sk-evolution-worker-tests";
+/// How long a test waits for a line the function prints after it has answered.
+const LOG_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The fixture's batch with one record per value, in offset order on partition 0 of `topic`.
 fn batch(topic: &str, key: &str, values: &[Vec<u8>]) -> Value {
@@ -86,7 +88,9 @@ async fn a_request_for_an_unknown_evolution_is_acknowledged_and_changes_nothing(
         let answer = lambda.invoke(batch.clone()).await.unwrap();
         assert_eq!(answer, json!({"batchItemFailures": []}));
     }
-    let logs = lambda.output();
+    let logs = lambda
+        .output_containing(r#""aop_events_consumed_total":1.0"#, LOG_WAIT)
+        .await;
     assert!(
         logs.contains("an iteration was requested for an unknown evolution"),
         "{logs}"
@@ -291,7 +295,9 @@ async fn poison_records_go_to_the_dead_letter_topic() {
             .all(|r| r.key.as_deref() == Some(&b"agt_poison"[..])),
         "with their keys"
     );
-    let logs = lambda.output();
+    let logs = lambda
+        .output_containing(r#""aop_events_dead_lettered_total":2.0"#, LOG_WAIT)
+        .await;
     assert!(
         logs.contains(r#""aop_events_dead_lettered_total":2.0"#),
         "the dead letters are counted for the alarm: {logs}"
@@ -330,7 +336,9 @@ async fn a_poison_record_that_cannot_be_dead_lettered_is_delivered_again() {
             {"itemIdentifier": {"partition": "evolution_events-0", "offset": 43}},
         ]})
     );
-    let logs = lambda.output();
+    let logs = lambda
+        .output_containing(r#""aop_events_failed_total":2.0"#, LOG_WAIT)
+        .await;
     assert!(logs.contains(r#""aop_events_failed_total":2.0"#), "{logs}");
 }
 

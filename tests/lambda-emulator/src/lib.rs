@@ -177,6 +177,20 @@ impl LambdaEmulator {
             .clone()
     }
 
+    /// Everything the function printed once it contains `needle`, waiting up to `timeout` for it
+    /// (what the function prints after answering, its metrics line among them, can reach the
+    /// emulator after the answer does); everything printed so far when the time is up.
+    pub async fn output_containing(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let output = self.output();
+            if output.contains(needle) || tokio::time::Instant::now() >= deadline {
+                return output;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Invokes the function with `event`: `Ok` with its response, or `Err` with the error it
     /// reported (an init error included).
     ///
