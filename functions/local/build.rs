@@ -10,8 +10,8 @@
 //!
 //! A release build for x86_64 Linux, which Rust links with its own LLD, also lays out the code
 //! in the order of `aop.order` (`--symbol-ordering-file`): the functions that run at start and
-//! in the common calls (3.5 MiB of the 26 MiB of text) placed together, so an idle server keeps
-//! about 4.5 MiB of text resident instead of 12.7 MiB of 64 KiB windows (the kernel maps the
+//! in the common calls (3.8 MiB of the 26 MiB of text) placed together, so an idle server keeps
+//! about 4 MiB of text resident instead of 13 to 15 MiB of 64 KiB windows (the kernel maps the
 //! window around each page it faults in) spread across the whole binary. The names are the
 //! release build's own, so the file matches that build (same compiler, same `Cargo.lock`, same
 //! features); `scripts/link-order` regenerates it. `AOP_LINK_ORDER=0` turns it off, and so

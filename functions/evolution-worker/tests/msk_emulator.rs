@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 
 const FIXTURE: &str = include_str!("fixtures/msk_batch.json");
 const KEY: &str = "sk-evolution-worker-tests";
-/// How long a test waits for a line the function prints after it has answered.
+/// How long a test waits for a line of the function's output to reach the emulator.
 const LOG_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The fixture's batch with one record per value, in offset order on partition 0 of `topic`.

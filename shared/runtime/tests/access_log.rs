@@ -68,22 +68,32 @@ fn call(tool: &str, arguments: Value) -> Request<Body> {
         .unwrap()
 }
 
+/// The platform's MCP Router on the embedded store in a new directory (kept while the router
+/// is used), JSON responses, plus `env`.
+async fn platform(env: &[(&str, &str)]) -> (axum::Router, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("AOP_DATA_DIR", dir.path().to_str().unwrap()),
+        ("AOP_JSON_RESPONSE", "true"),
+    ]
+    .iter()
+    .chain(env)
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    let config = Config::from_sources(None, &env, &Overrides::default()).unwrap();
+    let role = McpRole::build(&config, None).unwrap();
+    role.stores.prepare(&config).await.unwrap();
+    (
+        role.router(config.server.http_options(CancellationToken::new())),
+        dir,
+    )
+}
+
 /// Serves six requests (two tool calls that write and read, a refused call, a health check, a
 /// call of a tool with a 10,000-character name that no tool has, a request whose `Mcp-Method`
 /// header is not a method) with logging at `level`, and returns the log lines of each request.
 async fn lines_per_request(level: &str) -> Vec<Vec<Value>> {
-    let dir = tempfile::tempdir().unwrap();
-    let env = [
-        ("AOP_DATA_DIR", dir.path().to_str().unwrap()),
-        ("AOP_STATELESS", "true"),
-        ("AOP_JSON_RESPONSE", "true"),
-    ]
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .into();
-    let config = Config::from_sources(None, &env, &Overrides::default()).unwrap();
-    let role = McpRole::build(&config, None).unwrap();
-    role.stores.prepare(&config).await.unwrap();
-    let router = role.router(config.server.http_options(CancellationToken::new()));
+    let (router, _dir) = platform(&[("AOP_STATELESS", "true")]).await;
 
     let lines = Lines::default();
     let _guard =
@@ -212,17 +222,7 @@ async fn a_tools_own_lines_carry_its_requests_id() {
 /// opened the session: its lines still carry the id of the request that called it.
 #[tokio::test(flavor = "current_thread")]
 async fn in_a_session_a_tools_lines_carry_the_calling_requests_id() {
-    let dir = tempfile::tempdir().unwrap();
-    let env = [
-        ("AOP_DATA_DIR", dir.path().to_str().unwrap()),
-        ("AOP_JSON_RESPONSE", "true"),
-    ]
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .into();
-    let config = Config::from_sources(None, &env, &Overrides::default()).unwrap();
-    let role = McpRole::build(&config, None).unwrap();
-    role.stores.prepare(&config).await.unwrap();
-    let router = role.router(config.server.http_options(CancellationToken::new()));
+    let (router, _dir) = platform(&[]).await;
     let lines = Lines::default();
     let _guard = tracing::subscriber::set_default(
         telemetry::subscriber("info,aop_core=debug", lines.clone()).unwrap(),

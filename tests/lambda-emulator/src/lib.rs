@@ -177,9 +177,10 @@ impl LambdaEmulator {
             .clone()
     }
 
-    /// Everything the function printed once it contains `needle`, waiting up to `timeout` for it
-    /// (what the function prints after answering, its metrics line among them, can reach the
-    /// emulator after the answer does); everything printed so far when the time is up.
+    /// Everything the function printed once it contains `needle`, waiting up to `timeout` for it;
+    /// everything printed so far when the time is up. Its output comes through a pipe and a
+    /// reader thread, which on a loaded machine can lag behind its answer, so a line printed
+    /// before answering (the metrics line) may not be in [`output`](Self::output) yet.
     pub async fn output_containing(&self, needle: &str, timeout: Duration) -> String {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
