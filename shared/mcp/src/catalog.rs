@@ -28,21 +28,28 @@ struct Inner {
 impl ToolCatalog {
     /// The tools of `toolsets` (every tool when empty), listed with their output schemas when
     /// `output_schemas` is set.
-    ///
-    /// Built on a thread of its own that ends when the catalog is done: rmcp caches every schema
-    /// it derives in thread-locals of the deriving thread for that thread's life, and those
-    /// caches (the full schemas, input and output, before `lean`) held about 2.7 MB of JSON trees
-    /// for the life of the process, of an idle server's 3.7 MB of heap.
     pub fn new(toolsets: &[Toolset], output_schemas: bool) -> Self {
-        std::thread::scope(|scope| {
-            std::thread::Builder::new()
-                .name("aop-catalog".into())
-                .spawn_scoped(scope, || Self::build(toolsets, output_schemas))
-                .map(|handle| handle.join())
-        })
-        // No thread to be had: built here, its caches kept.
-        .unwrap_or_else(|_| Ok(Self::build(toolsets, output_schemas)))
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        Self::spawn(toolsets, output_schemas).wait()
+    }
+
+    /// Starts building the catalog of [`ToolCatalog::new`] on a thread of its own, so that a
+    /// start can open its store meanwhile; [`CatalogBuild::wait`] gives the catalog.
+    ///
+    /// The thread ends when the catalog is done, and that is the point of it even when nothing
+    /// else runs meanwhile: rmcp caches every schema it derives in thread-locals of the deriving
+    /// thread for that thread's life, and those caches (the full schemas, input and output,
+    /// before `lean`) held about 2.7 MB of JSON trees for the life of the process, of an idle
+    /// server's 3.7 MB of heap.
+    pub fn spawn(toolsets: &[Toolset], output_schemas: bool) -> CatalogBuild {
+        let chosen = toolsets.to_vec();
+        let thread = std::thread::Builder::new()
+            .name("aop-catalog".into())
+            .spawn(move || Self::build(&chosen, output_schemas));
+        match thread {
+            Ok(thread) => CatalogBuild::Building(thread),
+            // No thread to be had: built here, its caches kept.
+            Err(_) => CatalogBuild::Built(Self::build(toolsets, output_schemas)),
+        }
     }
 
     fn build(toolsets: &[Toolset], output_schemas: bool) -> Self {
@@ -87,6 +94,24 @@ fn routes(toolset: Toolset) -> ToolRouter<AgentServer> {
         Toolset::Feedback => AgentServer::feedback_router(),
         Toolset::Deployments => AgentServer::deployment_router() + AgentServer::proposal_router(),
         Toolset::Evolution => AgentServer::evolution_router(),
+    }
+}
+
+/// A [`ToolCatalog`] on its way (see [`ToolCatalog::spawn`]).
+pub enum CatalogBuild {
+    Building(std::thread::JoinHandle<ToolCatalog>),
+    Built(ToolCatalog),
+}
+
+impl CatalogBuild {
+    /// The catalog, once built; a panic while building is resumed here.
+    pub fn wait(self) -> ToolCatalog {
+        match self {
+            Self::Building(thread) => thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Self::Built(catalog) => catalog,
+        }
     }
 }
 

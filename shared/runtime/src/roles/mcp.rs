@@ -9,7 +9,7 @@ use aop_core::{
     AgentService, ConversationService, DeploymentService, EvolutionService, FeedbackService,
     ProposalService,
 };
-use aop_mcp::{AgentServer, HttpOptions, Metrics, Services, ToolCatalog};
+use aop_mcp::{AgentServer, CatalogBuild, HttpOptions, Metrics, Services, ToolCatalog};
 
 use super::{Role, open_stores, settle};
 use crate::adapters::Stores;
@@ -52,8 +52,11 @@ impl McpRole {
     /// # Errors
     /// `StartupError` naming the setting or the store that failed.
     pub fn build(config: &Config, secrets: Option<&Secrets>) -> Result<Self, StartupError> {
+        // The tool catalog (most of a start's work besides the store) builds meanwhile.
+        let tools = ToolCatalog::spawn(&config.server.toolsets(), config.server.output_schemas);
         let stores = open_stores(config, secrets)?;
-        Self::on(config, stores, super::chat_model(config, secrets)?)
+        let model = super::chat_model(config, secrets)?;
+        Self::assemble(config, stores, model, tools)
     }
 
     /// Builds the services on given adapters.
@@ -64,6 +67,16 @@ impl McpRole {
         config: &Config,
         stores: Stores,
         model: Arc<dyn ChatModel>,
+    ) -> Result<Self, StartupError> {
+        let tools = ToolCatalog::spawn(&config.server.toolsets(), config.server.output_schemas);
+        Self::assemble(config, stores, model, tools)
+    }
+
+    fn assemble(
+        config: &Config,
+        stores: Stores,
+        model: Arc<dyn ChatModel>,
+        tools: CatalogBuild,
     ) -> Result<Self, StartupError> {
         let mut stores = stores;
         let metrics = Arc::new(Metrics::new());
@@ -125,7 +138,7 @@ impl McpRole {
             proposals,
             evolutions,
             metrics,
-            tools: ToolCatalog::new(&config.server.toolsets(), config.server.output_schemas),
+            tools: tools.wait(),
             stores,
             outbox_signal: signal,
         })
