@@ -180,10 +180,26 @@ fn client() -> Http {
         .build_http()
 }
 
-/// Milliseconds from spawning the process to its first successful MCP response.
-async fn time_to_first_response(http: &Http) -> f64 {
+/// The bare rmcp server on a free port, as the start-up reference (it has nothing to open).
+fn spawn_bare() -> Server {
+    let port = free_port();
+    let child = Command::new(bare_binary())
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bare_binary().display()));
+    Server {
+        child,
+        port,
+        _dir: TempDir::new(),
+    }
+}
+
+/// Milliseconds from spawning the process `start` spawns to its first successful MCP response.
+async fn time_to_first_response(http: &Http, start: fn() -> Server) -> f64 {
     let started = Instant::now();
-    let server = spawn(true);
+    let server = start();
     let body = initialize();
     loop {
         if call(http, server.port, &body).await.is_some() {
@@ -225,16 +241,22 @@ fn main() {
             println!("binary size: {:.1} MiB", meta.len() as f64 / 1_048_576.0);
         }
 
-        let mut starts = Vec::new();
+        // Alternating with the bare rmcp server's starts: a busy machine slows both alike.
+        let (mut starts, mut bare_starts) = (Vec::new(), Vec::new());
         for _ in 0..STARTS {
-            starts.push(time_to_first_response(&http).await);
+            starts.push(time_to_first_response(&http, || spawn(true)).await);
+            bare_starts.push(time_to_first_response(&http, spawn_bare).await);
         }
         starts.sort_by(f64::total_cmp);
+        bare_starts.sort_by(f64::total_cmp);
         println!(
-            "start to first MCP response: median {:.1} ms, min {:.1} ms, max {:.1} ms ({STARTS} starts)",
+            "start to first MCP response: median {:.1} ms, min {:.1} ms, max {:.1} ms ({STARTS} starts); \
+             bare rmcp tool, same run: median {:.1} ms, min {:.1} ms",
             percentile(&starts, 0.5),
             starts[0],
-            starts[STARTS - 1]
+            starts[STARTS - 1],
+            percentile(&bare_starts, 0.5),
+            bare_starts[0],
         );
 
         let server = spawn(true);
