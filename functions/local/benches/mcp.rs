@@ -180,20 +180,31 @@ fn client() -> Http {
         .build_http()
 }
 
-/// The bare rmcp server on a free port, as the start-up reference (it has nothing to open).
-fn spawn_bare() -> Server {
+/// The bare rmcp server on a free port, started by `command` (its binary, perhaps behind
+/// `taskset`).
+fn bare_server(mut command: Command) -> Server {
     let port = free_port();
-    let child = Command::new(bare_binary())
+    let child = command
         .arg(port.to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bare_binary().display()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {}: {e} (cargo build --release -p aop-local --example bare-mcp)",
+                bare_binary().display()
+            )
+        });
     Server {
         child,
         port,
         _dir: TempDir::new(),
     }
+}
+
+/// The bare rmcp server as the start-up reference, placed like the platform's starts.
+fn spawn_bare() -> Server {
+    bare_server(Command::new(bare_binary()))
 }
 
 /// Milliseconds from spawning the process `start` spawns to its first successful MCP response.
@@ -241,7 +252,8 @@ fn main() {
             println!("binary size: {:.1} MiB", meta.len() as f64 / 1_048_576.0);
         }
 
-        // Alternating with the bare rmcp server's starts: a busy machine slows both alike.
+        // Alternating with the bare rmcp server's starts, so both meet the machine in the same
+        // state (its start does little work, so it shows the floor, not the machine's speed).
         let (mut starts, mut bare_starts) = (Vec::new(), Vec::new());
         for _ in 0..STARTS {
             starts.push(time_to_first_response(&http, || spawn(true)).await);
@@ -287,23 +299,7 @@ struct Target {
 /// level, stateless JSON, the embedded store), each pinned to core 0, and waits until both
 /// answer; the platform gets one agent to read.
 async fn targets(http: &Http) -> [Target; 2] {
-    let bare_port = free_port();
-    let bare = pinned(0, &bare_binary())
-        .arg(bare_port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot start {}: {e} (cargo build --release -p aop-local --example bare-mcp)",
-                bare_binary().display()
-            )
-        });
-    let bare = Server {
-        child: bare,
-        port: bare_port,
-        _dir: TempDir::new(),
-    };
+    let bare = bare_server(pinned(0, &bare_binary()));
 
     let dir = TempDir::new();
     let port = free_port();
