@@ -509,8 +509,7 @@ async fn run(config: Config) -> Result<(), BoxError> {
 
 /// Hands the memory that start-up allocated and freed back to the OS now. mimalloc returns freed
 /// pages a second after they were freed, and only when it next allocates or frees: a server idle
-/// after start kept them, about 2.3 MiB, most of it the schemas the tool catalog is derived from
-/// (see `ToolCatalog::spawn`).
+/// after start kept them (2.3 MiB when a start still derived the tool schemas).
 #[allow(unsafe_code)]
 fn release_freed_memory() {
     // SAFETY: `mi_collect` takes no pointers and may be called from any thread at any time; it

@@ -64,6 +64,8 @@ pub struct Candidates {
     pub candidates: Vec<Candidate>,
 }
 
+// The routes derived from the Rust types, which the listing file is checked against (catalog.rs).
+#[cfg_attr(not(test), allow(dead_code))]
 #[tool_router(router = evolution_router, vis = "pub(crate)")]
 impl AgentServer {
     #[tool(
@@ -71,7 +73,7 @@ impl AgentServer {
         description = "Add evaluation cases to an agent: an input and checks its answer must pass (equals, contains, not_contains, regex, json_schema, max_chars, or judge with a rubric), optionally a reference answer and tags. Evolutions score candidates on them.",
         annotations(destructive_hint = false, idempotent_hint = false)
     )]
-    async fn add_eval_cases(
+    pub(crate) async fn add_eval_cases(
         &self,
         Parameters(input): Parameters<AddEvalCases>,
     ) -> Result<Json<AddedCases>, ToolFailure> {
@@ -87,7 +89,7 @@ impl AgentServer {
         description = "An agent's evaluation cases, oldest first.",
         annotations(read_only_hint = true)
     )]
-    async fn list_eval_cases(
+    pub(crate) async fn list_eval_cases(
         &self,
         Parameters(input): Parameters<ListEvalCases>,
     ) -> Result<Json<Page<EvalCase>>, ToolFailure> {
@@ -99,7 +101,7 @@ impl AgentServer {
         description = "Remove an evaluation case from an agent. Runs already started keep their copy.",
         annotations(destructive_hint = true, idempotent_hint = false)
     )]
-    async fn remove_eval_case(
+    pub(crate) async fn remove_eval_case(
         &self,
         Parameters(input): Parameters<RemoveEvalCase>,
     ) -> Result<Json<RemovedCase>, ToolFailure> {
@@ -113,7 +115,7 @@ impl AgentServer {
         description = "Start evolving an agent from its feedback and evaluation cases (reflective prompt evolution, GEPA): the version serving the most traffic on the alias is the seed; each iteration a reflection model rewrites a candidate from its failures and the child is kept only if it scores higher. Returns at once; watch it with get_evolution_status. The winner becomes a proposal (mode review, default) or a canary (mode auto); no alias moves on its own. Budget: metric calls (300), cost (USD 5), time (3600 s).",
         annotations(destructive_hint = false, idempotent_hint = false)
     )]
-    async fn initialize_evolution(
+    pub(crate) async fn initialize_evolution(
         &self,
         Parameters(input): Parameters<InitializeEvolution>,
         context: RequestContext<RoleServer>,
@@ -130,7 +132,7 @@ impl AgentServer {
         description = "An evolution run: status, iteration, budget used, best and seed validation scores, why it stopped and the winner. With wait_seconds (at most 25) it waits for the next iteration or the end, sending progress notifications when the request carries a progress token.",
         annotations(read_only_hint = true)
     )]
-    async fn get_evolution_status(
+    pub(crate) async fn get_evolution_status(
         &self,
         Parameters(args): Parameters<EvolutionStatusArgs>,
         context: RequestContext<RoleServer>,
@@ -182,7 +184,7 @@ impl AgentServer {
         description = "Evolution runs, newest first, optionally of one agent.",
         annotations(read_only_hint = true)
     )]
-    async fn list_evolutions(
+    pub(crate) async fn list_evolutions(
         &self,
         Parameters(input): Parameters<ListEvolutions>,
     ) -> Result<Json<Page<EvolutionView>>, ToolFailure> {
@@ -194,7 +196,7 @@ impl AgentServer {
         description = "Stop a running evolution. Nothing it found goes out; its candidates stay readable.",
         annotations(destructive_hint = true, idempotent_hint = false)
     )]
-    async fn cancel_evolution(
+    pub(crate) async fn cancel_evolution(
         &self,
         Parameters(args): Parameters<EvolutionIdArgs>,
         context: RequestContext<RoleServer>,
@@ -211,7 +213,7 @@ impl AgentServer {
         description = "Every candidate of an evolution in the order made: parents, operator (seed, reflection, merge), the minibatch scores that accepted or rejected it, validation scores, and the reflection's rationale.",
         annotations(read_only_hint = true)
     )]
-    async fn list_candidates(
+    pub(crate) async fn list_candidates(
         &self,
         Parameters(args): Parameters<EvolutionIdArgs>,
     ) -> Result<Json<Candidates>, ToolFailure> {
@@ -227,7 +229,7 @@ impl AgentServer {
         description = "Make any candidate of an evolution (not only the winner) a version and a proposal for review.",
         annotations(destructive_hint = false, idempotent_hint = true)
     )]
-    async fn select_evolution_candidate(
+    pub(crate) async fn select_evolution_candidate(
         &self,
         Parameters(input): Parameters<SelectCandidate>,
         context: RequestContext<RoleServer>,

@@ -42,7 +42,7 @@ mod tools;
 mod toolset;
 
 #[cfg(feature = "server")]
-pub use catalog::{CatalogBuild, ToolCatalog};
+pub use catalog::ToolCatalog;
 #[cfg(feature = "server")]
 pub use http::{HttpOptions, RateLimit, router};
 #[cfg(feature = "server")]

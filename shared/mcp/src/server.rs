@@ -167,6 +167,8 @@ impl AgentServer {
     }
 }
 
+// The routes derived from the Rust types, which the listing file is checked against (catalog.rs).
+#[cfg_attr(not(test), allow(dead_code))]
 #[tool_router(router = agent_router, vis = "pub(crate)")]
 impl AgentServer {
     /// Creates an agent and its first version; `prod` points at it.
@@ -175,7 +177,7 @@ impl AgentServer {
         description = "Create an agent with its first immutable version (v1). The `prod` alias points at the newest version until a deployment moves it.",
         annotations(destructive_hint = false, idempotent_hint = false)
     )]
-    async fn create_agent(
+    pub(crate) async fn create_agent(
         &self,
         Parameters(mut input): Parameters<CreateAgent>,
         context: RequestContext<RoleServer>,
@@ -189,7 +191,7 @@ impl AgentServer {
         description = "Get an agent and its latest version, or a given version.",
         annotations(read_only_hint = true)
     )]
-    async fn get_agent(
+    pub(crate) async fn get_agent(
         &self,
         Parameters(args): Parameters<GetAgentArgs>,
     ) -> Result<Json<aop_core::AgentDetail>, ToolFailure> {
@@ -201,7 +203,7 @@ impl AgentServer {
         description = "List agents, filtered by domain, capability name, status (active by default, archived, all) or text in the name or description. Pages with `cursor`/`next_cursor`.",
         annotations(read_only_hint = true)
     )]
-    async fn list_agents(
+    pub(crate) async fn list_agents(
         &self,
         Parameters(args): Parameters<ListAgents>,
     ) -> Result<Json<aop_core::Page<aop_core::Agent>>, ToolFailure> {
@@ -213,7 +215,7 @@ impl AgentServer {
         description = "Create the next version of an agent from its latest one with the given changes. Versions are immutable; nothing is edited in place.",
         annotations(destructive_hint = false, idempotent_hint = false)
     )]
-    async fn update_agent(
+    pub(crate) async fn update_agent(
         &self,
         Parameters(mut input): Parameters<UpdateAgent>,
         context: RequestContext<RoleServer>,
@@ -227,7 +229,7 @@ impl AgentServer {
         description = "List an agent's versions, oldest first. Pages with `cursor`/`next_cursor`.",
         annotations(read_only_hint = true)
     )]
-    async fn list_agent_versions(
+    pub(crate) async fn list_agent_versions(
         &self,
         Parameters(args): Parameters<ListVersionsArgs>,
     ) -> Result<Json<aop_core::Page<aop_core::AgentVersion>>, ToolFailure> {
@@ -243,7 +245,7 @@ impl AgentServer {
         description = "Archive an agent: it keeps its history but takes no new versions and leaves default listings. Archiving twice changes nothing.",
         annotations(destructive_hint = true, idempotent_hint = true)
     )]
-    async fn archive_agent(
+    pub(crate) async fn archive_agent(
         &self,
         Parameters(args): Parameters<AgentIdArgs>,
     ) -> Result<Json<aop_core::Agent>, ToolFailure> {
@@ -251,6 +253,8 @@ impl AgentServer {
     }
 }
 
+// The routes derived from the Rust types, which the listing file is checked against (catalog.rs).
+#[cfg_attr(not(test), allow(dead_code))]
 #[tool_router(router = session_router, vis = "pub(crate)")]
 impl AgentServer {
     #[tool(
@@ -258,7 +262,7 @@ impl AgentServer {
         description = "Open a conversation with an agent alias (default `prod`). The alias is resolved to one version for the whole session.",
         annotations(destructive_hint = false, idempotent_hint = false)
     )]
-    async fn start_session(
+    pub(crate) async fn start_session(
         &self,
         Parameters(input): Parameters<StartSession>,
     ) -> Result<Json<aop_core::session::Session>, ToolFailure> {
@@ -274,7 +278,7 @@ impl AgentServer {
             open_world_hint = true
         )
     )]
-    async fn send_message(
+    pub(crate) async fn send_message(
         &self,
         Parameters(mut input): Parameters<SendMessage>,
         context: RequestContext<RoleServer>,
@@ -295,7 +299,7 @@ impl AgentServer {
             open_world_hint = true
         )
     )]
-    async fn run_agent(
+    pub(crate) async fn run_agent(
         &self,
         Parameters(mut input): Parameters<RunAgent>,
         context: RequestContext<RoleServer>,
@@ -310,7 +314,7 @@ impl AgentServer {
         description = "The messages of a session in order. Pages with `cursor`/`next_cursor`.",
         annotations(read_only_hint = true)
     )]
-    async fn get_messages(
+    pub(crate) async fn get_messages(
         &self,
         Parameters(args): Parameters<GetMessagesArgs>,
     ) -> Result<Json<aop_core::Page<aop_core::session::Message>>, ToolFailure> {
@@ -326,7 +330,7 @@ impl AgentServer {
         description = "End a session, optionally with a summary. It keeps its messages and takes no more.",
         annotations(destructive_hint = false, idempotent_hint = false)
     )]
-    async fn end_session(
+    pub(crate) async fn end_session(
         &self,
         Parameters(args): Parameters<EndSessionArgs>,
     ) -> Result<Json<aop_core::session::Session>, ToolFailure> {
@@ -342,7 +346,7 @@ impl AgentServer {
         description = "Recorded turns of an agent, oldest first: version, input, output, model, tokens, cost, latency, tool calls, status and error.",
         annotations(read_only_hint = true)
     )]
-    async fn list_interactions(
+    pub(crate) async fn list_interactions(
         &self,
         Parameters(args): Parameters<ListInteractionsArgs>,
     ) -> Result<Json<aop_core::Page<aop_core::session::Interaction>>, ToolFailure> {
@@ -354,6 +358,8 @@ impl AgentServer {
     }
 }
 
+// The routes derived from the Rust types, which the listing file is checked against (catalog.rs).
+#[cfg_attr(not(test), allow(dead_code))]
 #[tool_router(router = feedback_router, vis = "pub(crate)")]
 impl AgentServer {
     #[tool(
@@ -361,7 +367,7 @@ impl AgentServer {
         description = "Rate an agent, one of its sessions or one interaction: `ratings` as {metric: value} on a `scale` (default 1-5), with optional comments and categories. Fitness statistics follow.",
         annotations(destructive_hint = false, idempotent_hint = false)
     )]
-    async fn submit_feedback(
+    pub(crate) async fn submit_feedback(
         &self,
         Parameters(mut input): Parameters<SubmitFeedback>,
         context: RequestContext<RoleServer>,
@@ -375,7 +381,7 @@ impl AgentServer {
         description = "Statistics per agent version and metric (count, mean, sample variance, on 0..1 for feedback): running totals, or over `from`/`to` (epoch ms). Turn statistics are `interaction.error`, `interaction.latency_ms`, `interaction.tokens`.",
         annotations(read_only_hint = true)
     )]
-    async fn get_feedback_metrics(
+    pub(crate) async fn get_feedback_metrics(
         &self,
         Parameters(query): Parameters<MetricsQuery>,
     ) -> Result<Json<aop_core::services::feedback::MetricsReport>, ToolFailure> {

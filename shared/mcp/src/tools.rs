@@ -43,6 +43,8 @@ pub struct ListDeploymentsArgs {
     pub limit: Option<u32>,
 }
 
+// The routes derived from the Rust types, which the listing file is checked against (catalog.rs).
+#[cfg_attr(not(test), allow(dead_code))]
 #[tool_router(router = deployment_router, vis = "pub(crate)")]
 impl AgentServer {
     #[tool(
@@ -50,7 +52,7 @@ impl AgentServer {
         description = "Point an alias (default `prod`) at one version, all traffic. The alias stops following new versions. Refused while a canary holds the alias.",
         annotations(destructive_hint = true, idempotent_hint = false)
     )]
-    async fn deploy_version(
+    pub(crate) async fn deploy_version(
         &self,
         Parameters(input): Parameters<DeployVersion>,
         context: RequestContext<RoleServer>,
@@ -65,7 +67,7 @@ impl AgentServer {
         description = "Try a version on a growing share of an alias's new sessions (steps, default 5/10/25/50%). The controller promotes it when live feedback shows it better with high probability and low expected loss, and rolls it back when it is worse or a guardrail (errors, latency, cost) fails. One canary per alias.",
         annotations(destructive_hint = true, idempotent_hint = false)
     )]
-    async fn start_canary(
+    pub(crate) async fn start_canary(
         &self,
         Parameters(input): Parameters<StartCanary>,
         context: RequestContext<RoleServer>,
@@ -82,7 +84,7 @@ impl AgentServer {
         description = "A canary: its split, step, status and the last decision with the statistics behind it. By `canary_id`, or the newest of an agent's alias.",
         annotations(read_only_hint = true)
     )]
-    async fn get_canary(
+    pub(crate) async fn get_canary(
         &self,
         Parameters(args): Parameters<GetCanaryArgs>,
     ) -> Result<Json<Canary>, ToolFailure> {
@@ -107,7 +109,7 @@ impl AgentServer {
         description = "Every move of an agent's aliases, oldest first: from and to which versions, who or what moved it, why, and the analysis that decided it.",
         annotations(read_only_hint = true)
     )]
-    async fn list_deployments(
+    pub(crate) async fn list_deployments(
         &self,
         Parameters(args): Parameters<ListDeploymentsArgs>,
     ) -> Result<Json<Page<Deployment>>, ToolFailure> {
@@ -123,7 +125,7 @@ impl AgentServer {
         description = "Give a canary's candidate all traffic now, when the statistics support it (or with `force`). A bake period then watches it against the old baseline.",
         annotations(destructive_hint = true, idempotent_hint = false)
     )]
-    async fn promote_canary(
+    pub(crate) async fn promote_canary(
         &self,
         Parameters(input): Parameters<PromoteCanary>,
         context: RequestContext<RoleServer>,
@@ -140,7 +142,7 @@ impl AgentServer {
         description = "Roll an alias back at once: a canary's alias to its baseline, any other alias to `to_version` or what it served before its last move.",
         annotations(destructive_hint = true, idempotent_hint = false)
     )]
-    async fn rollback_agent(
+    pub(crate) async fn rollback_agent(
         &self,
         Parameters(input): Parameters<RollbackAgent>,
         context: RequestContext<RoleServer>,
@@ -153,6 +155,8 @@ impl AgentServer {
     }
 }
 
+// The routes derived from the Rust types, which the listing file is checked against (catalog.rs).
+#[cfg_attr(not(test), allow(dead_code))]
 #[tool_router(router = proposal_router, vis = "pub(crate)")]
 impl AgentServer {
     #[tool(
@@ -160,7 +164,7 @@ impl AgentServer {
         description = "Propose a change to an agent (new instructions, model, parameters, capabilities) for review. Approved by enough reviewers, it becomes a version and goes live by its rollout (`canary` default, or `deploy`).",
         annotations(destructive_hint = false, idempotent_hint = false)
     )]
-    async fn propose_version(
+    pub(crate) async fn propose_version(
         &self,
         Parameters(input): Parameters<ProposeVersion>,
         context: RequestContext<RoleServer>,
@@ -175,7 +179,7 @@ impl AgentServer {
         description = "Proposals, oldest first, optionally of one agent and in one status (pending, changes_requested, rejected, expired, applied), with their reviews.",
         annotations(read_only_hint = true)
     )]
-    async fn list_proposals(
+    pub(crate) async fn list_proposals(
         &self,
         Parameters(input): Parameters<ListProposals>,
     ) -> Result<Json<Page<Proposal>>, ToolFailure> {
@@ -187,7 +191,7 @@ impl AgentServer {
         description = "Approve, reject or request changes to a proposal as the authenticated caller. A proposer cannot approve their own proposal. The last required approval makes the version and starts its rollout.",
         annotations(destructive_hint = false, idempotent_hint = false)
     )]
-    async fn review_proposal(
+    pub(crate) async fn review_proposal(
         &self,
         Parameters(input): Parameters<ReviewProposal>,
         context: RequestContext<RoleServer>,

@@ -9,7 +9,7 @@ use aop_core::{
     AgentService, ConversationService, DeploymentService, EvolutionService, FeedbackService,
     ProposalService,
 };
-use aop_mcp::{AgentServer, CatalogBuild, HttpOptions, Metrics, Services, ToolCatalog};
+use aop_mcp::{AgentServer, HttpOptions, Metrics, Services, ToolCatalog};
 
 use super::{Role, open_stores, settle};
 use crate::adapters::Stores;
@@ -52,11 +52,9 @@ impl McpRole {
     /// # Errors
     /// `StartupError` naming the setting or the store that failed.
     pub fn build(config: &Config, secrets: Option<&Secrets>) -> Result<Self, StartupError> {
-        // The tool catalog (most of a start's work besides the store) builds meanwhile.
-        let tools = ToolCatalog::spawn(&config.server.toolsets(), config.server.output_schemas);
         let stores = open_stores(config, secrets)?;
         let model = super::chat_model(config, secrets)?;
-        Self::assemble(config, stores, model, tools)
+        Self::on(config, stores, model)
     }
 
     /// Builds the services on given adapters.
@@ -68,16 +66,7 @@ impl McpRole {
         stores: Stores,
         model: Arc<dyn ChatModel>,
     ) -> Result<Self, StartupError> {
-        let tools = ToolCatalog::spawn(&config.server.toolsets(), config.server.output_schemas);
-        Self::assemble(config, stores, model, tools)
-    }
-
-    fn assemble(
-        config: &Config,
-        stores: Stores,
-        model: Arc<dyn ChatModel>,
-        tools: CatalogBuild,
-    ) -> Result<Self, StartupError> {
+        let tools = ToolCatalog::new(&config.server.toolsets(), config.server.output_schemas);
         let mut stores = stores;
         let metrics = Arc::new(Metrics::new());
         stores.progress = metrics.clone();
@@ -138,7 +127,7 @@ impl McpRole {
             proposals,
             evolutions,
             metrics,
-            tools: tools.wait(),
+            tools,
             stores,
             outbox_signal: signal,
         })
