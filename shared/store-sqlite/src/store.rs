@@ -111,6 +111,7 @@ impl SqliteStore {
     /// # Errors
     /// As [`SqliteStore::open_dir`].
     pub fn open_with_clock(path: &Path, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+        let seeded = migrations::seed(path);
         let mut conn = Connection::open(path).map_err(|e| {
             StoreError::permanent(format!("cannot open database {}", path.display()), e)
         })?;
@@ -125,7 +126,7 @@ impl SqliteStore {
                 e,
             )
         })?;
-        migrations::apply(&mut conn, clock.as_ref())?;
+        migrations::apply(&mut conn, clock.as_ref(), seeded)?;
         // Every statement the store runs often stays prepared (rusqlite keeps 16 by default,
         // fewer than the store has).
         conn.set_prepared_statement_cache_capacity(128);
