@@ -45,11 +45,11 @@ macro_rules! toolsets {
             }
         }
 
-        /// The names of `toolset`'s tools.
-        #[cfg(test)]
-        fn names(toolset: Toolset) -> &'static [&'static str] {
-            match toolset {
-                $(Toolset::$toolset => &[$(stringify!($tool)),+],)+
+        /// The toolset of the tool called `name`, if there is such a tool.
+        pub(crate) fn toolset_of(name: &str) -> Option<Toolset> {
+            match name {
+                $($(stringify!($tool))|+ => Some(Toolset::$toolset),)+
+                _ => None,
             }
         }
     };
@@ -343,9 +343,9 @@ mod tests {
             let catalog = ToolCatalog::new(&[toolset], false);
             let routed: Vec<_> = catalog.tools().iter().map(|t| t.name.to_string()).collect();
             assert_eq!(routed, expected, "toolset {toolset}");
-            let mut named: Vec<_> = names(toolset).iter().map(ToString::to_string).collect();
-            named.sort();
-            assert_eq!(named, expected, "toolset {toolset}");
+            for name in &expected {
+                assert_eq!(toolset_of(name), Some(toolset), "{name}");
+            }
         }
     }
 
@@ -363,5 +363,6 @@ mod tests {
         let chosen = ToolCatalog::new(&[Toolset::Feedback], false);
         let names: Vec<_> = chosen.tools().iter().map(|t| t.name.as_ref()).collect();
         assert_eq!(names, ["get_feedback_metrics", "submit_feedback"]);
+        assert_eq!(toolset_of("no_such_tool"), None);
     }
 }

@@ -101,24 +101,24 @@ pub fn for_tool(name: &str) -> Option<Scope> {
     SCOPES
         .get_or_init(|| {
             let mut scopes = HashMap::new();
-            for toolset in Toolset::ALL {
-                let catalog = crate::ToolCatalog::new(&[toolset], false);
-                for tool in catalog.tools() {
-                    let read_only = tool
-                        .annotations
-                        .as_ref()
-                        .and_then(|a| a.read_only_hint)
-                        .unwrap_or(false);
-                    let scope = match toolset {
-                        Toolset::Agents if read_only => Scope::AgentsRead,
-                        Toolset::Agents => Scope::AgentsWrite,
-                        Toolset::Sessions => Scope::Sessions,
-                        Toolset::Feedback => Scope::Feedback,
-                        Toolset::Deployments => Scope::Deployments,
-                        Toolset::Evolution => Scope::Evolution,
-                    };
-                    scopes.insert(tool.name.to_string(), scope);
-                }
+            for tool in crate::ToolCatalog::new(&[], false).tools() {
+                let Some(toolset) = crate::catalog::toolset_of(&tool.name) else {
+                    continue;
+                };
+                let read_only = tool
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.read_only_hint)
+                    .unwrap_or(false);
+                let scope = match toolset {
+                    Toolset::Agents if read_only => Scope::AgentsRead,
+                    Toolset::Agents => Scope::AgentsWrite,
+                    Toolset::Sessions => Scope::Sessions,
+                    Toolset::Feedback => Scope::Feedback,
+                    Toolset::Deployments => Scope::Deployments,
+                    Toolset::Evolution => Scope::Evolution,
+                };
+                scopes.insert(tool.name.to_string(), scope);
             }
             scopes
         })
