@@ -163,15 +163,27 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
-    /// The listing derived from the Rust types (schemars, through rmcp's `#[tool]` attributes),
-    /// leaned; what the listing files must hold.
+    /// Each toolset's routes as its `#[tool_router]` impl blocks derive them from the Rust types
+    /// (schemars, through rmcp's `#[tool]` attributes).
+    fn derived_routers() -> [(Toolset, ToolRouter<AgentServer>); 5] {
+        [
+            (Toolset::Agents, AgentServer::agent_router()),
+            (Toolset::Sessions, AgentServer::session_router()),
+            (Toolset::Feedback, AgentServer::feedback_router()),
+            (
+                Toolset::Deployments,
+                AgentServer::deployment_router() + AgentServer::proposal_router(),
+            ),
+            (Toolset::Evolution, AgentServer::evolution_router()),
+        ]
+    }
+
+    /// The listing derived from the Rust types, leaned; what the listing files must hold.
     fn derived() -> Vec<Tool> {
-        let mut router = AgentServer::agent_router()
-            + AgentServer::session_router()
-            + AgentServer::feedback_router()
-            + AgentServer::deployment_router()
-            + AgentServer::proposal_router()
-            + AgentServer::evolution_router();
+        let mut router = ToolRouter::new();
+        for (_, routes) in derived_routers() {
+            router += routes;
+        }
         for route in router.map.values_mut() {
             lean(&mut route.attr);
         }
@@ -327,17 +339,7 @@ mod tests {
 
     #[test]
     fn each_toolset_routes_the_tools_its_impl_block_derives() {
-        let derived = [
-            (Toolset::Agents, AgentServer::agent_router()),
-            (Toolset::Sessions, AgentServer::session_router()),
-            (Toolset::Feedback, AgentServer::feedback_router()),
-            (
-                Toolset::Deployments,
-                AgentServer::deployment_router() + AgentServer::proposal_router(),
-            ),
-            (Toolset::Evolution, AgentServer::evolution_router()),
-        ];
-        for (toolset, router) in derived {
+        for (toolset, router) in derived_routers() {
             let mut expected: Vec<_> = router.map.keys().map(ToString::to_string).collect();
             expected.sort();
             let catalog = ToolCatalog::new(&[toolset], false);
